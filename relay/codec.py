@@ -1,0 +1,94 @@
+"""JSON in and out, exactly: decimals stay decimals, and one canonical form per payload.
+
+`loads` keeps every JSON number with a fraction or exponent as a `Decimal`, so money written as
+1999.99 is delivered as 1999.99; `dumps` writes those decimals back verbatim.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+# Stable forever: changing it would change the id of every event journaled without an event_id.
+EVENT_ID_NAMESPACE = uuid.UUID("6f1d3c52-8a0e-5b0e-9c1e-2d0f4e7a9b31")
+
+
+class JSONError(ValueError):
+    """The text is not a JSON document this relay accepts (the message never quotes it)."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise JSONError(f"{name} is not a JSON number")
+
+
+_INT64 = range(-(2**63), 2**63)
+
+
+def _parse_int(text: str) -> int | Decimal:
+    # Integers beyond 64 bits stay exact as Decimal, which `dumps` can write (orjson cannot).
+    value = int(text)
+    return value if value in _INT64 else Decimal(text)
+
+
+def loads(data: str | bytes) -> Any:
+    """Parse JSON, keeping non-integer numbers as exact decimals; NaN/Infinity are rejected."""
+    try:
+        return json.loads(data, parse_float=Decimal, parse_int=_parse_int, parse_constant=_reject_constant)
+    except JSONError:
+        raise
+    except RecursionError:
+        raise JSONError("nested too deeply") from None
+    except UnicodeDecodeError:
+        raise JSONError("not valid UTF-8") from None
+    except json.JSONDecodeError as exc:
+        # exc.msg is the parser's reason without the document; the position is safe to show.
+        raise JSONError(f"{exc.msg.removesuffix(' at')} (position {exc.pos})") from None
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise TypeError("non-finite decimal")
+        return orjson.Fragment(str(value))
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def dumps(value: Any, *, sort_keys: bool = False, indent: bool = False) -> bytes:
+    """Serialise to compact JSON bytes; decimals, uuids, dates and datetimes included."""
+    option = (orjson.OPT_SORT_KEYS if sort_keys else 0) | (orjson.OPT_INDENT_2 if indent else 0)
+    try:
+        return orjson.dumps(value, default=_default, option=option)
+    except orjson.JSONEncodeError as exc:
+        if "64-bit" not in str(exc):
+            raise
+        return orjson.dumps(_wide_ints(value), default=_default, option=option)
+
+
+def _wide_ints(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if value in _INT64 else Decimal(value)
+    if isinstance(value, dict):
+        return {k: _wide_ints(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_wide_ints(v) for v in value]
+    return value
+
+
+def canonical_json(payload: Any) -> bytes:
+    """The canonical form: sorted keys at every depth, no whitespace."""
+    return dumps(payload, sort_keys=True)
+
+
+def canonical_event_id(payload: dict[str, Any]) -> uuid.UUID:
+    """UUIDv5 of the canonical JSON of a payload without its `event_id`.
+
+    Callers pass the redacted payload, so the id never depends on (or leaks) a licence key.
+    """
+    body = {k: v for k, v in payload.items() if k != "event_id"}
+    return uuid.uuid5(EVENT_ID_NAMESPACE, canonical_json(body).decode())

@@ -1,0 +1,189 @@
+"""The one entry point from raw input to a valid event or a rejection with reasons.
+
+Order matters for safety: the payload is redacted *before* it is validated, so nothing derived
+from validation (errors, models, logs) can ever contain a licence key; error messages are rebuilt
+from pydantic's templates without the parts that would quote the input.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from relay import codec
+from relay.contracts.registry import EventContract, contract_for
+from relay.redaction import redact, scrub_bytes, scrub_text
+
+UnknownFields = Literal["keep", "drop", "reject"]
+RejectReason = Literal["not_json", "not_an_object", "unknown_event_type", "schema"]
+REJECT_REASONS: tuple[RejectReason, ...] = ("not_json", "not_an_object", "unknown_event_type", "schema")
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    contract: EventContract
+    # The payload's own event_id, or None when it arrived without one.
+    event_id: UUID | None
+    # Validated and redacted; decimals, uuids, dates as Python objects (relay.codec serialises them).
+    payload: dict[str, Any]
+
+    @property
+    def event_type(self) -> str:
+        return self.contract.event_type
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    reason: RejectReason
+    errors: tuple[str, ...]
+    # What may be stored: the redacted JSON value, or the scrubbed text when it was not JSON.
+    payload: Any
+    event_type: str | None = None
+    event_id: UUID | None = field(default=None)
+
+
+ParseResult = Accepted | Rejected
+
+
+def parse_event(raw: str | bytes | Mapping[str, Any], unknown_fields: UnknownFields = "keep") -> ParseResult:
+    """Parse JSON text (or an already-decoded object) into an accepted event or a rejection."""
+    if isinstance(raw, str | bytes):
+        try:
+            value = codec.loads(raw)
+        except codec.JSONError as exc:
+            scrubbed = scrub_bytes(raw) if isinstance(raw, bytes) else scrub_text(raw)
+            return Rejected("not_json", (f"$: not valid JSON ({exc})",), scrubbed)
+        return validate(value, unknown_fields)
+    return validate(raw, unknown_fields)
+
+
+def validate(value: Any, unknown_fields: UnknownFields = "keep") -> ParseResult:
+    """Validate a decoded JSON value against its contract (by its event_type)."""
+    value = redact(value)
+    if not isinstance(value, Mapping):
+        return Rejected("not_an_object", ("$: an event must be a JSON object",), value)
+    event_type = value.get("event_type")
+    event_id = _event_id(value.get("event_id"))
+    if not isinstance(event_type, str):
+        return Rejected("schema", ("event_type: field required (a string)",), value, None, event_id)
+    contract = contract_for(event_type)
+    if contract is None:
+        return Rejected(
+            "unknown_event_type", ("event_type: not an event of the IT contracts",), value, None, event_id
+        )
+    try:
+        model = contract.model.model_validate(value)
+    except ValidationError as exc:
+        return Rejected("schema", tuple(format_errors(exc.errors())), value, event_type, event_id)
+    extras = list(_extra_paths(model, ()))
+    if extras and unknown_fields == "reject":
+        errors = tuple(f"{_path(p)}: unknown field (validation.unknown_fields = reject)" for p in extras)
+        return Rejected("schema", errors, value, event_type, event_id)
+    payload = model.model_dump(mode="python", exclude_unset=True)
+    if extras and unknown_fields == "drop":
+        for path in extras:
+            _delete(payload, path)
+    return Accepted(contract, model.event_id, payload)
+
+
+def _event_id(value: Any) -> UUID | None:
+    if isinstance(value, str):
+        try:
+            return UUID(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _extra_paths(model: BaseModel, prefix: tuple[str | int, ...]) -> Iterator[tuple[str | int, ...]]:
+    for key in model.model_extra or {}:
+        yield (*prefix, key)
+    for name in type(model).model_fields:
+        child = getattr(model, name)
+        if isinstance(child, BaseModel):
+            yield from _extra_paths(child, (*prefix, name))
+        elif isinstance(child, list):
+            for i, item in enumerate(child):
+                if isinstance(item, BaseModel):
+                    yield from _extra_paths(item, (*prefix, name, i))
+
+
+def _delete(payload: Any, path: tuple[str | int, ...]) -> None:
+    *parents, last = path
+    for step in parents:
+        payload = payload[step]
+    del payload[last]
+
+
+def _path(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "$"
+
+
+# Context values that are the contract's own (bounds, patterns, expected literals), never input.
+_SAFE_CTX = frozenset(
+    {
+        "gt",
+        "ge",
+        "lt",
+        "le",
+        "multiple_of",
+        "min_length",
+        "max_length",
+        "expected_plural",
+        "field_type",
+        "pattern",
+        "expected",
+        "max_digits",
+        "decimal_places",
+        "whole_digits",
+        "expected_version",
+        "tz_expected",
+        "class_name",
+    }
+)
+# value_error's {error} is the message of one of this project's own validators.
+_OWN_MESSAGES = frozenset({"value_error", "assertion_error"})
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+_TRAILING = re.compile(r"(?:[,:]?\s*(?:not|got|error:?)?\s*)$")
+
+
+def format_errors(errors: list[ErrorDetails]) -> list[str]:
+    """Pydantic errors as `field.path: message`, built so that no input value can appear."""
+    return [f"{_path(tuple(e['loc']))}: {_message(e)}" for e in errors]
+
+
+def _message(error: ErrorDetails) -> str:
+    if error["type"] == "missing":
+        return "field required"
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    ctx = error.get("ctx") or {}
+    if error["type"] in _OWN_MESSAGES:
+        return str(ctx.get("error", "invalid value"))
+    template = _template(error["type"]) or "invalid value"
+    unsafe = next((m for m in _PLACEHOLDER.finditer(template) if m.group(1) not in _SAFE_CTX), None)
+    if unsafe is not None:
+        template = _TRAILING.sub("", template[: unsafe.start()]) or "invalid value"
+    return _PLACEHOLDER.sub(lambda m: str(ctx.get(m.group(1), "")), template)
+
+
+def _template(error_type: str) -> str | None:
+    return _TEMPLATES.get(error_type)
+
+
+def _load_templates() -> dict[str, str]:
+    from pydantic_core._pydantic_core import list_all_errors
+
+    return {e["type"]: e["message_template_python"] for e in list_all_errors()}
+
+
+_TEMPLATES = _load_templates()

@@ -1,0 +1,385 @@
+"""Configuration: a TOML file, overridden by IT_RELAY_<SECTION>__<KEY> environment variables.
+
+Secrets (subscriber signing secrets, the database password) may be inline, in a `*_file`, or a
+systemd credential (`*_credential`, read from $CREDENTIALS_DIRECTORY). Every section forbids
+unknown keys, so a typo is named instead of ignored.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
+
+from relay.contracts import SUBSCRIBERS, format_errors
+from relay.errors import ConfigError
+
+CONFIG_ENV = "IT_RELAY_CONFIG"
+PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+
+def _read_secret(
+    inline: SecretStr | None, file: Path | None, credential: str | None, what: str
+) -> str | None:
+    given = [x for x in (inline, file, credential) if x is not None]
+    if len(given) > 1:
+        raise ValueError(f"give only one of {what}, {what}_file, {what}_credential")
+    if inline is not None:
+        return inline.get_secret_value()
+    if file is not None:
+        path = file
+    elif credential is not None:
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise ValueError(f"{what}_credential needs $CREDENTIALS_DIRECTORY (systemd LoadCredential=)")
+        path = Path(directory) / credential
+    else:
+        return None
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read {what} from {path}: {exc.strerror}") from None
+
+
+class DatabaseSettings(Section):
+    url: str = "postgresql://it_relay@localhost:5432/encore"
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    password_credential: str | None = None
+    channel: str = "it_events"
+    poll_interval_s: PositiveFloat = 5.0
+    pool_size: PositiveInt = 8
+    # The listener's liveness probe: asyncpg does not notice a silently dead server by itself.
+    probe_interval_s: PositiveFloat = 10.0
+    probe_timeout_s: PositiveFloat = 5.0
+    connect_timeout_s: PositiveFloat = 10.0
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("postgresql", "postgres"):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("channel")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", value):
+            raise ValueError("must be a lower-case SQL identifier (letters, digits, _; at most 63)")
+        return value
+
+    def resolved_password(self) -> str | None:
+        return _read_secret(self.password, self.password_file, self.password_credential, "password")
+
+    @model_validator(mode="after")
+    def _check_password(self) -> DatabaseSettings:
+        self.resolved_password()
+        return self
+
+
+class ServerSettings(Section):
+    listen: str = "127.0.0.1:9464"
+    enabled: bool = True
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:9464")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class DeliverySettings(Section):
+    timeout_s: PositiveFloat = 10.0
+    concurrency: PositiveInt = 64
+    retry_schedule_s: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1)] = [
+        5,
+        30,
+        120,
+        600,
+        1800,
+        3600,
+        10800,
+        21600,
+    ]
+    # Quick in-process retries (tenacity) before a failure is written back to the table.
+    inprocess_retries: Annotated[int, Field(ge=0, le=5)] = 1
+    inprocess_retry_wait_s: Annotated[float, Field(ge=0)] = 0.2
+    jitter: Annotated[float, Field(ge=0, le=1)] = 0.2
+    retry_after_max_s: PositiveFloat = 3600.0
+    shutdown_grace_s: Annotated[float, Field(ge=0)] = 20.0
+    batch_size: PositiveInt = 200
+    lease_s: PositiveFloat = 60.0
+    circuit_failure_threshold: PositiveInt = 5
+    circuit_cooldown_s: PositiveFloat = 30.0
+    transport: Literal["aiohttp", "httpx"] = "aiohttp"
+
+
+class RetentionSettings(Section):
+    delivered_days: PositiveFloat = 7
+    dead_days: PositiveFloat = 30
+    rejected_days: PositiveFloat = 30
+
+
+class ValidationSettings(Section):
+    unknown_fields: Literal["keep", "drop", "reject"] = "keep"
+
+
+class SlaTarget(Section):
+    response: PositiveFloat
+    resolution: PositiveFloat
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SlaTarget:
+        if self.resolution < self.response:
+            raise ValueError("resolution target must not be shorter than the response target")
+        return self
+
+
+class ComplianceSettings(Section):
+    # Over-deployment (usage above the licence count), as a percentage of the licence count.
+    warning_percent: Annotated[float, Field(ge=0)] = 0.0
+    critical_percent: Annotated[float, Field(ge=0)] = 10.0
+    # A licence whose usage is below this share of its count is under-utilised.
+    under_utilized_percent: Annotated[float, Field(ge=0, le=100)] = 50.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ComplianceSettings:
+        if self.critical_percent < self.warning_percent:
+            raise ValueError("critical_percent must not be below warning_percent")
+        return self
+
+
+TicketPriority = Literal["critical", "high", "medium", "low"]
+
+
+def _default_sla() -> dict[TicketPriority, SlaTarget]:
+    return {
+        "critical": SlaTarget(response=1, resolution=4),
+        "high": SlaTarget(response=4, resolution=24),
+        "medium": SlaTarget(response=8, resolution=72),
+        "low": SlaTarget(response=24, resolution=120),
+    }
+
+
+def _positive_days(values: list[int]) -> list[int]:
+    if any(v <= 0 for v in values) or len(set(values)) != len(values):
+        raise ValueError("must be distinct positive day counts")
+    return values
+
+
+class SchedulerSettings(Section):
+    enabled: bool = True
+    interval_s: PositiveFloat = 60.0
+    expiry_milestones_days: list[int] = [90, 60, 30, 14, 7]
+    patch_overdue_days: list[int] = [1, 3, 7, 14, 30]
+    timezone: str = "UTC"
+    sla_hours: dict[TicketPriority, SlaTarget] = Field(default_factory=_default_sla)
+    compliance: ComplianceSettings = ComplianceSettings()
+
+    _days = field_validator("expiry_milestones_days", "patch_overdue_days")(_positive_days)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown IANA time zone") from None
+        return value
+
+    @field_validator("sla_hours")
+    @classmethod
+    def _all_priorities(cls, value: dict[TicketPriority, SlaTarget]) -> dict[TicketPriority, SlaTarget]:
+        return {**_default_sla(), **value}
+
+
+class SubscriberSettings(Section):
+    url: AnyHttpUrl
+    secret: SecretStr | None = None
+    # Several secrets while rotating: every request is signed with each (space-separated).
+    secrets: list[SecretStr] | None = None
+    secret_file: Path | None = None
+    secret_credential: str | None = None
+    timeout_s: PositiveFloat | None = None
+    max_in_flight: PositiveInt = 16
+    format: Literal["standard", "cloudevents"] = "standard"
+    enabled: bool = True
+
+    def signing_secrets(self) -> list[str]:
+        """The secrets to sign with, newest first; resolved from files or credentials."""
+        if self.secrets is not None:
+            if any(x is not None for x in (self.secret, self.secret_file, self.secret_credential)):
+                raise ValueError(
+                    "give either secrets = [...] or one of secret, secret_file, secret_credential"
+                )
+            return [s.get_secret_value() for s in self.secrets]
+        one = _read_secret(self.secret, self.secret_file, self.secret_credential, "secret")
+        if one is None:
+            raise ValueError(
+                "a signing secret is required (secret, secrets, secret_file or secret_credential)"
+            )
+        return [one]
+
+    @model_validator(mode="after")
+    def _check_secrets(self) -> SubscriberSettings:
+        secrets = self.signing_secrets()
+        if not secrets:
+            raise ValueError("secrets must not be empty")
+        for secret in secrets:
+            if not _is_webhook_secret(secret):
+                # The message never quotes the secret.
+                raise ValueError("not a Standard Webhooks secret (whsec_ + base64 of at least 16 bytes)")
+        return self
+
+
+def _is_webhook_secret(secret: str) -> bool:
+    # standardwebhooks decodes leniently (junk becomes some key); a typo must fail here instead.
+    body = secret.removeprefix("whsec_")
+    try:
+        key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return len(key) >= 16
+
+
+_SUBSCRIBER_KEYS = {re.sub(r"[^0-9a-z]", "", s.lower()): s for s in SUBSCRIBERS}
+
+
+class LoggingSettings(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="IT_RELAY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        hide_input_in_errors=True,
+    )
+
+    database: DatabaseSettings = DatabaseSettings()
+    server: ServerSettings = ServerSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    retention: RetentionSettings = RetentionSettings()
+    validation: ValidationSettings = ValidationSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+    logging: LoggingSettings = LoggingSettings()
+    subscribers: dict[str, SubscriberSettings] = {}
+
+    @field_validator("subscribers", mode="before")
+    @classmethod
+    def _canonical_names(cls, value: Any) -> Any:
+        # Environment variables cannot carry '-' portably and arrive lower-cased, so PF_10, pf-10
+        # and PF-10 all name the contract's subscriber "PF-10"; later sources win when merged.
+        if not isinstance(value, dict):
+            return value
+        merged: dict[str, Any] = {}
+        for name, conf in value.items():
+            canonical = _SUBSCRIBER_KEYS.get(re.sub(r"[^0-9a-z]", "", str(name).lower()))
+            if canonical is None:
+                raise ValueError(f"unknown subscriber {name!r}; the contracts name {', '.join(SUBSCRIBERS)}")
+            if isinstance(conf, dict) and isinstance(merged.get(canonical), dict):
+                merged[canonical] = {**merged[canonical], **conf}
+            else:
+                merged[canonical] = conf
+        return merged
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = _CONFIG_PATH.get("path")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+# Set only for the duration of load_settings(); pydantic-settings asks for sources per class.
+_CONFIG_PATH: dict[str, Path | None] = {}
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load the effective configuration, or raise ConfigError naming the bad key."""
+    chosen = path if path is not None else os.environ.get(CONFIG_ENV)
+    config_path = Path(chosen) if chosen else None
+    if config_path is not None:
+        if not config_path.is_file():
+            raise ConfigError(f"config file {config_path}: not found")
+        try:
+            tomllib.loads(config_path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_path}: invalid TOML: {exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {config_path}: cannot read it: {exc}") from None
+    _CONFIG_PATH["path"] = config_path
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        errors = format_errors(exc.errors())
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(f"config error: {errors[0]}{more}") from None
+    except SettingsError as exc:
+        raise ConfigError(f"config error: {exc}") from None
+    finally:
+        _CONFIG_PATH.pop("path", None)
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as plain data, every secret shown as '**********'."""
+    data = settings.model_dump(mode="json")
+    db_url = urlsplit(settings.database.url)
+    if db_url.password:
+        data["database"]["url"] = settings.database.url.replace(f":{db_url.password}@", ":**********@", 1)
+    return data

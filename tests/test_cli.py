@@ -1,0 +1,140 @@
+"""CLI acceptance tests: the installed `it-relay` command, run as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from relay import codec
+from relay.contracts import EVENT_TYPES
+from relay.contracts.examples import all_examples, example
+
+ROOT = Path(__file__).parent.parent
+
+
+def run(
+    *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("IT_RELAY_")}
+    return subprocess.run(
+        [sys.executable, "-m", "relay", *args],
+        input=stdin.decode() if stdin is not None else None,
+        capture_output=True,
+        text=True,
+        env={**clean, **(env or {})},
+        timeout=60,
+        check=False,
+    )
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("it-relay ")
+
+
+def test_validate_accepts_every_example_as_an_array(tmp_path: Path) -> None:
+    path = tmp_path / "events.json"
+    path.write_bytes(codec.dumps(all_examples()))
+    result = run("validate", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count(" ok ") == 31
+
+
+def test_validate_reads_json_lines_from_stdin_and_names_bad_fields() -> None:
+    bad = example("it_ticket_created") | {"priority": "urgent"}
+    del bad["subject"]
+    lines = b"\n".join([codec.dumps(example("it_asset_purchased")), codec.dumps(bad), b"{oops"])
+    result = run("validate", "-", stdin=lines)
+    assert result.returncode == 1
+    out = result.stdout.splitlines()
+    assert "[0] ok it_asset_purchased" in out
+    assert "[1] subject: field required" in out
+    assert any(line.startswith("[1] priority: Input should be") for line in out)
+    assert any(line.startswith("[2] $: not valid JSON") for line in out)
+    assert "urgent" not in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_validate_never_prints_a_licence_key() -> None:
+    event = example("it_license_created") | {"license_key": "SECRET-KEY-42", "license_count": "many"}
+    result = run("validate", "-", stdin=codec.dumps(event))
+    assert result.returncode == 1
+    assert "SECRET-KEY-42" not in result.stdout + result.stderr
+
+
+def test_validate_missing_file_is_a_one_line_error() -> None:
+    result = run("validate", "/nonexistent/events.json")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "cannot read /nonexistent/events.json" in result.stderr
+
+
+def test_schemas_export_jsonschema_validates_the_examples(tmp_path: Path) -> None:
+    result = run("schemas", "export", "--format", "jsonschema", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    files = sorted(tmp_path.glob("*.schema.json"))
+    assert len(files) == 31
+    for event_type in EVENT_TYPES:
+        schema = json.loads((tmp_path / f"{event_type}.schema.json").read_text())
+        jsonschema.Draft202012Validator.check_schema(schema)
+        instance = json.loads(codec.dumps(example(event_type)))
+        jsonschema.Draft202012Validator(schema).validate(instance)
+        wrong = instance | {"event_type": "it_other"}
+        assert not jsonschema.Draft202012Validator(schema).is_valid(wrong)
+
+
+def test_schemas_export_asyncapi_names_all_31_messages(tmp_path: Path) -> None:
+    result = run("schemas", "export", "--format", "asyncapi", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    document = json.loads((tmp_path / "asyncapi.json").read_text())
+    assert document["asyncapi"] == "3.0.0"
+    channel = document["channels"]["it_events"]
+    assert set(channel["messages"]) == set(EVENT_TYPES)
+    messages = document["components"]["messages"]
+    assert messages["it_account_deactivated"]["x-subscribers"] == ["PF-10", "Audit", "GR"]
+    assert "deliver_it_asset_purchased_to_FA" in document["operations"]
+    # Every $ref in the document resolves inside it.
+    text = json.dumps(document)
+    for ref in {part.split('"')[0] for part in text.split('"$ref": "#/')[1:]}:
+        node = document
+        for step in ref.split("/"):
+            node = node[step]
+    assert "XXXXX-XXXXX" not in text
+
+
+def test_check_config_accepts_the_example() -> None:
+    result = run("check-config", "--config", str(ROOT / "config" / "relay.example.toml"))
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["subscribers"]["PF-10"]["secret"] == "**********"
+    assert "whsec_" not in result.stdout
+    assert "routed subscribers without config" in result.stderr
+
+
+def test_check_config_names_a_bad_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[delivery]\nconcurency = 3\n")
+    result = run("check-config", "--config", str(path))
+    assert result.returncode == 2
+    assert result.stderr.strip() == "it-relay: error: config error: delivery.concurency: unknown key"
+
+
+def test_check_config_names_a_bad_environment_override() -> None:
+    result = run("check-config", env={"IT_RELAY_SCHEDULER__INTERVAL_S": "-1"})
+    assert result.returncode == 2
+    assert "scheduler.interval_s" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [["bogus"], ["validate"], ["schemas", "export", "--format", "yaml"]])
+def test_usage_errors_exit_2_without_traceback(args: list[str]) -> None:
+    result = run(*args)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr

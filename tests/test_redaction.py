@@ -1,0 +1,140 @@
+"""license_key never survives: payloads, rejections, raw text, log lines, exception messages."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from relay import codec, logs
+from relay.contracts import Accepted, UnknownFields, parse_event, validate
+from relay.contracts.examples import example
+from relay.redaction import REDACTED, is_sensitive_key, redact, scrub_text
+
+# Keys carry markers so that "the key appears" cannot be a coincidence with other text.
+keys = st.text(min_size=1, max_size=200).map(lambda s: f"LKEY{s}YEKL") | st.text(
+    alphabet="\"\\'{}[]:,= \n\t\u00e9\u4e2d\U0001f511", min_size=1, max_size=10_000
+).map(lambda s: f"LKEY{s}YEKL")
+key_names = st.sampled_from(["license_key", "License_Key", "LICENSE-KEY", "licenseKey", "license key"])
+
+
+def _forms(key: str) -> list[str]:
+    """The key as written, as JSON escapes it, and as JSON escapes it with ensure_ascii."""
+    return [key, json.dumps(key)[1:-1], json.dumps(key, ensure_ascii=False)[1:-1]]
+
+
+def _leaks(key: str, text: str) -> bool:
+    return any(form in text for form in _forms(key))
+
+
+@st.composite
+def nested(draw: st.DrawFn, key: str) -> Any:
+    """A JSON value with the key somewhere below a random path of dicts and lists."""
+    value: Any = {draw(key_names): key}
+    for _ in range(draw(st.integers(0, 6))):
+        value = draw(st.sampled_from([[value], {"wrap": value}, {"a": 1, "b": [0, value]}]))
+    return value
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_key_never_survives_validation(data: st.DataObject) -> None:
+    key = data.draw(keys)
+    payload = example("it_license_created") | {"license_key": key, "extra": data.draw(nested(key))}
+    policies: tuple[UnknownFields, ...] = ("keep", "drop", "reject")
+    for policy in policies:
+        result = validate(payload, policy)
+        stored = codec.dumps(result.payload).decode()
+        assert not _leaks(key, stored)
+        if isinstance(result, Accepted):
+            assert result.payload["license_key"] == REDACTED
+        else:
+            assert not _leaks(key, "\n".join(result.errors))
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(key=keys, broken=st.sampled_from(["int", "enum", "uuid"]))
+def test_key_never_appears_in_rejections(key: str, broken: str) -> None:
+    bad = {"int": {"license_count": key}, "enum": {"license_type": key}, "uuid": {"vendor_id": key}}[broken]
+    payload = example("it_license_created") | {"license_key": key} | bad
+    result = parse_event(codec.dumps(payload))
+    assert not isinstance(result, Accepted)
+    text = "\n".join(result.errors) + codec.dumps(result.payload).decode()
+    # The key was also put into another field, which the rejection keeps verbatim; only the
+    # licence key field must be redacted, and errors must never quote any input.
+    assert codec.loads(codec.dumps(result.payload))["license_key"] == REDACTED
+    assert not _leaks(key, "\n".join(result.errors))
+    assert text
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(key=keys, name=key_names, cut=st.floats(0, 1))
+def test_key_is_scrubbed_from_text_that_is_not_json(key: str, name: str, cut: float) -> None:
+    document = codec.dumps(example("it_license_created") | {name: key}).decode()
+    start = document.index(json.dumps(name)) + len(json.dumps(name))
+    # Cut the document anywhere from just after the key's name to its end: never valid JSON.
+    end = start + int(cut * (len(document) - start))
+    broken = document[:end] if end < len(document) else document[:-1]
+    result = parse_event(broken.encode())
+    assert not isinstance(result, Accepted)
+    assert isinstance(result.payload, str)
+    assert "LKEY" not in result.payload
+    assert not _leaks(key, "\n".join(result.errors))
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+@given(key=keys, name=key_names)
+def test_key_never_reaches_a_log_line(key: str, name: str) -> None:
+    out = io.StringIO()
+    logs.configure("DEBUG", "json", stream=out)
+    log = logs.get_logger("test")
+    log.info(
+        "event received", payload=example("it_license_created") | {name: key}, **{name.replace(" ", "_"): key}
+    )
+    log.info(f"free text mentions license_key={json.dumps(key)} inline")
+    try:
+        raise RuntimeError(f'failed on {{"license_key": {json.dumps(key)}}}')
+    except RuntimeError:
+        log.exception("delivery failed")
+    text = out.getvalue()
+    assert text.count("\n") == 3
+    assert not _leaks(key, text)
+    assert REDACTED in text
+
+
+@given(key=keys)
+def test_exceptions_from_parsing_never_carry_the_key(key: str) -> None:
+    with pytest.raises(codec.JSONError) as info:
+        codec.loads(f'{{"license_key": {json.dumps(key)}, oops')
+    assert not _leaks(key, str(info.value))
+    assert not _leaks(key, repr(info.value))
+
+
+def test_redact_is_deep_and_leaves_other_keys_alone() -> None:
+    value = {"a": [{"LicenseKey": "s"}, {"license_keys": "kept"}], "b": {"license-key": {"x": 1}}}
+    assert redact(value) == {
+        "a": [{"LicenseKey": REDACTED}, {"license_keys": "kept"}],
+        "b": {"license-key": REDACTED},
+    }
+    assert is_sensitive_key("LICENSE_KEY") and not is_sensitive_key("license")
+
+
+def test_scrub_text_handles_shapes_seen_in_logs() -> None:
+    assert scrub_text("license_key=ABC-123 next") == f'license_key="{REDACTED}" next'
+    assert scrub_text("{'license_key': 'A\\'B'}") == f"{{'license_key': \"{REDACTED}\"}}"
+    assert scrub_text('"licenseKey" : "abc') == f'"licenseKey" : "{REDACTED}"'
+    assert scrub_text("the license key rotates yearly") == "the license key rotates yearly"
+
+
+def test_random_bytes_never_break_scrubbing() -> None:
+    rng = random.Random(7)
+    for _ in range(500):
+        blob = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300)))
+        result = parse_event(b'{"license_key": "LKEYsecretYEKL' + blob)
+        assert not isinstance(result, Accepted)
+        assert "LKEYsecret" not in str(result.payload)

@@ -1,0 +1,151 @@
+"""Configuration: TOML, environment overrides, secrets from files and credentials, named errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from relay.errors import ConfigError
+from relay.settings import load_settings, masked
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+OTHER = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
+EXAMPLE = Path(__file__).parent.parent / "config" / "relay.example.toml"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("IT_RELAY_") or name == "CREDENTIALS_DIRECTORY":
+            monkeypatch.delenv(name)
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "relay.toml"
+    path.write_text(text)
+    return path
+
+
+def test_example_config_is_valid_and_matches_the_defaults() -> None:
+    settings = load_settings(EXAMPLE)
+    defaults = load_settings(None)
+    assert settings.delivery == defaults.delivery
+    assert settings.scheduler == defaults.scheduler
+    assert settings.database == defaults.database
+    assert settings.subscribers["PF-10"].signing_secrets() == [SECRET]
+
+
+def test_every_key_is_documented_in_the_example() -> None:
+    text = EXAMPLE.read_text()
+    data = masked(load_settings(None))
+    for section, values in data.items():
+        if section == "subscribers":
+            continue
+        for key in values:
+            assert f"{key} =" in text or f"{key} " in text or f"[{section}.{key}]" in text, f"{section}.{key}"
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _write(
+        tmp_path,
+        f'[delivery]\nconcurrency = 8\n[subscribers.PF-10]\nurl = "http://a/"\nsecret = "{SECRET}"\n',
+    )
+    monkeypatch.setenv("IT_RELAY_DELIVERY__CONCURRENCY", "3")
+    monkeypatch.setenv("IT_RELAY_SUBSCRIBERS__PF_10__MAX_IN_FLIGHT", "2")
+    monkeypatch.setenv("IT_RELAY_DELIVERY__RETRY_SCHEDULE_S", "[1, 2]")
+    settings = load_settings(path)
+    assert settings.delivery.concurrency == 3
+    assert settings.delivery.retry_schedule_s == [1, 2]
+    assert settings.subscribers["PF-10"].max_in_flight == 2
+    assert str(settings.subscribers["PF-10"].url) == "http://a/"
+
+
+def test_config_path_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IT_RELAY_CONFIG", str(_write(tmp_path, "[database]\nchannel = 'other'\n")))
+    assert load_settings().database.channel == "other"
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("[database]\nurll = 'x'\n", "database.urll: unknown key"),
+        ("[delivery]\nconcurrency = 0\n", "delivery.concurrency:"),
+        ("[delivery]\nretry_schedule_s = []\n", "delivery.retry_schedule_s:"),
+        ("[nonsense]\na = 1\n", "nonsense: unknown key"),
+        ("[scheduler]\ntimezone = 'Mars/Olympus'\n", "scheduler.timezone: unknown IANA time zone"),
+        ("[database]\nchannel = 'it-events'\n", "database.channel:"),
+        ("[server]\nlisten = '9464'\n", "server.listen: must be host:port"),
+        ("[subscribers.PF10X]\nurl = 'http://a/'\n", "subscribers: unknown subscriber 'PF10X'"),
+        ("[subscribers.FA]\nurl = 'http://a/'\n", "subscribers.FA: a signing secret is required"),
+        (
+            "[subscribers.FA]\nurl = 'ftp://a/'\nsecret = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'\n",
+            "subscribers.FA.url:",
+        ),
+        ("[validation]\nunknown_fields = 'ignore'\n", "validation.unknown_fields:"),
+        ("[database\n", "invalid TOML"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, text: str, named: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write(tmp_path, text))
+    assert named in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_environment_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IT_RELAY_DELIVERY__TIMEOUT_S", "soon")
+    with pytest.raises(ConfigError, match=r"delivery\.timeout_s"):
+        load_settings(None)
+
+
+def test_invalid_secret_is_named_but_never_shown(tmp_path: Path) -> None:
+    path = _write(tmp_path, "[subscribers.GR]\nurl = 'http://a/'\nsecret = 'hunter2-not-base64!'\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert "subscribers.GR: " in str(info.value)
+    assert "hunter2" not in str(info.value) and "hunter2" not in repr(info.value)
+
+
+def test_secrets_from_file_and_systemd_credential(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "fa.secret").write_text(SECRET + "\n")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "gr-secret").write_text(OTHER)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    path = _write(
+        tmp_path,
+        f"[subscribers.FA]\nurl = 'http://a/'\nsecret_file = '{tmp_path / 'fa.secret'}'\n"
+        "[subscribers.GR]\nurl = 'http://b/'\nsecret_credential = 'gr-secret'\n"
+        f"[subscribers.Audit]\nurl = 'http://c/'\nsecrets = ['{OTHER}', '{SECRET}']\n",
+    )
+    settings = load_settings(path)
+    assert settings.subscribers["FA"].signing_secrets() == [SECRET]
+    assert settings.subscribers["GR"].signing_secrets() == [OTHER]
+    assert settings.subscribers["Audit"].signing_secrets() == [OTHER, SECRET]
+    shown = str(masked(settings))
+    assert SECRET not in shown and OTHER not in shown
+
+
+def test_two_secret_sources_are_refused(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path, f"[subscribers.FA]\nurl = 'http://a/'\nsecret = '{SECRET}'\nsecret_credential = 'x'\n"
+    )
+    with pytest.raises(ConfigError, match=r"give only one of secret"):
+        load_settings(path)
+
+
+def test_database_password_is_masked(tmp_path: Path) -> None:
+    path = _write(tmp_path, "[database]\nurl = 'postgresql://relay:s3cr3t@db:5432/encore'\n")
+    assert "s3cr3t" not in str(masked(load_settings(path)))
+
+
+def test_subscriber_names_are_canonical(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        f"[subscribers.fa_04]\nurl = 'http://a/'\nsecret = '{SECRET}'\n"
+        f"[subscribers.audit]\nurl = 'http://a/'\nsecret = '{SECRET}'\n",
+    )
+    assert set(load_settings(path).subscribers) == {"FA-04", "Audit"}
