@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
+from uuid import UUID
 
+import asyncpg
 import typer
 
-from relay import __version__, codec
+from relay import __version__, codec, database, journal, logs, migrate
 from relay.contracts import Accepted, UnknownFields, parse_event, routed_subscribers
+from relay.daemon import Daemon
 from relay.errors import InputError, UserError
 from relay.schemas import asyncapi, json_schemas
-from relay.settings import load_settings, masked
+from relay.sender import describe
+from relay.settings import Settings, load_settings, masked
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="it-relay",
@@ -135,6 +143,190 @@ def schemas_export(
     except OSError as exc:
         raise InputError(f"cannot write to {out}: {exc.strerror}") from None
     typer.echo(f"wrote {len(documents)} file(s) to {out}", err=True)
+
+
+def _settings(config: Path | None, log_level: str | None = None, log_format: str | None = None) -> Settings:
+    settings = load_settings(config)
+    logs.configure(
+        (log_level or settings.logging.level).upper(),
+        log_format or settings.logging.format,  # type: ignore[arg-type]
+    )
+    return settings
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        raise UserError(f"database: {describe(exc)}") from None
+
+
+LogLevel = Annotated[str | None, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
+LogFormat = Annotated[str | None, typer.Option("--log-format", help="json or console (default: auto).")]
+
+
+@app.command()
+def run(config: ConfigOption = None, log_level: LogLevel = None, log_format: LogFormat = None) -> None:
+    """Run the relay daemon until SIGTERM or SIGINT."""
+    if log_format not in (None, "json", "console", "auto"):
+        raise InputError("--log-format must be json or console")
+    settings = _settings(config, log_level, log_format)
+    _run(Daemon(settings).run())
+
+
+db_app = typer.Typer(help="The relay's database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    config: ConfigOption = None,
+    reference_schema: Annotated[
+        bool, typer.Option("--reference-schema", help="Also the IT reference tables, triggers and views.")
+    ] = False,
+) -> None:
+    """Create or migrate the it_relay schema (idempotent; safe with several instances)."""
+    settings = _settings(config)
+
+    async def go() -> list[str]:
+        conn = await database.connect(settings.database)
+        try:
+            return await migrate.upgrade(conn, reference=reference_schema)
+        finally:
+            await conn.close()
+
+    applied = _run(go())
+    typer.echo("applied: " + ", ".join(applied) if applied else "schema is up to date")
+
+
+@app.command()
+def emit(
+    source: Annotated[
+        str, typer.Argument(metavar="FILE|-", help="Events as JSON, a JSON array or JSON lines.")
+    ],
+    config: ConfigOption = None,
+) -> None:
+    """Publish events through it_relay.publish (one transaction); prints their event ids."""
+    settings = _settings(config)
+    documents = list(_documents(_read_input(source)))
+    for index, document in enumerate(documents):
+        if not isinstance(document, dict):
+            raise InputError(f"[{index}] not a JSON object")
+
+    async def go() -> list[str]:
+        conn = await database.connect(settings.database)
+        try:
+            await migrate.check(conn)
+            async with conn.transaction():
+                return [str(await journal.publish(conn, d)) for d in documents]
+        finally:
+            await conn.close()
+
+    for event_id in _run(go()):
+        typer.echo(event_id)
+
+
+deliveries_app = typer.Typer(help="The delivery log.", no_args_is_help=True)
+app.add_typer(deliveries_app, name="deliveries")
+
+
+@deliveries_app.command("list")
+def deliveries_list(
+    config: ConfigOption = None,
+    status: Annotated[str | None, typer.Option(help="pending, delivered or dead.")] = None,
+    subscriber: Annotated[str | None, typer.Option(help="A subscriber, e.g. PF-10.")] = None,
+    event_type: Annotated[str | None, typer.Option("--event-type", help="An event type.")] = None,
+    event_id: Annotated[str | None, typer.Option("--event-id", help="One event.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100000)] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines, for scripts.")] = False,
+) -> None:
+    """List deliveries, newest first."""
+    if status not in (None, "pending", "delivered", "dead"):
+        raise InputError("--status must be pending, delivered or dead")
+    settings = _settings(config)
+    wanted = _event_id(event_id)
+
+    async def go() -> list[asyncpg.Record]:
+        conn = await database.connect(settings.database)
+        try:
+            await migrate.check(conn)
+            return await journal.list_deliveries(
+                conn,
+                status=status,
+                subscriber=subscriber,
+                event_type=event_type,
+                event_id=wanted,
+                limit=limit,
+            )
+        finally:
+            await conn.close()
+
+    rows = _run(go())
+    if as_json:
+        for row in rows:
+            typer.echo(codec.dumps(dict(row)).decode())
+        return
+    typer.echo(
+        f"{'event_id':36}  {'event_type':34} {'subscriber':10} {'status':9} {'att':>3}  {'last':14} updated"
+    )
+    for r in rows:
+        last = str(r["last_status"]) if r["last_status"] is not None else (r["last_error"] or "")
+        typer.echo(
+            f"{r['event_id']!s:36}  {r['event_type']:34} {r['subscriber']:10} {r['status']:9} "
+            f"{r['attempts']:>3}  {last[:14]:14} {r['updated_at']:%Y-%m-%d %H:%M:%S}"
+        )
+
+
+@app.command()
+def replay(
+    config: ConfigOption = None,
+    event_id: Annotated[
+        str | None, typer.Option("--event-id", help="Replay this event's deliveries.")
+    ] = None,
+    subscriber: Annotated[str | None, typer.Option(help="Only this subscriber's deliveries.")] = None,
+    status: Annotated[str | None, typer.Option(help="With --subscriber: deliveries in this status.")] = None,
+    since: Annotated[
+        datetime | None, typer.Option(help="With --status: last changed at or after this time.")
+    ] = None,
+) -> None:
+    """Re-queue deliveries; they go out again with the same event_id (webhook-id)."""
+    if event_id is None and (subscriber is None or status is None):
+        raise InputError("give --event-id ID, or --subscriber X --status S")
+    if status not in (None, "pending", "delivered", "dead"):
+        raise InputError("--status must be pending, delivered or dead")
+    settings = _settings(config)
+    wanted = _event_id(event_id)
+    when = since.replace(tzinfo=since.tzinfo or UTC) if since else None
+
+    async def go() -> list[asyncpg.Record]:
+        conn = await database.connect(settings.database)
+        try:
+            await migrate.check(conn)
+            return await journal.replay(
+                conn,
+                settings.database.channel,
+                event_id=wanted,
+                subscriber=subscriber,
+                status=status,
+                since=when,
+            )
+        finally:
+            await conn.close()
+
+    rows = _run(go())
+    if not rows:
+        raise UserError("nothing to replay: no delivery matches")
+    for r in rows:
+        typer.echo(f"re-queued {r['event_id']} {r['event_type']} -> {r['subscriber']}")
+
+
+def _event_id(value: str | None) -> UUID | None:
+    if value is None:
+        return None
+    try:
+        return UUID(value)
+    except ValueError:
+        raise InputError("--event-id must be a UUID") from None
 
 
 @app.command("check-config")

@@ -1,0 +1,162 @@
+"""The composition root: wires listener, router, dispatcher and housekeeping; owns signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+from relay import database, journal, migrate
+from relay.aio import sleep_unless
+from relay.dispatch import Dispatcher
+from relay.listener import Listener
+from relay.logs import get_logger
+from relay.metrics import Metrics
+from relay.router import Router
+from relay.sender import HttpxSender, Sender
+from relay.settings import Settings
+
+log = get_logger("relay.daemon")
+
+_DAY_S = 86400.0
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+
+class Daemon:
+    """One relay instance. Several may run against one database."""
+
+    def __init__(
+        self, settings: Settings, *, metrics: Metrics | None = None, sender: Sender | None = None
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._sender = sender
+        self.stopping = asyncio.Event()
+        self.listener: Listener | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.router: Router | None = None
+        self._pool: asyncpg.Pool | None = None
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def run(self, *, install_signal_handlers: bool = True) -> None:
+        """Run until stop() or SIGTERM/SIGINT; raises SchemaError if the schema is too old."""
+        s = self.settings
+        pool = await database.create_pool(s.database)
+        self._pool = pool
+        sender = self._sender or HttpxSender(s.delivery.transport, max_connections=s.delivery.concurrency)
+        loop = asyncio.get_running_loop()
+        try:
+            async with pool.acquire() as conn:
+                version = await migrate.check(conn)
+            dispatcher = Dispatcher(
+                pool=pool,
+                delivery=s.delivery,
+                subscribers=dict(s.subscribers),
+                sender=sender,
+                metrics=self.metrics,
+                owner=self.owner,
+                poll_interval_s=s.database.poll_interval_s,
+            )
+            router = Router(
+                pool=pool,
+                metrics=self.metrics,
+                unknown_fields=s.validation.unknown_fields,
+                configured=dispatcher.lanes,
+                on_routed=dispatcher.wake,
+                batch_size=s.delivery.batch_size,
+                poll_interval_s=s.database.poll_interval_s,
+            )
+
+            def on_wake(everything: bool) -> None:
+                router.wake()
+                if everything:
+                    dispatcher.wake()
+
+            listener = Listener(
+                connect=lambda: database.connect(s.database, database.LISTENER_APPLICATION),
+                pool=pool,
+                channel=s.database.channel,
+                metrics=self.metrics,
+                on_wake=on_wake,
+                probe_interval_s=s.database.probe_interval_s,
+                probe_timeout_s=s.database.probe_timeout_s,
+            )
+            self.listener, self.router, self.dispatcher = listener, router, dispatcher
+            if install_signal_handlers:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(sig, self._on_signal, sig)
+            log.info(
+                "it-relay started",
+                owner=self.owner,
+                schema_version=version,
+                subscribers=sorted(dispatcher.lanes),
+                channel=s.database.channel,
+            )
+            tasks = {
+                asyncio.create_task(self._guard("listener", listener.run), name="listener"),
+                asyncio.create_task(self._guard("router", router.run), name="router"),
+                asyncio.create_task(dispatcher.run(self.stopping), name="dispatcher"),
+                asyncio.create_task(self._guard("housekeeping", self._housekeeping), name="housekeeping"),
+            }
+            await asyncio.gather(*tasks)
+        finally:
+            if install_signal_handlers:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            await sender.aclose()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pool.close(), 10)
+            log.info("it-relay stopped", owner=self.owner)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info(
+            "stopping: no new claims; in-flight deliveries get the grace period",
+            signal=sig.name,
+            grace_s=self.settings.delivery.shutdown_grace_s,
+        )
+        self.stopping.set()
+
+    async def _guard(self, name: str, loop_fn: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+        """Run a loop; if it fails unexpectedly, log it and start it again rather than exit."""
+        while not self.stopping.is_set():
+            try:
+                await loop_fn(self.stopping)
+                return
+            except Exception:
+                log.exception("loop failed, restarting it", loop=name)
+                await sleep_unless(self.stopping, 1.0)
+
+    async def _housekeeping(self, stopping: asyncio.Event) -> None:
+        """Backlog gauges every poll interval; retention pruning every ten minutes."""
+        s = self.settings
+        assert self.dispatcher is not None and self._pool is not None
+        next_prune = 0.0
+        loop = asyncio.get_running_loop()
+        while not stopping.is_set():
+            try:
+                async with self._pool.acquire() as conn:
+                    counts = await journal.backlog(conn)
+                    for name in set(counts) | set(self.dispatcher.lanes):
+                        self.metrics.backlog.labels(name).set(counts.get(name, 0))
+                    if loop.time() >= next_prune:
+                        deleted = -1
+                        while deleted != 0 and not stopping.is_set():
+                            deleted = await journal.prune(
+                                conn,
+                                s.retention.delivered_days * _DAY_S,
+                                s.retention.dead_days * _DAY_S,
+                                s.retention.rejected_days * _DAY_S,
+                            )
+                        next_prune = loop.time() + 600
+            except _DB_ERRORS as exc:
+                log.warning("housekeeping failed, will retry", error=type(exc).__name__)
+            await sleep_unless(stopping, s.database.poll_interval_s)

@@ -1,0 +1,33 @@
+"""Connections to PostgreSQL, named in pg_stat_activity: `it-relay`, the listener `it-relay:listener`."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from relay.settings import DatabaseSettings
+
+APPLICATION = "it-relay"
+LISTENER_APPLICATION = "it-relay:listener"
+
+
+async def connect(settings: DatabaseSettings, application_name: str = APPLICATION) -> asyncpg.Connection:
+    """One dedicated connection (never from the pool): the listener, the CLI."""
+    conn: asyncpg.Connection = await asyncpg.connect(
+        settings.url,
+        password=settings.resolved_password(),
+        timeout=settings.connect_timeout_s,
+        server_settings={"application_name": application_name},
+    )
+    return conn
+
+
+async def create_pool(settings: DatabaseSettings) -> asyncpg.Pool:
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        settings.url,
+        password=settings.resolved_password(),
+        min_size=1,
+        max_size=settings.pool_size,
+        timeout=settings.connect_timeout_s,
+        server_settings={"application_name": APPLICATION},
+    )
+    return pool

@@ -1,0 +1,235 @@
+"""SQL access to the relay's schema: every query it-relay runs against the journal lives here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from relay import codec
+from relay.sql import query
+
+
+@dataclass(frozen=True, slots=True)
+class NotifiedEvent:
+    event_id: UUID
+    event_type: str
+    payload: dict[str, Any]
+    organization_id: UUID | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    reason: str
+    errors: Sequence[str]
+    source: str
+    event_id: UUID | None = None
+    event_type: str | None = None
+    payload: Any = None
+    raw_text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoutedEvent:
+    event_id: UUID
+    event_type: str
+    body: bytes
+    entity_key: str | None
+    organization_id: UUID | None
+    subscribers: Sequence[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedDelivery:
+    event_id: UUID
+    subscriber: str
+    event_type: str
+    attempts: int
+    failed_rounds: int
+    body: bytes
+    journaled_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    event_id: UUID
+    subscriber: str
+    status: str
+    attempts: int
+    failed_rounds: int
+    # Seconds from now (the database's clock) until the next attempt; None keeps the current time.
+    retry_in_s: float | None
+    last_status: int | None
+    last_error: str | None
+
+
+async def publish(conn: asyncpg.Connection, payload: dict[str, Any]) -> UUID:
+    event_id: UUID = await conn.fetchval(query("publish"), codec.dumps(payload).decode())
+    return event_id
+
+
+async def journal_notified(conn: asyncpg.Connection, events: Sequence[NotifiedEvent]) -> None:
+    if not events:
+        return
+    await conn.execute(
+        query("journal_notified"),
+        [e.event_id for e in events],
+        [e.event_type for e in events],
+        [codec.dumps(e.payload).decode() for e in events],
+        [e.organization_id for e in events],
+    )
+
+
+async def record_rejected(conn: asyncpg.Connection, rejections: Sequence[Rejection]) -> None:
+    if not rejections:
+        return
+    await conn.execute(
+        query("record_rejected"),
+        [r.event_id for r in rejections],
+        [r.event_type for r in rejections],
+        [r.reason for r in rejections],
+        [codec.dumps(list(r.errors)).decode() for r in rejections],
+        [None if r.payload is None else codec.dumps(r.payload).decode() for r in rejections],
+        # PostgreSQL text cannot hold NUL; scrubbed text may still carry one from raw bytes.
+        [None if r.raw_text is None else r.raw_text.replace("\x00", "\ufffd") for r in rejections],
+        [r.source for r in rejections],
+    )
+
+
+async def claim_events(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+    """Pending events, locked until the caller's transaction ends."""
+    rows: list[asyncpg.Record] = await conn.fetch(query("claim_events"), limit)
+    return rows
+
+
+async def write_routing(
+    conn: asyncpg.Connection, routed: Sequence[RoutedEvent], rejected: Sequence[tuple[UUID, Rejection]]
+) -> None:
+    if routed:
+        await conn.execute(
+            query("mark_routed"),
+            [r.event_id for r in routed],
+            [r.body.decode() for r in routed],
+            [r.entity_key for r in routed],
+            [r.event_type for r in routed],
+            [r.organization_id for r in routed],
+        )
+        pairs = [(r.event_id, s, r.event_type) for r in routed for s in r.subscribers]
+        if pairs:
+            ids, subs, types = zip(*pairs, strict=True)
+            await conn.execute(query("insert_deliveries"), list(ids), list(subs), list(types))
+    if rejected:
+        await conn.execute(query("mark_rejected"), [event_id for event_id, _ in rejected])
+        await record_rejected(conn, [r for _, r in rejected])
+
+
+async def claim_deliveries(
+    conn: asyncpg.Connection, subscriber: str, owner: str, limit: int, lease_s: float
+) -> list[ClaimedDelivery]:
+    rows = await conn.fetch(query("claim_deliveries"), subscriber, owner, limit, lease_s)
+    return [
+        ClaimedDelivery(
+            r["event_id"],
+            subscriber,
+            r["event_type"],
+            r["attempts"],
+            r["failed_rounds"],
+            r["body"].encode(),
+            r["created_at"],
+        )
+        for r in rows
+    ]
+
+
+async def seconds_until_due(conn: asyncpg.Connection, subscriber: str) -> float | None:
+    seconds: float | None = await conn.fetchval(query("next_due"), subscriber)
+    return seconds
+
+
+async def write_results(conn: asyncpg.Connection, results: Sequence[DeliveryResult], owner: str) -> int:
+    """Write outcomes in one round trip; returns how many rows this instance still held."""
+    if not results:
+        return 0
+    rows = await conn.fetch(
+        query("write_results"),
+        [r.event_id for r in results],
+        [r.subscriber for r in results],
+        [r.status for r in results],
+        [r.attempts for r in results],
+        [r.failed_rounds for r in results],
+        [r.retry_in_s for r in results],
+        [r.last_status for r in results],
+        [r.last_error for r in results],
+        owner,
+    )
+    return len(rows)
+
+
+async def release_leases(conn: asyncpg.Connection, owner: str, keys: Sequence[tuple[UUID, str]]) -> None:
+    if keys:
+        await conn.execute(query("release_leases"), owner, [k[0] for k in keys], [k[1] for k in keys])
+
+
+async def replay(
+    conn: asyncpg.Connection,
+    channel: str,
+    *,
+    event_id: UUID | None = None,
+    subscriber: str | None = None,
+    status: str | None = None,
+    since: datetime | None = None,
+) -> list[asyncpg.Record]:
+    """Re-queue deliveries (same event_id), then wake every relay instance."""
+    async with conn.transaction():
+        if event_id is not None:
+            rows: list[asyncpg.Record] = await conn.fetch(query("replay_event"), event_id, subscriber)
+        else:
+            rows = await conn.fetch(query("replay_subscriber"), subscriber, status, since)
+        if rows:
+            await wake(conn, channel, rows[0]["event_id"], rows[0]["event_type"])
+    return rows
+
+
+async def wake(conn: asyncpg.Connection, channel: str, event_id: UUID, event_type: str) -> None:
+    """A stub notification: a wake-up for listeners, never journaled again."""
+    await conn.execute(
+        query("wake"), channel, codec.dumps({"event_id": event_id, "event_type": event_type}).decode()
+    )
+
+
+async def list_deliveries(
+    conn: asyncpg.Connection,
+    *,
+    status: str | None = None,
+    subscriber: str | None = None,
+    event_type: str | None = None,
+    event_id: UUID | None = None,
+    limit: int = 50,
+) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        query("list_deliveries"), status, subscriber, event_type, event_id, limit
+    )
+    return rows
+
+
+async def backlog(conn: asyncpg.Connection) -> dict[str, int]:
+    return {r[0]: r[1] for r in await conn.fetch(query("backlog"))}
+
+
+async def prune(
+    conn: asyncpg.Connection, delivered_s: float, dead_s: float, rejected_s: float, batch: int = 5000
+) -> int:
+    """One bounded batch of each retention rule; returns rows deleted (call again while > 0)."""
+    total = 0
+    for name, args in (
+        ("prune_deliveries", (delivered_s, dead_s, batch)),
+        ("prune_events", (delivered_s, rejected_s, batch)),
+        ("prune_rejected", (rejected_s, batch)),
+    ):
+        status = await conn.execute(query(name), *args)
+        total += int(status.split()[-1])
+    return total

@@ -1,0 +1,211 @@
+"""LISTEN on the channel over a dedicated connection; journal what legacy producers notify.
+
+Every notification is an event. One that names an event already in the journal (it_relay.publish
+wrote it) is only a wake-up; a full payload without a journal row is journaled here under its own
+event_id or, if it has none, the UUIDv5 of its canonical JSON, so that every instance that hears it
+writes the same row once. Anything that is not a JSON object becomes a scrubbed rejection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+
+from relay import codec, journal
+from relay.contracts import parse_event
+from relay.contracts.parsing import Rejected
+from relay.logs import get_logger
+from relay.metrics import Metrics
+from relay.redaction import redact, scrub_text
+
+log = get_logger("relay.listener")
+
+_STUB_KEYS = frozenset({"event_id", "event_type"})
+
+
+def classify(raw: str) -> journal.NotifiedEvent | journal.Rejection | None:
+    """What a notification means: an event to journal, a rejection to record, or None (wake-up)."""
+    try:
+        value = codec.loads(raw)
+    except codec.JSONError:
+        result = parse_event(raw)
+        assert isinstance(result, Rejected)
+        return journal.Rejection(result.reason, result.errors, "notify", raw_text=scrub_text(raw))
+    if not isinstance(value, dict):
+        return journal.Rejection(
+            "not_an_object", ("$: an event must be a JSON object",), "notify", payload=redact(value)
+        )
+    if "event_id" in value and value.keys() <= _STUB_KEYS:
+        return None
+    payload = redact(value)
+    event_id = _uuid(payload.get("event_id"))
+    if event_id is None:
+        event_id = codec.canonical_event_id(payload)
+        if "event_id" not in payload:
+            payload["event_id"] = str(event_id)
+    event_type = payload.get("event_type")
+    return journal.NotifiedEvent(
+        event_id,
+        event_type if isinstance(event_type, str) else "",
+        payload,
+        _uuid(payload.get("organization_id")),
+    )
+
+
+def _uuid(value: Any) -> UUID | None:
+    if isinstance(value, str):
+        try:
+            return UUID(value)
+        except ValueError:
+            return None
+    return None
+
+
+class Listener:
+    """Keeps one LISTEN connection alive; reconnects, then asks for a catch-up scan.
+
+    `on_wake(everything)` is called after new events were journaled (False) or when every
+    delivery lane should look for work too (True: after a reconnect, or on a wake-up stub).
+    """
+
+    def __init__(
+        self,
+        *,
+        connect: Callable[[], Awaitable[asyncpg.Connection]],
+        pool: asyncpg.Pool,
+        channel: str,
+        metrics: Metrics,
+        on_wake: Callable[[bool], None],
+        probe_interval_s: float = 10.0,
+        probe_timeout_s: float = 5.0,
+    ) -> None:
+        self._connect = connect
+        self._pool = pool
+        self._channel = channel
+        self._metrics = metrics
+        self._on_wake = on_wake
+        self._probe_interval_s = probe_interval_s
+        self._probe_timeout_s = probe_timeout_s
+        self._inbox: list[str] = []
+        self._inbox_ready = asyncio.Event()
+        self.connected = asyncio.Event()
+        self.connections = 0
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        self._inbox.append(payload)
+        self._inbox_ready.set()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Until `stopping` is set: connect, listen, probe; journal what arrives."""
+        ingest = asyncio.create_task(self._ingest_loop(stopping), name="listener-ingest")
+        try:
+            while not stopping.is_set():
+                conn = await self._connect_with_retry(stopping)
+                if conn is None:
+                    break
+                try:
+                    await self._listen(conn, stopping)
+                finally:
+                    self.connected.clear()
+                    self._metrics.listener_connected.set(0)
+                    with contextlib.suppress(Exception):
+                        conn.terminate()
+        finally:
+            ingest.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ingest
+            await self._flush()
+
+    async def _connect_with_retry(self, stopping: asyncio.Event) -> asyncpg.Connection | None:
+        retrying = AsyncRetrying(
+            wait=wait_exponential_jitter(initial=0.2, max=15.0),
+            retry=retry_if_exception_type(
+                (OSError, asyncpg.PostgresError, TimeoutError, asyncpg.InterfaceError)
+            ),
+            before_sleep=lambda state: log.warning(
+                "listener connect failed, retrying",
+                attempt=state.attempt_number,
+                error=type(state.outcome.exception()).__name__ if state.outcome else None,
+            ),
+        )
+        async for attempt in retrying:
+            if stopping.is_set():
+                return None
+            with attempt:
+                conn: asyncpg.Connection = await self._connect()
+                return conn
+        return None
+
+    async def _listen(self, conn: asyncpg.Connection, stopping: asyncio.Event) -> None:
+        lost = asyncio.Event()
+        conn.add_termination_listener(lambda _c: lost.set())
+        await conn.add_listener(self._channel, self._on_notify)
+        self.connections += 1
+        self.connected.set()
+        self._metrics.listener_connected.set(1)
+        log.info("listener connected", channel=self._channel, connections=self.connections)
+        # Anything committed while we were not listening is found by a catch-up scan.
+        self._on_wake(True)
+        while not stopping.is_set() and not lost.is_set():
+            waiters = {asyncio.create_task(stopping.wait()), asyncio.create_task(lost.wait())}
+            done, pending = await asyncio.wait(
+                waiters, timeout=self._probe_interval_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in pending:
+                task.cancel()
+            if done:
+                break
+            try:
+                # asyncpg does not notice a server that vanished without closing the socket.
+                async with asyncio.timeout(self._probe_timeout_s):
+                    await conn.fetchval("SELECT 1")
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("listener probe failed, reconnecting", error=type(exc).__name__)
+                return
+        if lost.is_set():
+            log.warning("listener connection lost, reconnecting")
+
+    async def _ingest_loop(self, stopping: asyncio.Event) -> None:
+        while True:
+            await self._inbox_ready.wait()
+            self._inbox_ready.clear()
+            try:
+                await self._flush()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                # The notifications stay in the inbox; the next flush (or the catch-up scan of
+                # publish()'d events) picks them up.
+                log.warning("journaling notifications failed, will retry", error=type(exc).__name__)
+                await asyncio.sleep(0.5)
+                self._inbox_ready.set()
+
+    async def _flush(self) -> None:
+        if not self._inbox:
+            return
+        batch = self._inbox[:1000]
+        events: list[journal.NotifiedEvent] = []
+        rejections: list[journal.Rejection] = []
+        stubs = False
+        for raw in batch:
+            item = classify(raw)
+            if isinstance(item, journal.NotifiedEvent):
+                events.append(item)
+            elif isinstance(item, journal.Rejection):
+                rejections.append(item)
+            else:
+                stubs = True
+        async with self._pool.acquire() as conn, conn.transaction():
+            await journal.journal_notified(conn, events)
+            await journal.record_rejected(conn, rejections)
+        del self._inbox[: len(batch)]
+        for r in rejections:
+            self._metrics.events_rejected.labels(r.reason).inc()
+        if self._inbox:
+            self._inbox_ready.set()
+        # A stub is a large event's NOTIFY or a replay's wake-up: every lane may have work.
+        self._on_wake(stubs)

@@ -1,0 +1,65 @@
+"""Prometheus metrics. Labels are bounded: event types, subscribers, reasons, outcomes; never ids."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from relay import __version__
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600)
+
+
+class Metrics:
+    """One set of the relay's metrics in its own registry (tests and the demo run several)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.events_received = Counter(
+            "it_relay_events_received", "Events journaled or heard, by source.", ["source"], registry=r
+        )
+        self.events_rejected = Counter(
+            "it_relay_events_rejected", "Events rejected, by reason.", ["reason"], registry=r
+        )
+        self.deliveries = Counter(
+            "it_relay_deliveries",
+            "Delivery rounds by outcome (delivered, retry, dead).",
+            ["subscriber", "outcome"],
+            registry=r,
+        )
+        self.delivery_duration = Histogram(
+            "it_relay_delivery_duration_seconds",
+            "Duration of one webhook request.",
+            ["subscriber"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.event_latency = Histogram(
+            "it_relay_event_latency_seconds",
+            "From journal to delivered.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.backlog = Gauge(
+            "it_relay_backlog", "Pending deliveries, by subscriber.", ["subscriber"], registry=r
+        )
+        self.listener_connected = Gauge(
+            "it_relay_listener_connected", "1 while the LISTEN connection is up.", registry=r
+        )
+        self.scheduler_emitted = Counter(
+            "it_relay_scheduler_emitted", "Time-based events emitted, by type.", ["event_type"], registry=r
+        )
+        self.unconfigured = Counter(
+            "it_relay_unconfigured_deliveries",
+            "Deliveries routed to a subscriber that has no config (they wait until it is configured).",
+            ["subscriber"],
+            registry=r,
+        )
+        self.circuit_open = Gauge(
+            "it_relay_circuit_open",
+            "1 while a subscriber's circuit breaker is open.",
+            ["subscriber"],
+            registry=r,
+        )
+        self.build_info = Info("it_relay_build", "it-relay version.", registry=r)
+        self.build_info.info({"version": __version__})

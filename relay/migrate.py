@@ -1,0 +1,64 @@
+"""Schema management: apply the .sql migrations in order, once, even with several instances."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from relay.errors import RelayError
+from relay.sql import migrations, query
+
+# pg_advisory_xact_lock key for migrations ("itrelay" in ASCII); any constant unique to it-relay.
+_MIGRATION_LOCK = 0x6974_7265_6C61_79
+
+
+class SchemaError(RelayError):
+    """The database schema is missing or older than this code; `it-relay db upgrade` fixes it."""
+
+    exit_code = 3
+
+
+def code_version() -> int:
+    return migrations()[-1].version
+
+
+async def schema_version(conn: asyncpg.Connection) -> int:
+    if not await conn.fetchval(query("schema_exists")):
+        return 0
+    version: int = await conn.fetchval(query("schema_version"))
+    return version
+
+
+async def upgrade(conn: asyncpg.Connection, *, reference: bool = False) -> list[str]:
+    """Apply pending migrations in one transaction; returns the names applied (may be empty)."""
+    applied: list[str] = []
+    async with conn.transaction():
+        # Two instances upgrading at once: the second waits here, then finds nothing to do.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        current = await schema_version(conn)
+        for migration in migrations():
+            if migration.version <= current:
+                continue
+            await conn.execute(migration.sql)
+            await conn.execute(
+                "INSERT INTO it_relay.schema_version (version, name) VALUES ($1, $2)",
+                migration.version,
+                migration.name,
+            )
+            applied.append(f"{migration.version:04d}_{migration.name}")
+        if reference:
+            for script in migrations("reference"):
+                await conn.execute(script.sql)
+                applied.append(f"reference/{script.version:04d}_{script.name}")
+    return applied
+
+
+async def check(conn: asyncpg.Connection) -> int:
+    """Raise SchemaError unless the schema is at least as new as this code; returns its version."""
+    found = await schema_version(conn)
+    needed = code_version()
+    if found < needed:
+        what = "has no it_relay schema" if found == 0 else f"has it_relay schema version {found}"
+        raise SchemaError(
+            f"the database {what}; this it-relay needs version {needed}: run `it-relay db upgrade`"
+        )
+    return found

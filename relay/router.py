@@ -1,0 +1,141 @@
+"""Route journaled events: validate, redact, and write one delivery row per subscriber.
+
+A batch of pending events is claimed FOR UPDATE SKIP LOCKED; its routing (deliveries, the
+validated payload, rejections) commits in that same transaction, so a crash leaves the events
+pending for any instance to take.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from uuid import UUID
+
+import asyncpg
+
+from relay import codec, journal
+from relay.aio import sleep_unless, wait_any
+from relay.contracts import Accepted, UnknownFields, parse_event
+from relay.logs import get_logger
+from relay.metrics import Metrics
+
+log = get_logger("relay.router")
+
+_NOT_ENTITY = frozenset({"event_id", "organization_id"})
+
+
+def entity_key(accepted: Accepted) -> str | None:
+    """`<field>:<id>` of the entity an event is about: its first *_id field (asset_id, ticket_id, ...)."""
+    for name in accepted.contract.model.model_fields:
+        if name.endswith("_id") and name not in _NOT_ENTITY:
+            value = accepted.payload.get(name)
+            return f"{name}:{value}" if value is not None else None
+    return None
+
+
+def route(
+    event_id: UUID, raw_payload: str, unknown_fields: UnknownFields
+) -> journal.RoutedEvent | journal.Rejection:
+    """Pure: one journaled payload to its routing or its rejection."""
+    result = parse_event(raw_payload, unknown_fields)
+    if isinstance(result, Accepted):
+        payload = result.payload
+        if payload.get("event_id") is None:
+            payload["event_id"] = event_id
+        organization = payload.get("organization_id")
+        return journal.RoutedEvent(
+            event_id=event_id,
+            event_type=result.event_type,
+            body=codec.dumps(payload),
+            entity_key=entity_key(result),
+            organization_id=organization if isinstance(organization, UUID) else None,
+            subscribers=result.contract.subscribers,
+        )
+    return journal.Rejection(
+        result.reason,
+        result.errors,
+        "journal",
+        event_id=event_id,
+        event_type=result.event_type,
+        payload=result.payload,
+    )
+
+
+class Router:
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        metrics: Metrics,
+        unknown_fields: UnknownFields,
+        configured: Iterable[str],
+        on_routed: Callable[[set[str]], None],
+        batch_size: int = 200,
+        poll_interval_s: float = 5.0,
+    ) -> None:
+        self._pool = pool
+        self._metrics = metrics
+        self._unknown_fields = unknown_fields
+        self._configured = frozenset(configured)
+        self._on_routed = on_routed
+        self._batch_size = batch_size
+        self._poll_interval_s = poll_interval_s
+        self._wake = asyncio.Event()
+        self._warned: set[str] = set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            self._wake.clear()
+            try:
+                routed = await self.route_batch()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning("routing failed, will retry", error=type(exc).__name__)
+                routed = 0
+                await sleep_unless(stopping, 1.0)
+            if routed >= self._batch_size:
+                continue
+            await wait_any(self._wake, stopping, within=self._poll_interval_s)
+
+    async def route_batch(self) -> int:
+        """Route one batch; returns how many events it took."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await journal.claim_events(conn, self._batch_size)
+            if not rows:
+                return 0
+            routed: list[journal.RoutedEvent] = []
+            rejected: list[tuple[UUID, journal.Rejection]] = []
+            for row in rows:
+                outcome = route(row["event_id"], row["payload"], self._unknown_fields)
+                self._metrics.events_received.labels(row["source"]).inc()
+                if isinstance(outcome, journal.RoutedEvent):
+                    routed.append(outcome)
+                else:
+                    rejected.append((row["event_id"], outcome))
+            await journal.write_routing(conn, routed, rejected)
+        subscribers: set[str] = set()
+        for event in routed:
+            subscribers.update(event.subscribers)
+            for name in event.subscribers:
+                if name not in self._configured:
+                    self._metrics.unconfigured.labels(name).inc()
+        for event_id, rejection in rejected:
+            self._metrics.events_rejected.labels(rejection.reason).inc()
+            log.warning(
+                "event rejected",
+                event_id=str(event_id),
+                event_type=rejection.event_type,
+                reason=rejection.reason,
+                errors=list(rejection.errors)[:10],
+            )
+        for name in subscribers - self._configured - self._warned:
+            self._warned.add(name)
+            log.warning(
+                "deliveries routed to a subscriber without config wait until it is configured",
+                subscriber=name,
+            )
+        if subscribers:
+            self._on_routed(subscribers)
+        return len(rows)

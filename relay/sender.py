@@ -1,0 +1,74 @@
+"""The HTTP sender behind delivery: one small interface, httpx with a choice of transport."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import aiohttp
+import httpx
+
+from relay.errors import RelayError
+
+Transport = Literal["aiohttp", "httpx"]
+_USERINFO = re.compile(r"//[^/@\s]+@")
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    headers: Mapping[str, str]
+
+
+class SendError(RelayError):
+    """No HTTP response: connection refused or reset, DNS, TLS, or the timeout passed."""
+
+
+class Sender(Protocol):
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Response: ...
+
+    async def aclose(self) -> None: ...
+
+
+def describe(exc: BaseException) -> str:
+    """A short reason for last_error: the exception type and message, URL credentials removed."""
+    text = str(exc) or type(exc).__name__
+    return _USERINFO.sub("//***@", f"{type(exc).__name__}: {text}")[:300]
+
+
+class HttpxSender:
+    """httpx.AsyncClient, over aiohttp (httpx-aiohttp) or httpx's own transport."""
+
+    def __init__(self, transport: Transport = "aiohttp", max_connections: int = 100) -> None:
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        if transport == "aiohttp":
+            from httpx_aiohttp import AiohttpTransport
+
+            self._client = httpx.AsyncClient(
+                transport=AiohttpTransport(limits=limits, trust_env=False), follow_redirects=False
+            )
+        else:
+            self._client = httpx.AsyncClient(limits=limits, trust_env=False, follow_redirects=False)
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Response:
+        try:
+            # httpx's timeout is per phase; the outer one bounds a subscriber that drips bytes.
+            async with asyncio.timeout(timeout_s):
+                response = await self._client.post(
+                    url, content=body, headers=dict(headers), timeout=timeout_s
+                )
+        except TimeoutError:
+            raise SendError(f"timeout after {timeout_s:g}s") from None
+        except httpx.TimeoutException:
+            raise SendError(f"timeout after {timeout_s:g}s") from None
+        except httpx.HTTPError as exc:
+            raise SendError(describe(exc)) from None
+        except (OSError, aiohttp.ClientError) as exc:
+            raise SendError(describe(exc)) from None
+        return Response(response.status_code, {k.lower(): v for k, v in response.headers.items()})
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,58 @@
+"""The webhook request headers: Standard Webhooks signature, event headers, CloudEvents. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from functools import lru_cache
+
+from standardwebhooks import Webhook
+
+from relay import __version__
+
+USER_AGENT = f"it-relay/{__version__}"
+
+
+@lru_cache(maxsize=256)
+def _webhook(secret: str) -> Webhook:
+    return Webhook(secret)
+
+
+def signature(secrets: Sequence[str], msg_id: str, at: datetime, body: bytes) -> str:
+    """`v1,<base64>` for each secret, space-separated (several during a secret rotation)."""
+    text = body.decode("utf-8")
+    return " ".join(_webhook(s).sign(msg_id, at, text) for s in secrets)
+
+
+def headers(
+    *,
+    event_id: str,
+    event_type: str,
+    body: bytes,
+    secrets: Sequence[str],
+    attempt: int,
+    at: datetime,
+    cloudevents: bool = False,
+    publisher: str = "",
+    journaled_at: datetime | None = None,
+) -> dict[str, str]:
+    """Every header of one attempt; the timestamp is this attempt's, so each retry is re-signed."""
+    at = at.astimezone(UTC).replace(microsecond=0)
+    out = {
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+        "webhook-id": event_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": signature(secrets, event_id, at, body),
+        "x-it-event-type": event_type,
+        "x-it-delivery-attempt": str(attempt),
+    }
+    if cloudevents:
+        out |= {
+            "ce-specversion": "1.0",
+            "ce-id": event_id,
+            "ce-type": event_type,
+            "ce-source": f"urn:it-relay:{publisher or 'it'}",
+            "ce-time": (journaled_at or at).astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        }
+    return out

@@ -1,0 +1,162 @@
+-- Named queries of it-relay. Each starts with a "-- name: <name>" line; relay/sql/__init__.py loads them.
+
+-- name: schema_version
+SELECT coalesce(max(version), 0) FROM it_relay.schema_version;
+
+-- name: schema_exists
+SELECT to_regclass('it_relay.schema_version') IS NOT NULL;
+
+-- name: publish
+SELECT it_relay.publish($1::jsonb);
+
+-- name: journal_notified
+-- Events heard on the channel without a journal row (legacy producers); already-journaled ids are
+-- no-ops, so two instances that hear the same notification journal it once.
+INSERT INTO it_relay.events (event_id, event_type, payload, source, organization_id)
+SELECT r.event_id, r.event_type, r.payload, 'notify', r.organization_id
+  FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::uuid[]) AS r(event_id, event_type, payload, organization_id)
+ON CONFLICT (event_id) DO NOTHING;
+
+-- name: record_rejected
+INSERT INTO it_relay.rejected_events (event_id, event_type, reason, errors, payload, raw_text, source)
+SELECT r.event_id, r.event_type, r.reason, ARRAY(SELECT jsonb_array_elements_text(r.errors)), r.payload, r.raw_text, r.source
+  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[], $6::text[], $7::text[])
+       AS r(event_id, event_type, reason, errors, payload, raw_text, source)
+ON CONFLICT (event_id) WHERE event_id IS NOT NULL DO NOTHING;
+
+-- name: claim_events
+-- Held FOR UPDATE until the routing transaction commits; other instances skip these rows.
+SELECT event_id, payload::text AS payload, source
+  FROM it_relay.events
+ WHERE status = 'pending'
+ ORDER BY created_at
+ LIMIT $1
+   FOR UPDATE SKIP LOCKED;
+
+-- name: mark_routed
+UPDATE it_relay.events e
+   SET status = 'routed', routed_at = clock_timestamp(), payload = r.payload, entity_key = r.entity_key,
+       event_type = r.event_type,
+       organization_id = r.organization_id
+  FROM unnest($1::uuid[], $2::jsonb[], $3::text[], $4::text[], $5::uuid[])
+       AS r(event_id, payload, entity_key, event_type, organization_id)
+ WHERE e.event_id = r.event_id;
+
+-- name: mark_rejected
+UPDATE it_relay.events SET status = 'rejected', routed_at = clock_timestamp()
+ WHERE event_id = ANY($1::uuid[]);
+
+-- name: insert_deliveries
+INSERT INTO it_relay.deliveries (event_id, subscriber, event_type)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[])
+ON CONFLICT (event_id, subscriber) DO NOTHING;
+
+-- name: claim_deliveries
+-- Due deliveries of one subscriber, leased to this instance. A lease that expired (its instance
+-- died) is claimed again. First attempts go out in journal order.
+UPDATE it_relay.deliveries d
+   SET lease_owner = $2, lease_expires_at = clock_timestamp() + make_interval(secs => $4)
+  FROM (SELECT event_id, subscriber
+          FROM it_relay.deliveries
+         WHERE subscriber = $1
+           AND status = 'pending'
+           AND next_attempt_at <= clock_timestamp()
+           AND (lease_expires_at IS NULL OR lease_expires_at < clock_timestamp())
+         ORDER BY next_attempt_at, created_at
+         LIMIT $3
+           FOR UPDATE SKIP LOCKED) c,
+       it_relay.events e
+ WHERE d.event_id = c.event_id AND d.subscriber = c.subscriber AND e.event_id = d.event_id
+RETURNING d.event_id, d.event_type, d.attempts, d.failed_rounds, e.payload::text AS body, e.created_at;
+
+-- name: next_due
+-- Seconds until the next delivery of a subscriber becomes due, by the database's clock (NULL when
+-- none is pending), so retries never depend on the relay host's clock agreeing with the server's.
+SELECT extract(epoch FROM min(greatest(next_attempt_at, coalesce(lease_expires_at, next_attempt_at)))
+                          - clock_timestamp())::float8
+  FROM it_relay.deliveries
+ WHERE subscriber = $1 AND status = 'pending';
+
+-- name: write_results
+-- Outcomes of many attempts in one round trip. Only the lease holder may write: a lease that
+-- expired and was claimed by another instance is theirs now.
+UPDATE it_relay.deliveries d
+   SET status = r.status,
+       attempts = r.attempts,
+       failed_rounds = r.failed_rounds,
+       next_attempt_at = CASE WHEN r.retry_in_s IS NULL THEN d.next_attempt_at
+                              ELSE clock_timestamp() + make_interval(secs => r.retry_in_s) END,
+       last_status = r.last_status,
+       last_error = r.last_error,
+       delivered_at = CASE WHEN r.status = 'delivered' THEN clock_timestamp() END,
+       updated_at = clock_timestamp(),
+       lease_owner = NULL,
+       lease_expires_at = NULL
+  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::int[], $6::float8[], $7::int[], $8::text[])
+       AS r(event_id, subscriber, status, attempts, failed_rounds, retry_in_s, last_status, last_error)
+ WHERE d.event_id = r.event_id AND d.subscriber = r.subscriber AND d.lease_owner = $9
+RETURNING d.event_id, d.subscriber;
+
+-- name: release_leases
+-- Claimed but never attempted (shutdown, open circuit): back to the queue, attempts untouched.
+UPDATE it_relay.deliveries
+   SET lease_owner = NULL, lease_expires_at = NULL
+ WHERE lease_owner = $1 AND status = 'pending'
+   AND (event_id, subscriber) IN (SELECT * FROM unnest($2::uuid[], $3::text[]));
+
+-- name: replay_event
+UPDATE it_relay.deliveries
+   SET status = 'pending', next_attempt_at = clock_timestamp(), failed_rounds = 0,
+       lease_owner = NULL, lease_expires_at = NULL, delivered_at = NULL, updated_at = clock_timestamp()
+ WHERE event_id = $1 AND ($2::text IS NULL OR subscriber = $2)
+RETURNING event_id, subscriber, event_type;
+
+-- name: replay_subscriber
+UPDATE it_relay.deliveries
+   SET status = 'pending', next_attempt_at = clock_timestamp(), failed_rounds = 0,
+       lease_owner = NULL, lease_expires_at = NULL, delivered_at = NULL, updated_at = clock_timestamp()
+ WHERE subscriber = $1 AND status = $2 AND ($3::timestamptz IS NULL OR updated_at >= $3)
+RETURNING event_id, subscriber, event_type;
+
+-- name: wake
+SELECT pg_notify($1, $2);
+
+-- name: list_deliveries
+SELECT d.event_id, d.event_type, d.subscriber, d.status, d.attempts, d.last_status, d.last_error,
+       d.created_at, d.updated_at, d.next_attempt_at, d.delivered_at
+  FROM it_relay.deliveries d
+ WHERE ($1::text IS NULL OR d.status = $1)
+   AND ($2::text IS NULL OR d.subscriber = $2)
+   AND ($3::text IS NULL OR d.event_type = $3)
+   AND ($4::uuid IS NULL OR d.event_id = $4)
+ ORDER BY d.updated_at DESC, d.event_id, d.subscriber
+ LIMIT $5;
+
+-- name: backlog
+SELECT subscriber, count(*) FROM it_relay.deliveries WHERE status = 'pending' GROUP BY subscriber;
+
+-- name: prune_deliveries
+-- Retention, in bounded batches so a large prune never holds long locks.
+DELETE FROM it_relay.deliveries
+ WHERE ctid = ANY(ARRAY(
+       SELECT ctid FROM it_relay.deliveries
+        WHERE (status = 'delivered' AND updated_at < clock_timestamp() - make_interval(secs => $1))
+           OR (status = 'dead' AND updated_at < clock_timestamp() - make_interval(secs => $2))
+        LIMIT $3));
+
+-- name: prune_events
+-- Events whose deliveries are all gone (pruned) or that were rejected long ago.
+DELETE FROM it_relay.events e
+ WHERE e.event_id = ANY(ARRAY(
+       SELECT e2.event_id FROM it_relay.events e2
+        WHERE ((e2.status = 'routed' AND e2.routed_at < clock_timestamp() - make_interval(secs => $1))
+               OR (e2.status = 'rejected' AND e2.routed_at < clock_timestamp() - make_interval(secs => $2)))
+          AND NOT EXISTS (SELECT 1 FROM it_relay.deliveries d WHERE d.event_id = e2.event_id)
+        LIMIT $3));
+
+-- name: prune_rejected
+DELETE FROM it_relay.rejected_events
+ WHERE id = ANY(ARRAY(
+       SELECT id FROM it_relay.rejected_events
+        WHERE received_at < clock_timestamp() - make_interval(secs => $1)
+        LIMIT $2));
