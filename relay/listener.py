@@ -124,7 +124,7 @@ class Listener:
 
     async def _connect_with_retry(self, stopping: asyncio.Event) -> asyncpg.Connection | None:
         retrying = AsyncRetrying(
-            wait=wait_exponential_jitter(initial=0.2, max=15.0),
+            wait=wait_exponential_jitter(multiplier=0.2, max=15.0, jitter=0.5),
             retry=retry_if_exception_type(
                 (OSError, asyncpg.PostgresError, TimeoutError, asyncpg.InterfaceError)
             ),

@@ -42,7 +42,26 @@ async def sink() -> AsyncIterator[Sink]:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Anything that touches PostgreSQL is a `db` test; .ci/run re-runs those on the server.
     for item in items:
-        if "database_url" in getattr(item, "fixturenames", ()) or "pg_server_url" in getattr(
-            item, "fixturenames", ()
-        ):
+        if "pg_server_url" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.db)
+
+
+@pytest.fixture
+async def relay_db(database_url: str) -> str:
+    """A clean database with the it_relay schema applied."""
+    from relay import migrate
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        await migrate.upgrade(conn)
+    finally:
+        await conn.close()
+    return database_url
+
+
+@pytest.fixture
+async def db(relay_db: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the relay database, for the test's own statements."""
+    conn = await asyncpg.connect(relay_db)
+    yield conn
+    await conn.close()

@@ -1,0 +1,169 @@
+"""Helpers to run the relay in tests: settings for local sinks, an in-process daemon, a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from relay import logs
+from relay.contracts import SUBSCRIBERS
+from relay.daemon import Daemon
+from relay.settings import Settings, load_settings
+from tests.support.sink import Sink
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+OLD_SECRET = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
+
+
+def path_of(subscriber: str) -> str:
+    return f"/{subscriber.lower()}"
+
+
+def relay_settings(
+    database_url: str,
+    sink: Sink,
+    subscribers: Iterable[str] = SUBSCRIBERS,
+    *,
+    subscriber_overrides: dict[str, dict[str, Any]] | None = None,
+    **sections: dict[str, Any],
+) -> Settings:
+    """Fast timings for tests: short polls, short retries, no jitter; every subscriber on the sink."""
+    subs = {
+        name: {"url": sink.url(path_of(name)), "secret": SECRET, **(subscriber_overrides or {}).get(name, {})}
+        for name in subscribers
+    }
+    delivery = {
+        "retry_schedule_s": [0.3, 0.3, 0.3],
+        "jitter": 0.0,
+        "inprocess_retries": 0,
+        "timeout_s": 2.0,
+        "lease_s": 30.0,
+        "shutdown_grace_s": 5.0,
+        **sections.pop("delivery", {}),
+    }
+    database = {
+        "url": database_url,
+        "poll_interval_s": 0.5,
+        "probe_interval_s": 0.5,
+        "probe_timeout_s": 2.0,
+        **sections.pop("database", {}),
+    }
+    return load_settings(None, database=database, delivery=delivery, subscribers=subs, **sections)
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Daemon]:
+    """A daemon running in this event loop for the duration of the block."""
+    logs.configure("WARNING", "json")
+    daemon = Daemon(settings)
+    task = asyncio.create_task(daemon.run(install_signal_handlers=False))
+    try:
+        await wait_until(
+            lambda: daemon.listener is not None and daemon.listener.connected.is_set(), task=task
+        )
+        yield daemon
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(task, 30)
+
+
+async def wait_until(
+    predicate: Callable[[], bool], within: float = 15.0, task: asyncio.Task[Any] | None = None
+) -> None:
+    """Poll a condition (cheap, in-process) until it holds; fail after `within` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not predicate():
+        if task is not None and task.done():
+            task.result()
+            raise AssertionError("daemon exited")
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+async def wait_for_rows(
+    conn: asyncpg.Connection, sql: str, expected: Callable[[Any], bool], within: float = 20.0
+) -> Any:
+    """Poll a query until its value satisfies `expected`; returns the value."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        value = await conn.fetchval(sql)
+        if expected(value):
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"query never satisfied the condition; last value {value!r}")
+        await asyncio.sleep(0.05)
+
+
+def write_config(path: Path, settings: Settings) -> Path:
+    """A TOML config equivalent to `settings` (for relay subprocesses)."""
+    lines: list[str] = []
+    data = settings.model_dump(mode="json", exclude={"subscribers"})
+    for section, values in data.items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            if isinstance(value, dict):
+                continue
+            if value is not None:
+                lines.append(f"{key} = {_toml(value)}")
+    for name, conf in settings.subscribers.items():
+        lines.append(f'[subscribers."{name}"]')
+        lines.append(f'url = "{conf.url}"')
+        lines.append(f"secrets = {_toml(conf.signing_secrets())}")
+        lines.append(f"max_in_flight = {conf.max_in_flight}")
+        if conf.timeout_s:
+            lines.append(f"timeout_s = {conf.timeout_s}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return str(value)
+
+
+def start_relay_process(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """`python -m relay run` as a real process (for SIGKILL and several-instance tests)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IT_RELAY_")}
+    log = log_path.open("ab")
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "relay",
+            "run",
+            "--config",
+            str(config),
+            "--log-format",
+            "json",
+            "--log-level",
+            "INFO",
+        ],
+        stdout=log,
+        stderr=log,
+        env=env,
+    )
+
+
+def stop_process(
+    proc: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGTERM, within: float = 30
+) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    return proc.wait(within)

@@ -1,0 +1,129 @@
+"""The relay's schema and it_relay.publish(), the producer API, on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import asyncpg
+import pytest
+
+from relay import codec, migrate
+from relay.contracts.examples import example
+from relay.migrate import SchemaError
+
+
+async def test_upgrade_is_idempotent_and_safe_concurrently(database_url: str) -> None:
+    conns = [await asyncpg.connect(database_url) for _ in range(3)]
+    try:
+        results = await asyncio.gather(*(migrate.upgrade(c) for c in conns))
+        assert sorted(len(r) for r in results) == [0, 0, 1]
+        assert await migrate.upgrade(conns[0]) == []
+        assert await migrate.check(conns[0]) == migrate.code_version()
+    finally:
+        for c in conns:
+            await c.close()
+
+
+async def test_check_refuses_a_missing_or_older_schema(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        with pytest.raises(SchemaError, match="run `it-relay db upgrade`"):
+            await migrate.check(conn)
+        await migrate.upgrade(conn)
+        await conn.execute("DELETE FROM it_relay.schema_version")
+        await conn.execute("INSERT INTO it_relay.schema_version VALUES (0, 'older')")
+        with pytest.raises(SchemaError, match="needs version 1"):
+            await migrate.check(conn)
+    finally:
+        await conn.close()
+
+
+async def test_publish_journals_in_the_callers_transaction(db: asyncpg.Connection) -> None:
+    async with db.transaction():
+        event_id = await db.fetchval(
+            "SELECT it_relay.publish($1::jsonb)", codec.dumps(example("it_ticket_created")).decode()
+        )
+        assert await db.fetchval("SELECT count(*) FROM it_relay.events") == 1
+    row = await db.fetchrow("SELECT * FROM it_relay.events WHERE event_id = $1", event_id)
+    assert row["status"] == "pending"
+    assert row["source"] == "publish"
+    assert str(row["organization_id"]) == example("it_ticket_created")["organization_id"]
+    assert json.loads(row["payload"])["event_id"] == str(event_id)
+
+
+async def test_a_rolled_back_transaction_publishes_nothing(relay_db: str, db: asyncpg.Connection) -> None:
+    heard: list[str] = []
+    await db.add_listener("it_events", lambda *args: heard.append(args[-1]))
+    producer = await asyncpg.connect(relay_db)
+    try:
+        tx = producer.transaction()
+        await tx.start()
+        await producer.fetchval(
+            "SELECT it_relay.publish($1::jsonb)", codec.dumps(example("it_ticket_created")).decode()
+        )
+        await tx.rollback()
+        # A committed publish after it proves the listener works, so silence above is meaningful.
+        await producer.fetchval(
+            "SELECT it_relay.publish($1::jsonb)", codec.dumps(example("it_asset_purchased")).decode()
+        )
+    finally:
+        await producer.close()
+    for _ in range(100):
+        if heard:
+            break
+        await asyncio.sleep(0.02)
+    assert [json.loads(h)["event_type"] for h in heard] == ["it_asset_purchased"]
+    assert await db.fetchval("SELECT count(*) FROM it_relay.events") == 1
+
+
+async def test_publish_keeps_a_given_event_id_and_is_idempotent(db: asyncpg.Connection) -> None:
+    given = str(uuid.uuid4())
+    payload = codec.dumps(example("it_ticket_created") | {"event_id": given}).decode()
+    first = await db.fetchval("SELECT it_relay.publish($1::jsonb)", payload)
+    second = await db.fetchval("SELECT it_relay.publish($1::jsonb)", payload)
+    assert str(first) == str(second) == given
+    assert await db.fetchval("SELECT count(*) FROM it_relay.events") == 1
+
+
+@pytest.mark.parametrize(
+    "bad", ["[1]", '"x"', codec.dumps(example("it_ticket_created") | {"event_id": "nope"}).decode()]
+)
+async def test_publish_refuses_what_is_not_an_event_object(db: asyncpg.Connection, bad: str) -> None:
+    with pytest.raises(asyncpg.InvalidParameterValueError, match=r"it_relay\.publish"):
+        await db.fetchval("SELECT it_relay.publish($1::jsonb)", bad)
+
+
+async def test_publish_redacts_the_licence_key_before_writing_or_notifying(db: asyncpg.Connection) -> None:
+    heard: list[str] = []
+    await db.add_listener("it_events", lambda *args: heard.append(args[-1]))
+    payload = example("it_license_created") | {
+        "license_key": "RAW-KEY-123",
+        "meta": [{"LicenseKey": "RAW-KEY-456"}],
+    }
+    await db.fetchval("SELECT it_relay.publish($1::jsonb)", codec.dumps(payload).decode())
+    stored = await db.fetchval("SELECT payload::text FROM it_relay.events")
+    for _ in range(50):
+        if heard:
+            break
+        await asyncio.sleep(0.02)
+    assert heard
+    for text in (stored, heard[0]):
+        assert "RAW-KEY" not in text
+        assert json.loads(text)["license_key"] == "[REDACTED]"
+
+
+async def test_large_events_notify_a_stub(db: asyncpg.Connection) -> None:
+    heard: list[str] = []
+    await db.add_listener("it_events", lambda *args: heard.append(args[-1]))
+    small = example("it_ticket_created")
+    large = example("it_ticket_created") | {"description": "x" * 9000}
+    await db.fetchval("SELECT it_relay.publish($1::jsonb)", codec.dumps(small).decode())
+    big_id = await db.fetchval("SELECT it_relay.publish($1::jsonb)", codec.dumps(large).decode())
+    for _ in range(50):
+        if len(heard) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert json.loads(heard[0])["subject"] == small["subject"]
+    assert json.loads(heard[1]) == {"event_id": str(big_id), "event_type": "it_ticket_created"}
