@@ -54,6 +54,9 @@ def _default(value: Any) -> Any:
         if not value.is_finite():
             raise TypeError("non-finite decimal")
         return orjson.Fragment(str(value))
+    if isinstance(value, uuid.UUID):
+        # asyncpg returns its own UUID subclass, which orjson does not recognise.
+        return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 

@@ -21,3 +21,9 @@ class InputError(UserError):
     """A file or argument given to a command cannot be read or parsed."""
 
     exit_code = 2
+
+
+class SchemaError(UserError):
+    """The database schema is missing or older than this code; `it-relay db upgrade` fixes it."""
+
+    exit_code = 3

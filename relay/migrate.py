@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import asyncpg
 
-from relay.errors import RelayError
+from relay.errors import SchemaError
 from relay.sql import migrations, query
 
 # pg_advisory_xact_lock key for migrations ("itrelay" in ASCII); any constant unique to it-relay.
 _MIGRATION_LOCK = 0x6974_7265_6C61_79
 
 
-class SchemaError(RelayError):
-    """The database schema is missing or older than this code; `it-relay db upgrade` fixes it."""
-
-    exit_code = 3
+__all__ = ["SchemaError", "check", "code_version", "schema_version", "upgrade"]
 
 
 def code_version() -> int:

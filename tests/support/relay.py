@@ -161,9 +161,10 @@ def start_relay_process(config: Path, log_path: Path) -> subprocess.Popen[bytes]
     )
 
 
-def stop_process(
+async def stop_process(
     proc: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGTERM, within: float = 30
 ) -> int:
+    """Signal a relay process and wait for it without blocking the loop (the sinks live in it)."""
     if proc.poll() is None:
         proc.send_signal(sig)
-    return proc.wait(within)
+    return await asyncio.to_thread(proc.wait, within)

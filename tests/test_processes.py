@@ -1,0 +1,227 @@
+"""The relay as real processes: replay, several instances, SIGKILL, SIGTERM, lost connections."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import asyncpg
+
+from relay import codec, journal
+from relay.contracts.examples import example
+from tests.support.relay import (
+    relay_settings,
+    running,
+    start_relay_process,
+    stop_process,
+    wait_for_rows,
+    write_config,
+)
+from tests.support.sink import Reply, Sink
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IT_RELAY_")}
+    return subprocess.run(
+        [sys.executable, "-m", "relay", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+async def publish_many(
+    db: asyncpg.Connection, count: int, event_type: str = "it_asset_assigned"
+) -> list[str]:
+    payloads = [example(event_type) | {"asset_tag": f"A-{i}"} for i in range(count)]
+    async with db.transaction():
+        return [str(await journal.publish(db, p)) for p in payloads]
+
+
+async def test_dead_then_replay_delivers_with_the_same_webhook_id(
+    tmp_path: Path, relay_db: str, db: asyncpg.Connection, sink: Sink
+) -> None:
+    sink.script("/fa", Reply(410))
+    settings = relay_settings(relay_db, sink, ["FA"])
+    config = write_config(tmp_path / "relay.toml", settings)
+    async with running(settings):
+        event_id = str(await journal.publish(db, example("it_asset_purchased")))
+        await wait_for_rows(db, "SELECT status FROM it_relay.deliveries", lambda v: v == "dead")
+        listed = cli("deliveries", "list", "--config", str(config), "--status", "dead", "--json")
+        assert listed.returncode == 0, listed.stderr
+        row = json.loads(listed.stdout.splitlines()[0])
+        assert (row["event_id"], row["subscriber"], row["last_status"]) == (event_id, "FA", 410)
+        replayed = cli("replay", "--config", str(config), "--event-id", event_id)
+        assert replayed.returncode == 0, replayed.stderr
+        assert f"re-queued {event_id} it_asset_purchased -> FA" in replayed.stdout
+        await wait_for_rows(db, "SELECT status FROM it_relay.deliveries", lambda v: v == "delivered")
+    first, second = sink.at("/fa")
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == event_id
+    assert second.headers["x-it-delivery-attempt"] == "2"
+
+
+async def test_replay_all_dead_of_a_subscriber(
+    tmp_path: Path, relay_db: str, db: asyncpg.Connection, sink: Sink
+) -> None:
+    sink.script("/pf-10", *[Reply(404)] * 3)
+    settings = relay_settings(relay_db, sink, ["PF-10", "HR"])
+    config = write_config(tmp_path / "relay.toml", settings)
+    async with running(settings):
+        await publish_many(db, 3)
+        await wait_for_rows(
+            db, "SELECT count(*) FROM it_relay.deliveries WHERE status = 'dead'", lambda v: v == 3
+        )
+        result = cli(
+            "replay",
+            "--config",
+            str(config),
+            "--subscriber",
+            "PF-10",
+            "--status",
+            "dead",
+            "--since",
+            "2000-01-01T00:00:00Z",
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count("re-queued") == 3
+        await wait_for_rows(
+            db, "SELECT count(*) FROM it_relay.deliveries WHERE status = 'delivered'", lambda v: v == 6
+        )
+    nothing = cli("replay", "--config", str(config), "--subscriber", "PF-10", "--status", "dead")
+    assert nothing.returncode == 1
+    assert "nothing to replay" in nothing.stderr
+
+
+async def test_two_processes_deliver_each_pair_exactly_once(
+    tmp_path: Path, relay_db: str, db: asyncpg.Connection, sink: Sink
+) -> None:
+    config = write_config(tmp_path / "relay.toml", relay_settings(relay_db, sink, ["PF-10", "HR"]))
+    procs = [start_relay_process(config, tmp_path / f"relay{i}.log") for i in range(2)]
+    try:
+        ids = await publish_many(db, 300)
+        await sink.wait_for(lambda r: len(r) >= 600, within=60)
+        await asyncio.sleep(1.0)
+    finally:
+        codes = [await stop_process(p) for p in procs]
+    assert codes == [0, 0]
+    pairs = Counter((r.headers["webhook-id"], r.path) for r in sink.requests)
+    assert set(pairs) == {(i, p) for i in ids for p in ("/pf-10", "/hr")}
+    assert max(pairs.values()) == 1
+
+
+async def test_sigkill_mid_run_then_restart_completes_every_delivery(
+    tmp_path: Path, relay_db: str, db: asyncpg.Connection, sink: Sink
+) -> None:
+    # Slow answers keep deliveries in flight when the process is killed.
+    sink.script("/pf-10", *[Reply(200, delay_s=0.05)] * 400)
+    settings = relay_settings(relay_db, sink, ["PF-10", "HR"], delivery={"lease_s": 2.0})
+    config = write_config(tmp_path / "relay.toml", settings)
+    proc = start_relay_process(config, tmp_path / "relay.log")
+    ids = await publish_many(db, 400)
+    await sink.wait_for(lambda r: len(r) >= 100, within=30)
+    await stop_process(proc, signal.SIGKILL)
+    before = len(sink.requests)
+    proc = start_relay_process(config, tmp_path / "relay.log")
+    try:
+        await wait_for_rows(
+            db,
+            "SELECT count(*) FROM it_relay.deliveries WHERE status = 'delivered'",
+            lambda v: v == 800,
+            within=60,
+        )
+    finally:
+        assert await stop_process(proc) == 0
+    pairs = Counter((r.headers["webhook-id"], r.path) for r in sink.requests)
+    assert set(pairs) == {(i, p) for i in ids for p in ("/pf-10", "/hr")}
+    duplicates = sum(n - 1 for n in pairs.values())
+    # Only what was in flight (at most one lane's max_in_flight per subscriber) may repeat.
+    assert duplicates <= 2 * 16, duplicates
+    assert before < len(sink.requests)
+
+
+async def test_sigterm_finishes_in_flight_deliveries_and_exits_0(
+    tmp_path: Path, relay_db: str, db: asyncpg.Connection, sink: Sink
+) -> None:
+    sink.script("/fa", Reply(200, delay_s=1.5))
+    config = write_config(tmp_path / "relay.toml", relay_settings(relay_db, sink, ["FA"]))
+    proc = start_relay_process(config, tmp_path / "relay.log")
+    try:
+        await journal.publish(db, example("it_asset_purchased"))
+        await sink.wait_for(lambda r: len(r) == 1, within=20)
+    finally:
+        code = await stop_process(proc, signal.SIGTERM)
+    assert code == 0
+    assert await db.fetchval("SELECT status FROM it_relay.deliveries") == "delivered"
+    log = (tmp_path / "relay.log").read_text()
+    assert "it-relay stopped" in log
+
+
+async def test_listener_reconnects_and_catches_up_after_its_backend_is_terminated(
+    relay_db: str, db: asyncpg.Connection, sink: Sink
+) -> None:
+    async with running(relay_settings(relay_db, sink, ["PF-10"])) as daemon:
+        assert daemon.listener is not None
+        pid = await db.fetchval(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'it-relay:listener'"
+        )
+        assert pid is not None
+        assert (
+            await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'it-relay'")
+            >= 1
+        )
+        await db.execute("SELECT pg_terminate_backend($1)", pid)
+        # Published while the listener is down or reconnecting: found by the catch-up scan.
+        await journal.publish(db, example("it_ticket_created"))
+        await sink.wait_for(lambda r: len(r) == 1, within=20)
+        await wait_for_rows(
+            db,
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'it-relay:listener'",
+            lambda v: v is not None and v != pid,
+        )
+        assert daemon.listener.connections >= 2
+        await journal.publish(db, example("it_ticket_created") | {"ticket_number": "after"})
+        await sink.wait_for(lambda r: len(r) == 2, within=20)
+
+
+async def test_run_refuses_an_old_schema(tmp_path: Path, database_url: str, sink: Sink) -> None:
+    config = write_config(tmp_path / "relay.toml", relay_settings(database_url, sink, ["FA"]))
+    result = cli("run", "--config", str(config))
+    assert result.returncode == 3
+    assert "it-relay: error: the database has no it_relay schema" in result.stderr
+    assert "Traceback" not in result.stderr
+    upgraded = cli("db", "upgrade", "--config", str(config))
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "0001_journal" in upgraded.stdout
+    again = cli("db", "upgrade", "--config", str(config))
+    assert again.stdout.strip() == "schema is up to date"
+
+
+async def test_emit_publishes_through_the_producer_api(
+    tmp_path: Path, relay_db: str, db: asyncpg.Connection, sink: Sink
+) -> None:
+    config = write_config(tmp_path / "relay.toml", relay_settings(relay_db, sink, ["FA"]))
+    events = tmp_path / "events.json"
+    events.write_bytes(codec.dumps([example("it_asset_purchased"), example("it_license_created")]))
+    result = cli("emit", str(events), "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    ids = result.stdout.split()
+    assert len(ids) == 2
+    assert await db.fetchval("SELECT count(*) FROM it_relay.events WHERE source = 'publish'") == 2
+
+
+async def test_cli_database_errors_are_one_line(tmp_path: Path, sink: Sink) -> None:
+    config = write_config(
+        tmp_path / "relay.toml", relay_settings("postgresql://nobody@127.0.0.1:1/none", sink, ["FA"])
+    )
+    result = cli("deliveries", "list", "--config", str(config))
+    assert result.returncode == 1
+    assert result.stderr.startswith("it-relay: error: database: ")
+    assert "Traceback" not in result.stderr
