@@ -34,11 +34,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-import limits  # noqa: E402
-import sink  # noqa: E402
+import limits
+import sink
 
-from relay import codec, migrate  # noqa: E402
-from relay.contracts.examples import example  # noqa: E402
+from relay import codec, migrate
+from relay.contracts.examples import example
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SUBSCRIBERS = ("PF-10", "HR")  # it_asset_assigned is routed to exactly these two
