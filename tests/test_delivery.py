@@ -317,3 +317,42 @@ async def test_metrics_count_outcomes(relay_db: str, db: asyncpg.Connection, sin
     assert counts == {"delivered": 1.0, "retry": 1.0, "dead": 1.0}
     assert received == 2
     assert ok
+
+
+async def test_circuit_opens_for_a_dead_subscriber_without_burning_attempts(relay_db: str, db: asyncpg.Connection, sink: Sink) -> None:
+    sink.script("/fa", *[Reply(503)] * 100)
+    settings = relay_settings(relay_db, sink, ["FA"], delivery={
+        "circuit_failure_threshold": 2, "circuit_cooldown_s": 60, "retry_schedule_s": [0.05] * 20})
+    async with running(settings) as daemon:
+        for i in range(5):
+            await publish(db, example("it_asset_purchased") | {"asset_tag": f"C-{i}"})
+        # The first claim had all five in flight; they all fail and open the breaker.
+        await sink.wait_for(lambda r: len(r) >= 5)
+        opened_with = len(sink.requests)
+        # Retries are due every 0.05 s, yet nothing is attempted during the cool-down.
+        await asyncio.sleep(1.0)
+        sample = daemon.metrics.registry.get_sample_value("it_relay_circuit_open", {"subscriber": "FA"})
+    assert sample == 1
+    assert len(sink.at("/fa")) == opened_with == 5
+    assert await db.fetchval("SELECT sum(attempts) FROM it_relay.deliveries") == len(sink.at("/fa"))
+    assert await db.fetchval("SELECT count(*) FROM it_relay.deliveries WHERE status = 'pending'") == 5
+
+
+async def test_retention_prunes_old_delivered_and_dead(relay_db: str, db: asyncpg.Connection, sink: Sink) -> None:
+    sink.script("/fa", Reply(400))
+    async with running(relay_settings(relay_db, sink, ["FA"])):
+        dead = await publish(db, example("it_asset_purchased") | {"asset_tag": "dead"})
+        done = await publish(db, example("it_asset_purchased") | {"asset_tag": "done"})
+        await wait_for_rows(db, "SELECT count(*) FROM it_relay.deliveries WHERE status <> 'pending'", lambda v: v == 2)
+    await db.execute("UPDATE it_relay.deliveries SET updated_at = now() - interval '8 days'")
+    await db.execute("UPDATE it_relay.events SET routed_at = now() - interval '8 days'")
+    # 7 days for delivered, 30 for dead: only the delivered one (and its event) goes.
+    while await journal.prune(db, 7 * 86400, 30 * 86400, 30 * 86400):
+        pass
+    remaining = {str(r["event_id"]) for r in await db.fetch("SELECT event_id FROM it_relay.events")}
+    assert remaining == {dead}
+    assert done not in remaining
+    await db.execute("UPDATE it_relay.deliveries SET updated_at = now() - interval '31 days'")
+    while await journal.prune(db, 7 * 86400, 30 * 86400, 30 * 86400):
+        pass
+    assert await db.fetchval("SELECT count(*) FROM it_relay.events") == 0
