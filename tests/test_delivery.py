@@ -319,10 +319,16 @@ async def test_metrics_count_outcomes(relay_db: str, db: asyncpg.Connection, sin
     assert ok
 
 
-async def test_circuit_opens_for_a_dead_subscriber_without_burning_attempts(relay_db: str, db: asyncpg.Connection, sink: Sink) -> None:
+async def test_circuit_opens_for_a_dead_subscriber_without_burning_attempts(
+    relay_db: str, db: asyncpg.Connection, sink: Sink
+) -> None:
     sink.script("/fa", *[Reply(503)] * 100)
-    settings = relay_settings(relay_db, sink, ["FA"], delivery={
-        "circuit_failure_threshold": 2, "circuit_cooldown_s": 60, "retry_schedule_s": [0.05] * 20})
+    settings = relay_settings(
+        relay_db,
+        sink,
+        ["FA"],
+        delivery={"circuit_failure_threshold": 2, "circuit_cooldown_s": 60, "retry_schedule_s": [0.05] * 20},
+    )
     async with running(settings) as daemon:
         for i in range(5):
             await publish(db, example("it_asset_purchased") | {"asset_tag": f"C-{i}"})
@@ -338,12 +344,16 @@ async def test_circuit_opens_for_a_dead_subscriber_without_burning_attempts(rela
     assert await db.fetchval("SELECT count(*) FROM it_relay.deliveries WHERE status = 'pending'") == 5
 
 
-async def test_retention_prunes_old_delivered_and_dead(relay_db: str, db: asyncpg.Connection, sink: Sink) -> None:
+async def test_retention_prunes_old_delivered_and_dead(
+    relay_db: str, db: asyncpg.Connection, sink: Sink
+) -> None:
     sink.script("/fa", Reply(400))
     async with running(relay_settings(relay_db, sink, ["FA"])):
         dead = await publish(db, example("it_asset_purchased") | {"asset_tag": "dead"})
         done = await publish(db, example("it_asset_purchased") | {"asset_tag": "done"})
-        await wait_for_rows(db, "SELECT count(*) FROM it_relay.deliveries WHERE status <> 'pending'", lambda v: v == 2)
+        await wait_for_rows(
+            db, "SELECT count(*) FROM it_relay.deliveries WHERE status <> 'pending'", lambda v: v == 2
+        )
     await db.execute("UPDATE it_relay.deliveries SET updated_at = now() - interval '8 days'")
     await db.execute("UPDATE it_relay.events SET routed_at = now() - interval '8 days'")
     # 7 days for delivered, 30 for dead: only the delivered one (and its event) goes.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given
@@ -16,9 +16,24 @@ NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 @pytest.mark.parametrize(
     ("status", "outcome"),
-    [(200, "delivered"), (204, "delivered"), (299, "delivered"), (None, "retry"), (408, "retry"), (425, "retry"),
-     (429, "retry"), (500, "retry"), (503, "retry"), (599, "retry"), (400, "dead"), (401, "dead"), (404, "dead"),
-     (410, "dead"), (422, "dead"), (301, "dead")],
+    [
+        (200, "delivered"),
+        (204, "delivered"),
+        (299, "delivered"),
+        (None, "retry"),
+        (408, "retry"),
+        (425, "retry"),
+        (429, "retry"),
+        (500, "retry"),
+        (503, "retry"),
+        (599, "retry"),
+        (400, "dead"),
+        (401, "dead"),
+        (404, "dead"),
+        (410, "dead"),
+        (422, "dead"),
+        (301, "dead"),
+    ],
 )
 def test_classify(status: int | None, outcome: str) -> None:
     assert classify(status) == outcome
