@@ -76,17 +76,17 @@ def test_breaker_opens_after_consecutive_failures_and_probes_after_cooldown() ->
     breaker.record(True, 0)  # a success resets the count
     for t in (1, 2, 3):
         breaker.record(False, t)
-    assert breaker.state == "open"
+    assert str(breaker.state) == "open"
     assert breaker.allowed(5) == 0
     assert breaker.seconds_until_probe(5) == 8
     assert breaker.allowed(13) == 1  # one probe after the cool-down
     breaker.claimed_probe()
     assert breaker.allowed(13) == 0  # and only one
     breaker.record(False, 14)
-    assert breaker.state == "open"
+    assert str(breaker.state) == "open"
     assert breaker.allowed(20) == 0
     assert breaker.allowed(24) == 1
     breaker.claimed_probe()
     breaker.record(True, 25)
-    assert breaker.state == "closed"
+    assert str(breaker.state) == "closed"
     assert breaker.allowed(25) is None
