@@ -65,3 +65,24 @@ async def db(relay_db: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(relay_db)
     yield conn
     await conn.close()
+
+
+@pytest.fixture
+async def ref_db(database_url: str) -> str:
+    """A clean database with the it_relay schema and the IT reference schema."""
+    from relay import migrate
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        await migrate.upgrade(conn, reference=True)
+    finally:
+        await conn.close()
+    return database_url
+
+
+@pytest.fixture
+async def ref(ref_db: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to a database with the reference schema."""
+    conn = await asyncpg.connect(ref_db)
+    yield conn
+    await conn.close()
