@@ -7,6 +7,7 @@ SQL and the models agree field for field; statements that must not fire produce 
 from __future__ import annotations
 
 import uuid
+from functools import partial
 from datetime import date, timedelta
 from decimal import Decimal
 
@@ -575,12 +576,8 @@ async def test_change_lifecycle(ref: asyncpg.Connection, org: Org) -> None:
         ),
     ]
     for assignment, expected in steps:
-        fired = await caused(
-            ref,
-            lambda a=assignment: ref.execute(
-                f"UPDATE it_change_requests SET {a} WHERE id = $1 AND $2::uuid IS NOT NULL", change, org.alice
-            ),
-        )
+        statement = f"UPDATE it_change_requests SET {assignment} WHERE id = $1 AND $2::uuid IS NOT NULL"
+        fired = await caused(ref, partial(ref.execute, statement, change, org.alice))
         assert types(fired) == expected, assignment
         for payload in fired:
             accepted(payload)

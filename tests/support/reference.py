@@ -40,7 +40,8 @@ async def make_org(conn: asyncpg.Connection, name: str = "Acme") -> Org:
     vendor = await conn.fetchval(
         "INSERT INTO it_vendors (organization_id, vendor_name) VALUES ($1, 'Lenovo') RETURNING id", org
     )
-    return Org(org, site, *people, vendor)
+    alice, bob, carol = people
+    return Org(org, site, alice, bob, carol, vendor)
 
 
 async def make_asset(conn: asyncpg.Connection, org: Org, tag: str = "IT-0001", **columns: Any) -> UUID:
