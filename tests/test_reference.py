@@ -7,9 +7,9 @@ SQL and the models agree field for field; statements that must not fire produce 
 from __future__ import annotations
 
 import uuid
-from functools import partial
 from datetime import date, timedelta
 from decimal import Decimal
+from functools import partial
 
 import asyncpg
 import pytest
