@@ -19,6 +19,9 @@ from relay import __version__, codec, database, journal, logs, migrate
 from relay.contracts import Accepted, UnknownFields, parse_event, routed_subscribers
 from relay.daemon import Daemon
 from relay.errors import InputError, UserError
+from relay.metrics import Metrics
+from relay.redaction import redact
+from relay.scheduler import Emission, Scheduler
 from relay.schemas import asyncapi, json_schemas
 from relay.sender import describe
 from relay.settings import Settings, load_settings, masked
@@ -318,6 +321,46 @@ def replay(
         raise UserError("nothing to replay: no delivery matches")
     for r in rows:
         typer.echo(f"re-queued {r['event_id']} {r['event_type']} -> {r['subscriber']}")
+
+
+scheduler_app = typer.Typer(help="The scheduler of time-based events.", no_args_is_help=True)
+app.add_typer(scheduler_app, name="scheduler")
+
+
+@scheduler_app.command("run-once")
+def scheduler_run_once(
+    config: ConfigOption = None,
+    now: Annotated[
+        datetime | None, typer.Option(help="Run as if it were this time (default: now; UTC if no offset).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would be emitted; write nothing.")
+    ] = False,
+) -> None:
+    """One scheduler pass: emit every time-based event due at --now that was not emitted yet."""
+    settings = _settings(config)
+    when = (now.replace(tzinfo=now.tzinfo or UTC)) if now else datetime.now(UTC)
+    scheduler = Scheduler(
+        settings.scheduler,
+        metrics=Metrics(),
+        connect=lambda: database.connect(settings.database, database.SCHEDULER_APPLICATION),
+    )
+
+    async def go() -> list[Emission]:
+        conn = await database.connect(settings.database, database.SCHEDULER_APPLICATION)
+        try:
+            await migrate.check(conn)
+            return await scheduler.run_once(conn, when, dry_run=dry_run)
+        finally:
+            await conn.close()
+
+    emissions = _run(go())
+    verb = "would emit" if dry_run else "emitted"
+    for e in emissions:
+        typer.echo(f"{verb} {e.event_type} {e.entity_id} ({e.milestone})")
+        if dry_run:
+            typer.echo("  " + codec.dumps(redact(e.payload)).decode())
+    typer.echo(f"{len(emissions)} event(s) {verb} at {when.isoformat()}", err=True)
 
 
 def _event_id(value: str | None) -> UUID | None:

@@ -19,6 +19,7 @@ from relay.listener import Listener
 from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.router import Router
+from relay.scheduler import Scheduler
 from relay.sender import HttpxSender, Sender
 from relay.settings import Settings
 
@@ -42,6 +43,7 @@ class Daemon:
         self.listener: Listener | None = None
         self.dispatcher: Dispatcher | None = None
         self.router: Router | None = None
+        self.scheduler: Scheduler | None = None
         self._pool: asyncpg.Pool | None = None
 
     def stop(self) -> None:
@@ -91,6 +93,15 @@ class Daemon:
                 probe_timeout_s=s.database.probe_timeout_s,
             )
             self.listener, self.router, self.dispatcher = listener, router, dispatcher
+            self.scheduler = (
+                Scheduler(
+                    s.scheduler,
+                    metrics=self.metrics,
+                    connect=lambda: database.connect(s.database, database.SCHEDULER_APPLICATION),
+                )
+                if s.scheduler.enabled
+                else None
+            )
             if install_signal_handlers:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.add_signal_handler(sig, self._on_signal, sig)
@@ -107,6 +118,8 @@ class Daemon:
                 asyncio.create_task(dispatcher.run(self.stopping), name="dispatcher"),
                 asyncio.create_task(self._guard("housekeeping", self._housekeeping), name="housekeeping"),
             }
+            if self.scheduler is not None:
+                tasks.add(asyncio.create_task(self._guard("scheduler", self.scheduler.run), name="scheduler"))
             await asyncio.gather(*tasks)
         finally:
             if install_signal_handlers:

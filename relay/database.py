@@ -1,4 +1,4 @@
-"""Connections to PostgreSQL, named in pg_stat_activity: `it-relay`, the listener `it-relay:listener`."""
+"""Connections to PostgreSQL, named in pg_stat_activity: `it-relay`, `it-relay:listener`, `it-relay:scheduler`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from relay.settings import DatabaseSettings
 
 APPLICATION = "it-relay"
 LISTENER_APPLICATION = "it-relay:listener"
+SCHEDULER_APPLICATION = "it-relay:scheduler"
 
 
 async def connect(settings: DatabaseSettings, application_name: str = APPLICATION) -> asyncpg.Connection:

@@ -160,3 +160,53 @@ DELETE FROM it_relay.rejected_events
        SELECT id FROM it_relay.rejected_events
         WHERE received_at < clock_timestamp() - make_interval(secs => $1)
         LIMIT $2));
+
+-- name: scheduler_try_lead
+SELECT pg_try_advisory_lock($1);
+
+-- name: scheduler_mark
+-- The unique mark that makes an emission happen once; no row back means it already happened.
+INSERT INTO it_relay.scheduler_marks (kind, entity_id, milestone, event_id)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT DO NOTHING
+RETURNING event_id;
+
+-- name: scheduler_marked
+SELECT kind, entity_id, milestone FROM it_relay.scheduler_marks WHERE entity_id = ANY($1::uuid[]);
+
+-- name: contract_expirations
+SELECT contract_id, contract_number, vendor_id, vendor_name, contract_type, expiration_date,
+       contract_value, auto_renew, organization_id
+  FROM it_relay_contract_expirations
+ WHERE expiration_date BETWEEN $1::date AND $1::date + $2::int;
+
+-- name: license_expirations
+SELECT license_id, software_name, software_vendor, license_type, expiration_date, license_count,
+       renewal_cost, organization_id
+  FROM it_relay_license_expirations
+ WHERE expiration_date BETWEEN $1::date AND $1::date + $2::int;
+
+-- name: patch_backlog
+SELECT patch_id, patch_name, severity, target_date, affected_asset_ids, affected_asset_count, organization_id
+  FROM it_relay_patch_backlog
+ WHERE target_date < $1::date;
+
+-- name: ticket_clocks
+SELECT ticket_id, ticket_number, priority, status, assigned_to_id, organization_id, created_at,
+       first_response_at, resolved_at, pending_since, pending_seconds
+  FROM it_relay_ticket_clocks;
+
+-- name: license_compliance
+SELECT license_id, software_name, license_count, usage_count, compliance_status, variance,
+       variance_percent, organization_id
+  FROM it_relay_license_compliance;
+
+-- name: compliance_states
+SELECT license_id, state, episode FROM it_relay.compliance_state;
+
+-- name: compliance_set_state
+INSERT INTO it_relay.compliance_state (license_id, state, episode) VALUES ($1, $2, $3)
+ON CONFLICT (license_id) DO UPDATE SET state = excluded.state, episode = excluded.episode,
+                                       updated_at = clock_timestamp()
+ WHERE (it_relay.compliance_state.state, it_relay.compliance_state.episode)
+       IS DISTINCT FROM (excluded.state, excluded.episode);
