@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +13,7 @@ import asyncpg
 from relay import codec, journal
 from relay.contracts.examples import example
 from tests.support.relay import (
+    cli,
     relay_settings,
     running,
     start_relay_process,
@@ -24,18 +22,6 @@ from tests.support.relay import (
     write_config,
 )
 from tests.support.sink import Reply, Sink
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IT_RELAY_")}
-    return subprocess.run(
-        [sys.executable, "-m", "relay", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
 
 
 async def publish_many(
@@ -55,11 +41,11 @@ async def test_dead_then_replay_delivers_with_the_same_webhook_id(
     async with running(settings):
         event_id = str(await journal.publish(db, example("it_asset_purchased")))
         await wait_for_rows(db, "SELECT status FROM it_relay.deliveries", lambda v: v == "dead")
-        listed = cli("deliveries", "list", "--config", str(config), "--status", "dead", "--json")
+        listed = await cli("deliveries", "list", "--config", str(config), "--status", "dead", "--json")
         assert listed.returncode == 0, listed.stderr
         row = json.loads(listed.stdout.splitlines()[0])
         assert (row["event_id"], row["subscriber"], row["last_status"]) == (event_id, "FA", 410)
-        replayed = cli("replay", "--config", str(config), "--event-id", event_id)
+        replayed = await cli("replay", "--config", str(config), "--event-id", event_id)
         assert replayed.returncode == 0, replayed.stderr
         assert f"re-queued {event_id} it_asset_purchased -> FA" in replayed.stdout
         await wait_for_rows(db, "SELECT status FROM it_relay.deliveries", lambda v: v == "delivered")
@@ -79,7 +65,7 @@ async def test_replay_all_dead_of_a_subscriber(
         await wait_for_rows(
             db, "SELECT count(*) FROM it_relay.deliveries WHERE status = 'dead'", lambda v: v == 3
         )
-        result = cli(
+        result = await cli(
             "replay",
             "--config",
             str(config),
@@ -95,7 +81,7 @@ async def test_replay_all_dead_of_a_subscriber(
         await wait_for_rows(
             db, "SELECT count(*) FROM it_relay.deliveries WHERE status = 'delivered'", lambda v: v == 6
         )
-    nothing = cli("replay", "--config", str(config), "--subscriber", "PF-10", "--status", "dead")
+    nothing = await cli("replay", "--config", str(config), "--subscriber", "PF-10", "--status", "dead")
     assert nothing.returncode == 1
     assert "nothing to replay" in nothing.stderr
 
@@ -193,14 +179,14 @@ async def test_listener_reconnects_and_catches_up_after_its_backend_is_terminate
 
 async def test_run_refuses_an_old_schema(tmp_path: Path, database_url: str, sink: Sink) -> None:
     config = write_config(tmp_path / "relay.toml", relay_settings(database_url, sink, ["FA"]))
-    result = cli("run", "--config", str(config))
+    result = await cli("run", "--config", str(config))
     assert result.returncode == 3
     assert "it-relay: error: the database has no it_relay schema" in result.stderr
     assert "Traceback" not in result.stderr
-    upgraded = cli("db", "upgrade", "--config", str(config))
+    upgraded = await cli("db", "upgrade", "--config", str(config))
     assert upgraded.returncode == 0, upgraded.stderr
     assert "0001_journal" in upgraded.stdout
-    again = cli("db", "upgrade", "--config", str(config))
+    again = await cli("db", "upgrade", "--config", str(config))
     assert again.stdout.strip() == "schema is up to date"
 
 
@@ -210,7 +196,7 @@ async def test_emit_publishes_through_the_producer_api(
     config = write_config(tmp_path / "relay.toml", relay_settings(relay_db, sink, ["FA"]))
     events = tmp_path / "events.json"
     events.write_bytes(codec.dumps([example("it_asset_purchased"), example("it_license_created")]))
-    result = cli("emit", str(events), "--config", str(config))
+    result = await cli("emit", str(events), "--config", str(config))
     assert result.returncode == 0, result.stderr
     ids = result.stdout.split()
     assert len(ids) == 2
@@ -221,7 +207,7 @@ async def test_cli_database_errors_are_one_line(tmp_path: Path, sink: Sink) -> N
     config = write_config(
         tmp_path / "relay.toml", relay_settings("postgresql://nobody@127.0.0.1:1/none", sink, ["FA"])
     )
-    result = cli("deliveries", "list", "--config", str(config))
+    result = await cli("deliveries", "list", "--config", str(config))
     assert result.returncode == 1
     assert result.stderr.startswith("it-relay: error: database: ")
     assert "Traceback" not in result.stderr

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +16,7 @@ from relay.metrics import Metrics
 from relay.scheduler import Scheduler
 from relay.settings import SchedulerSettings, load_settings
 from tests.support.reference import Org, accepted, make_asset, make_org
-from tests.support.relay import SECRET, relay_settings, running, wait_until, write_config
+from tests.support.relay import SECRET, cli, relay_settings, running, wait_until, write_config
 from tests.support.sink import Sink
 
 NOON = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -57,7 +54,10 @@ async def test_contract_expiring_at_each_milestone_once(
 ) -> None:
     await _contract(ref, org, NOON.date() + timedelta(days=91))
     s = scheduler(ref_db)
-    days = lambda d: NOON + timedelta(days=d)  # noqa: E731
+
+    def days(d: int) -> datetime:
+        return NOON + timedelta(days=d)
+
     assert await s.run_once(ref, NOON) == []  # 91 days: nothing yet
     assert [e.milestone.split(":")[1] for e in await s.run_once(ref, days(1))] == ["90"]
     assert await s.run_once(ref, days(1)) == []  # same time again
@@ -145,8 +145,11 @@ async def test_only_one_instance_leads(ref_db: str, ref: asyncpg.Connection, org
         # The leader's connection dies: another instance takes over.
         await ref.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
         )
         await wait_until(lambda: any(s is not leader and s.leading.is_set() for s in schedulers))
+        # The old leader cannot emit (its connection is gone) and notices on its next query.
+        await wait_until(lambda: not leader.leading.is_set())
         assert sum(s.leading.is_set() for s in schedulers) == 1
     finally:
         stopping.set()
@@ -292,29 +295,16 @@ async def test_dry_run_writes_nothing(
 ) -> None:
     await _contract(ref, org, date(2026, 12, 27))
     config = write_config(tmp_path / "relay.toml", relay_settings(ref_db, sink, ["PF-10"]))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IT_RELAY_")}
-    cmd = [
-        sys.executable,
-        "-m",
-        "relay",
-        "scheduler",
-        "run-once",
-        "--config",
-        str(config),
-        "--now",
-        "2026-11-27T12:00:00Z",
-    ]
-    dry = subprocess.run(
-        [*cmd, "--dry-run"], capture_output=True, text=True, env=env, check=False, timeout=60
-    )
+    cmd = ["scheduler", "run-once", "--config", str(config), "--now", "2026-11-27T12:00:00Z"]
+    dry = await cli(*cmd, "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "would emit it_contract_expiring" in dry.stdout
     assert await ref.fetchval("SELECT count(*) FROM it_relay.events") == 0
     assert await ref.fetchval("SELECT count(*) FROM it_relay.scheduler_marks") == 0
-    real = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=60)
+    real = await cli(*cmd)
     assert real.returncode == 0, real.stderr
     assert "emitted it_contract_expiring" in real.stdout
-    again = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=60)
+    again = await cli(*cmd)
     assert "0 event(s) emitted" in again.stderr
     assert await ref.fetchval("SELECT count(*) FROM it_relay.events") == 1
 

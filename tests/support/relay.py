@@ -138,6 +138,20 @@ def _toml(value: Any) -> str:
     return str(value)
 
 
+async def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m relay ARGS` in a thread, so the test's loop (sinks, daemons) keeps running."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IT_RELAY_")}
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "relay", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
 def start_relay_process(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
     """`python -m relay run` as a real process (for SIGKILL and several-instance tests)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IT_RELAY_")}
