@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test bench clean
+.PHONY: install lint test demo bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,3 +29,6 @@ clean:
 
 bench: $(STAMP)
 	$(BIN)/python bench/relay_bench.py $(BENCH_ARGS)
+
+demo: $(STAMP)
+	$(BIN)/it-relay demo

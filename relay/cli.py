@@ -177,6 +177,14 @@ def run(config: ConfigOption = None, log_level: LogLevel = None, log_format: Log
     _run(Daemon(settings).run())
 
 
+@app.command()
+def demo() -> None:
+    """The whole mission on an embedded PostgreSQL: triggers, relay, scheduler, signed webhooks."""
+    from relay import demo as demo_module
+
+    raise typer.Exit(demo_module.main())
+
+
 db_app = typer.Typer(help="The relay's database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 

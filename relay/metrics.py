@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+)
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
 from relay import __version__
+from relay.contracts import REGISTRY, REJECT_REASONS
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600)
 
@@ -15,6 +26,9 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        # process_* (CPU, memory, file descriptors) and python_info, as the default registry has.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         self.events_received = Counter(
             "it_relay_events_received", "Events journaled or heard, by source.", ["source"], registry=r
         )
@@ -62,4 +76,28 @@ class Metrics:
             registry=r,
         )
         self.build_info = Info("it_relay_build", "it-relay version.", registry=r)
+        self.schema_current = Gauge(
+            "it_relay_schema_current",
+            "1 while the database schema is at least this code's version.",
+            registry=r,
+        )
+        self.scheduler_leading = Gauge(
+            "it_relay_scheduler_leading", "1 while this instance leads the scheduler.", registry=r
+        )
+
+    def prepare(self, subscribers: Iterable[str]) -> None:
+        """Create every bounded label set up front, so each series exists (at 0) from the start."""
+        for source in ("publish", "notify"):
+            self.events_received.labels(source)
+        for reason in REJECT_REASONS:
+            self.events_rejected.labels(reason)
+        for name in subscribers:
+            for outcome in ("delivered", "retry", "dead"):
+                self.deliveries.labels(name, outcome)
+            self.delivery_duration.labels(name)
+            self.backlog.labels(name)
+            self.circuit_open.labels(name)
+        for event_type, contract in REGISTRY.items():
+            if contract.emitter == "scheduler":
+                self.scheduler_emitted.labels(event_type)
         self.build_info.info({"version": __version__})

@@ -321,9 +321,18 @@ class Scheduler:
                 if stopping.is_set():
                     break
                 self.leading.set()
+                self._metrics.scheduler_leading.set(1)
                 log.info("scheduler leading")
                 while not stopping.is_set():
-                    await self.run_once(conn, self._clock())
+                    try:
+                        await self.run_once(conn, self._clock())
+                    except asyncpg.UndefinedTableError as exc:
+                        # Still leading: the deployment lacks the views, which an operator can add.
+                        log.error(
+                            "scheduler views missing: run `it-relay db upgrade --reference-schema`"
+                            " or define them (docs/database.md)",
+                            error=str(exc),
+                        )
                     await sleep_unless(stopping, self._settings.interval_s)
             except _DB_ERRORS as exc:
                 # Losing the connection loses the lock: stop emitting until we hold it again.
@@ -333,6 +342,7 @@ class Scheduler:
                 if self.leading.is_set():
                     log.info("scheduler no longer leading")
                 self.leading.clear()
+                self._metrics.scheduler_leading.set(0)
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(conn.close(), 5)

@@ -57,7 +57,13 @@ def relay_settings(
         "probe_timeout_s": 2.0,
         **sections.pop("database", {}),
     }
-    return load_settings(None, database=database, delivery=delivery, subscribers=subs, **sections)
+    # Port 0: every daemon in a test gets its own free port for /metrics.
+    server = {"listen": "127.0.0.1:0", **sections.pop("server", {})}
+    # The scheduler needs the reference schema's views; tests that want it turn it on.
+    sections["scheduler"] = {"enabled": "scheduler" in sections, **sections.get("scheduler", {})}
+    return load_settings(
+        None, database=database, delivery=delivery, subscribers=subs, server=server, **sections
+    )
 
 
 @asynccontextmanager
