@@ -201,7 +201,7 @@ async def _run(echo: Callable[[str], None]) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="it-relay-demo-") as data_dir:
         echo("starting an embedded PostgreSQL ...")
-        server = pgserver.get_server(data_dir, cleanup_mode="stop")
+        server = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
         sink = DemoSink()
         try:
             url = server.get_uri()
