@@ -17,6 +17,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -139,14 +140,22 @@ def _percentile(values: list[float], q: float) -> float:
     )
 
 
+PROFILE_DIR: Path | None = None
+
+
 async def _scenario(
     admin_dsn: str, port: int, transport: str, n: int, producers: int, rate: float | None, workdir: Path
 ) -> dict[str, Any]:
     dsn = await _fresh_database(admin_dsn)
     before = _get(port, "/count")
     config = _config(workdir / f"relay-{transport}.toml", dsn, port, transport)
+    command = [sys.executable, "-m", "relay", "run", "--config", str(config)]
+    if PROFILE_DIR is not None:
+        # py-spy samples the relay process; collapsed stacks, one file per scenario.
+        out = PROFILE_DIR / f"relay-{transport}-{'paced' if rate else 'burst'}.txt"
+        command = [str(Path(sys.executable).with_name("py-spy")), "record", "--format", "raw", "--rate", "200", "--output", str(out), "--", *command]
     relay = subprocess.Popen(
-        [sys.executable, "-m", "relay", "run", "--config", str(config)],
+        command,
         stdout=subprocess.DEVNULL,
         stderr=(workdir / "relay.log").open("ab"),
     )
@@ -170,8 +179,11 @@ async def _scenario(
         cpu = _cpu_seconds(relay.pid) - cpu0
         rss = _peak_rss_mb(relay.pid)
     finally:
-        relay.terminate()
-        relay.wait(30)
+        if PROFILE_DIR is not None:
+            relay.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT and stops the relay
+        else:
+            relay.terminate()
+        relay.wait(60)
     arrivals = _get(port, "/stats")["arrivals"]
     latencies = [
         (t - committed[eid]) * 1000 for eid, times in arrivals.items() if eid in committed for t in times
@@ -205,7 +217,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small runs (about a minute)")
     ap.add_argument("--port", type=int, default=18199)
     ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--profile", type=Path, help="record py-spy profiles of the relay into this directory")
     args = ap.parse_args()
+    global PROFILE_DIR
+    PROFILE_DIR = args.profile
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     if args.quick:
         args.events, args.latency_seconds = 4000, 10.0
 

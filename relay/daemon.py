@@ -22,7 +22,7 @@ from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.router import Router
 from relay.scheduler import Scheduler
-from relay.sender import HttpxSender, Sender
+from relay.sender import Sender, make_sender
 from relay.server import OpsServer
 from relay.settings import Settings
 from relay.systemd import Notifier
@@ -75,7 +75,7 @@ class Daemon:
         s = self.settings
         pool = await database.create_pool(s.database)
         self._pool = pool
-        sender = self._sender or HttpxSender(s.delivery.transport, max_connections=s.delivery.concurrency)
+        sender = self._sender or make_sender(s.delivery.transport, s.delivery.concurrency)
         loop = asyncio.get_running_loop()
         try:
             async with pool.acquire() as conn:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -32,6 +33,11 @@ log = get_logger("relay.dispatch")
 
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 _STATUS = {"delivered": "delivered", "retry": "pending", "dead": "dead"}
+
+
+def _quick_retry(attempt: Attempt) -> bool:
+    # A Retry-After is the subscriber asking for time: straight to the durable schedule.
+    return attempt.outcome == "retry" and attempt.retry_after_s is None
 
 
 class _StopWhenSet(stop_base):
@@ -61,6 +67,9 @@ class Lane:
     max_in_flight: int
     cloudevents: bool
     breaker: CircuitBreaker
+    # The lane's metric children, looked up once rather than per delivery.
+    duration: Any = None
+    outcomes: dict[str, Any] = field(default_factory=dict)
     in_flight: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -96,6 +105,11 @@ class Dispatcher:
             for name, conf in subscribers.items()
             if conf.enabled
         }
+        for lane in self.lanes.values():
+            lane.duration = metrics.delivery_duration.labels(lane.name)
+            lane.outcomes = {
+                o: metrics.deliveries.labels(lane.name, o) for o in ("delivered", "retry", "dead")
+            }
         self._in_flight = 0
         self._tasks: dict[asyncio.Task[None], tuple[UUID, str]] = {}
         self._results: list[journal.DeliveryResult] = []
@@ -186,18 +200,21 @@ class Dispatcher:
             )
             await wait_any(lane.wake, stopping, within=timeout)
 
+    # A claimed row holds its lane's slot until its outcome is written (or its lease released), not
+    # just while its request runs: so at most max_in_flight rows per subscriber are ever leased and
+    # unrecorded, which bounds what a crash can make us send twice.
     def _start(self, lane: Lane, item: journal.ClaimedDelivery) -> None:
         lane.in_flight += 1
         self._in_flight += 1
         task = asyncio.create_task(self._deliver(lane, item))
         self._tasks[task] = (item.event_id, lane.name)
-        task.add_done_callback(lambda t: self._finished(t, lane))
+        task.add_done_callback(self._tasks.pop)
 
-    def _finished(self, task: asyncio.Task[None], lane: Lane) -> None:
+    def _settled(self, subscriber: str, count: int = 1) -> None:
+        lane = self.lanes[subscriber]
         was_full = self._in_flight >= self._settings.concurrency
-        self._tasks.pop(task, None)
-        lane.in_flight -= 1
-        self._in_flight -= 1
+        lane.in_flight -= count
+        self._in_flight -= count
         lane.wake.set()
         if was_full:
             self.wake()
@@ -210,18 +227,22 @@ class Dispatcher:
             attempts += 1
             return await self._attempt(lane, item, attempts)
 
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(1 + self._settings.inprocess_retries) | _StopWhenSet(self._stopping),
-            wait=wait_fixed(self._settings.inprocess_retry_wait_s),
-            # A Retry-After is the subscriber asking for time: straight to the durable schedule.
-            retry=retry_if_result(lambda a: a.outcome == "retry" and a.retry_after_s is None),
-            retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
-        )
         try:
-            last: Attempt = await retrying(attempt_once)
+            last = await attempt_once()
+            if _quick_retry(last) and self._settings.inprocess_retries and not self._stopping.is_set():
+                # Only a failure pays for tenacity; the common first-attempt success does not.
+                retrying = AsyncRetrying(
+                    stop=stop_after_attempt(self._settings.inprocess_retries) | _StopWhenSet(self._stopping),
+                    wait=wait_fixed(self._settings.inprocess_retry_wait_s),
+                    retry=retry_if_result(_quick_retry),
+                    retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+                )
+                await asyncio.sleep(self._settings.inprocess_retry_wait_s)
+                last = await retrying(attempt_once)
         except asyncio.CancelledError:
             if attempts == item.attempts:
                 await self._release([(item.event_id, lane.name)])
+                self._settled(lane.name)
             else:
                 # Attempted but unfinished at shutdown: record the attempts, retry at once.
                 self._results.append(
@@ -237,6 +258,11 @@ class Dispatcher:
                     )
                 )
             raise
+        except Exception:
+            # A bug, not a delivery outcome: keep the lane going; the lease expires and it is retried.
+            log.exception("delivery failed unexpectedly", event_id=str(item.event_id), subscriber=lane.name)
+            self._settled(lane.name)
+            return
         decision = retry.decide(
             last.outcome,
             item.failed_rounds,
@@ -247,7 +273,7 @@ class Dispatcher:
         )
         lane.breaker.record(last.outcome != "retry", time.monotonic())
         self._metrics.circuit_open.labels(lane.name).set(1 if lane.breaker.state == "open" else 0)
-        self._metrics.deliveries.labels(lane.name, decision.outcome).inc()
+        lane.outcomes[decision.outcome].inc()
         fields = {
             "event_id": str(item.event_id),
             "event_type": item.event_type,
@@ -283,7 +309,7 @@ class Dispatcher:
 
     async def _attempt(self, lane: Lane, item: journal.ClaimedDelivery, attempt: int) -> Attempt:
         now = datetime.now(UTC)
-        contract = REGISTRY.get(item.event_type)
+        contract = REGISTRY.get(item.event_type) if lane.cloudevents else None
         headers = signing.headers(
             event_id=str(item.event_id),
             event_type=item.event_type,
@@ -301,7 +327,7 @@ class Dispatcher:
         except SendError as exc:
             return Attempt("retry", None, str(exc), None)
         finally:
-            self._metrics.delivery_duration.labels(lane.name).observe(time.perf_counter() - started)
+            lane.duration.observe(time.perf_counter() - started)
         outcome = retry.classify(response.status)
         if outcome == "delivered":
             return Attempt(outcome, response.status, None, None)
@@ -337,7 +363,10 @@ class Dispatcher:
                 )
                 if deadline is not None and time.monotonic() > deadline:
                     # Unwritten outcomes are redelivered after their leases expire: at-least-once.
+                    self._results.clear()
                     return
                 await asyncio.sleep(0.5)
                 continue
             del self._results[: len(batch)]
+            for result in batch:
+                self._settled(result.subscriber)

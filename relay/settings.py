@@ -150,7 +150,7 @@ class DeliverySettings(Section):
     lease_s: PositiveFloat = 60.0
     circuit_failure_threshold: PositiveInt = 5
     circuit_cooldown_s: PositiveFloat = 30.0
-    transport: Literal["aiohttp", "httpx"] = "aiohttp"
+    transport: Literal["aiohttp", "httpx-aiohttp", "httpx"] = "aiohttp"
 
 
 class RetentionSettings(Section):
