@@ -153,7 +153,18 @@ async def _scenario(
     if PROFILE_DIR is not None:
         # py-spy samples the relay process; collapsed stacks, one file per scenario.
         out = PROFILE_DIR / f"relay-{transport}-{'paced' if rate else 'burst'}.txt"
-        command = [str(Path(sys.executable).with_name("py-spy")), "record", "--format", "raw", "--rate", "200", "--output", str(out), "--", *command]
+        command = [
+            str(Path(sys.executable).with_name("py-spy")),
+            "record",
+            "--format",
+            "raw",
+            "--rate",
+            "200",
+            "--output",
+            str(out),
+            "--",
+            *command,
+        ]
     relay = subprocess.Popen(
         command,
         stdout=subprocess.DEVNULL,
