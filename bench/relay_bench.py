@@ -1,12 +1,15 @@
-"""it-relay throughput and latency beside this machine's ceilings, measured in one run.
+"""it-relay beside this machine's ceilings and two peers, measured in one run.
 
-N events go through it_relay.publish from several producer connections (one commit each) and are
-routed to two subscribers on a minimal local sink. The relay runs as its own process (`it-relay
-run`), so its CPU time is its own. Reported: events/s, deliveries/s, CPU seconds per 1k deliveries,
-p50/p95/p99 from commit to receipt, and each as a ratio of the ceilings (bench/limits.py) measured
-in the same run. Prints a table; writes JSON to bench/results/.
+Scenarios (each reported as a ratio of the ceilings bench/limits.py measures in the same run):
+  throughput  N events from 4 producer connections (one commit each), 2 subscribers, minimal sink:
+              it-relay, a naive LISTEN-and-POST relay (no journal: the non-durable bound), and the
+              obvious PgQueuer relay (one job per delivery, enqueued in the producer's transaction);
+  latency     200 events/s for 30 s through it-relay: p50/p95/p99 from commit to arrival at the sink;
+  backlog     100k events journaled while no relay runs, then it-relay starts: drain rate, peak RSS.
+Each system runs as its own process, so CPU time and memory are its own. Prints a table, writes
+JSON to bench/results/, and with --docs rewrites docs/benchmarks.md and its chart.
 
-    python bench/relay_bench.py [--quick] [--dsn URL] [--transport aiohttp,httpx]
+    python bench/relay_bench.py [--quick] [--dsn URL] [--docs] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -28,14 +31,17 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 import limits
+import peers
 import sink
 
 from relay import codec, migrate
@@ -43,6 +49,7 @@ from relay.contracts.examples import example
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SUBSCRIBERS = ("PF-10", "HR")  # it_asset_assigned is routed to exactly these two
+PROFILE_DIR: Path | None = None
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -62,13 +69,12 @@ def _get(port: int, path: str) -> Any:
         return json.loads(response.read())
 
 
-def _config(path: Path, dsn: str, port: int, transport: str) -> Path:
+def _config(path: Path, dsn: str, port: int) -> Path:
     lines = [
         "[database]",
         f'url = "{dsn}"',
         "poll_interval_s = 2.0",
         "[delivery]",
-        f'transport = "{transport}"',
         "concurrency = 64",
         "batch_size = 500",
         "[scheduler]",
@@ -90,40 +96,68 @@ def _config(path: Path, dsn: str, port: int, transport: str) -> Path:
     return path
 
 
-async def _fresh_database(admin_dsn: str) -> str:
+async def _fresh_database(admin_dsn: str, system: str) -> str:
     name = f"it_relay_bench_{uuid.uuid4().hex[:8]}"
     conn = await asyncpg.connect(admin_dsn)
     await conn.execute(f'CREATE DATABASE "{name}"')
     await conn.close()
-    from urllib.parse import urlsplit, urlunsplit
-
     dsn = urlunsplit(urlsplit(admin_dsn)._replace(path=f"/{name}"))
-    conn = await asyncpg.connect(dsn)
-    await migrate.upgrade(conn)
-    await conn.close()
+    if system == "it-relay":
+        conn = await asyncpg.connect(dsn)
+        await migrate.upgrade(conn)
+        await conn.close()
+    elif system == "pgqueuer":
+        await peers.install_pgqueuer(dsn)
     return dsn
 
 
-async def _produce(dsn: str, n: int, producers: int, rate: float | None) -> dict[str, float]:
+def _payload(k: int, i: int) -> dict[str, Any]:
+    return example("it_asset_assigned") | {"asset_tag": f"B-{k}-{i}"}
+
+
+async def _produce(system: str, dsn: str, n: int, producers: int, rate: float | None) -> dict[str, float]:
     """Publish n events, one commit each; returns event_id -> commit time (monotonic)."""
     committed: dict[str, float] = {}
     pool = await asyncpg.create_pool(dsn, min_size=producers, max_size=producers)
-    base = example("it_asset_assigned")
     per = n // producers
     start = time.monotonic()
 
     async def producer(k: int) -> None:
         async with pool.acquire() as conn:
+            queries = None
+            if system == "pgqueuer":
+                from pgqueuer.db import AsyncpgDriver
+                from pgqueuer.queries import Queries
+
+                queries = Queries(AsyncpgDriver(conn))
             for i in range(per):
                 if rate:
                     # Paced: event j of all producers is due at start + j / rate.
-                    due = start + (i * producers + k) / rate
-                    delay = due - time.monotonic()
+                    delay = start + (i * producers + k) / rate - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                payload = codec.dumps(base | {"asset_tag": f"B-{k}-{i}"}).decode()
-                event_id = await conn.fetchval("SELECT it_relay.publish($1::jsonb)", payload)
-                committed[str(event_id)] = time.monotonic()
+                payload = _payload(k, i)
+                if system == "it-relay":
+                    event_id = str(
+                        await conn.fetchval(
+                            "SELECT it_relay.publish($1::jsonb)", codec.dumps(payload).decode()
+                        )
+                    )
+                elif system == "naive":
+                    event_id = str(uuid.uuid4())
+                    await conn.execute(
+                        "SELECT pg_notify($1, $2)",
+                        peers.NAIVE_CHANNEL,
+                        codec.dumps(payload | {"event_id": event_id}).decode(),
+                    )
+                else:
+                    assert queries is not None
+                    event_id = str(uuid.uuid4())
+                    body = payload | {"event_id": event_id}
+                    jobs = [codec.dumps({"path": p, "body": body}) for p in peers.SUBSCRIBER_PATHS]
+                    async with conn.transaction():
+                        await queries.enqueue(["deliver"] * len(jobs), jobs, [0] * len(jobs))
+                committed[event_id] = time.monotonic()
 
     await asyncio.gather(*(producer(k) for k in range(producers)))
     await pool.close()
@@ -131,77 +165,98 @@ async def _produce(dsn: str, n: int, producers: int, rate: float | None) -> dict
 
 
 def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    return (
-        statistics.quantiles(values, n=1000, method="inclusive")[int(q * 1000) - 1]
-        if len(values) > 1
-        else values[0]
-    )
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 1000) - 1]
 
 
-PROFILE_DIR: Path | None = None
-
-
-async def _scenario(
-    admin_dsn: str, port: int, transport: str, n: int, producers: int, rate: float | None, workdir: Path
-) -> dict[str, Any]:
-    dsn = await _fresh_database(admin_dsn)
-    before = _get(port, "/count")
-    config = _config(workdir / f"relay-{transport}.toml", dsn, port, transport)
-    command = [sys.executable, "-m", "relay", "run", "--config", str(config)]
-    if PROFILE_DIR is not None:
-        # py-spy samples the relay process; collapsed stacks, one file per scenario.
-        out = PROFILE_DIR / f"relay-{transport}-{'paced' if rate else 'burst'}.txt"
+def _start(system: str, dsn: str, port: int, workdir: Path, label: str) -> subprocess.Popen[bytes]:
+    if system == "it-relay":
         command = [
-            str(Path(sys.executable).with_name("py-spy")),
-            "record",
-            "--format",
-            "raw",
-            "--rate",
-            "200",
-            "--output",
-            str(out),
-            "--",
-            *command,
+            sys.executable,
+            "-m",
+            "relay",
+            "run",
+            "--config",
+            str(_config(workdir / "relay.toml", dsn, port)),
         ]
-    relay = subprocess.Popen(
-        command,
-        stdout=subprocess.DEVNULL,
-        stderr=(workdir / "relay.log").open("ab"),
-    )
-    try:
-        conn = await asyncpg.connect(dsn)
-        while not await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'it-relay:listener'"
-        ):
-            await asyncio.sleep(0.05)
-        await conn.close()
-        cpu0 = _cpu_seconds(relay.pid)
-        t0 = time.monotonic()
-        committed = await _produce(dsn, n, producers, rate)
-        expected = before + len(committed) * len(SUBSCRIBERS)
-        deadline = time.monotonic() + 600
-        while _get(port, "/count") < expected:
-            if time.monotonic() > deadline or relay.poll() is not None:
-                raise RuntimeError("relay did not deliver everything in time")
-            await asyncio.sleep(0.05)
-        elapsed = time.monotonic() - t0
-        cpu = _cpu_seconds(relay.pid) - cpu0
-        rss = _peak_rss_mb(relay.pid)
-    finally:
         if PROFILE_DIR is not None:
-            relay.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT and stops the relay
-        else:
-            relay.terminate()
-        relay.wait(60)
+            # py-spy samples the relay; collapsed stacks, one file per scenario (CPU figures are then py-spy's).
+            out = PROFILE_DIR / f"{label}.txt"
+            command = [
+                str(Path(sys.executable).with_name("py-spy")),
+                "record",
+                "--format",
+                "raw",
+                "--rate",
+                "200",
+                "--output",
+                str(out),
+                "--",
+                *command,
+            ]
+    else:
+        command = [sys.executable, str(HERE / "peers.py"), system, "--dsn", dsn, "--port", str(port)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=(workdir / f"{system}.log").open("ab"))
+
+
+async def _wait_ready(system: str, dsn: str, proc: subprocess.Popen[bytes]) -> None:
+    conn = await asyncpg.connect(dsn)
+    query = (
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'it-relay:listener'"
+        if system == "it-relay"
+        else "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    while not await conn.fetchval(query):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{system} exited with {proc.returncode}")
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3 if system != "it-relay" else 0)
+    await conn.close()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT if PROFILE_DIR is not None else signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+async def _await_sink(port: int, expected: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 900
+    while _get(port, "/count") < expected:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError("deliveries did not all arrive in time")
+        await asyncio.sleep(0.02)
+
+
+async def throughput(
+    system: str, admin_dsn: str, port: int, n: int, producers: int, rate: float | None, workdir: Path
+) -> dict[str, Any]:
+    dsn = await _fresh_database(admin_dsn, system)
+    before = _get(port, "/count")
+    label = f"{system}-{'paced' if rate else 'burst'}"
+    proc = _start(system, dsn, port, workdir, label)
+    try:
+        await _wait_ready(system, dsn, proc)
+        cpu0 = _cpu_seconds(proc.pid)
+        t0 = time.monotonic()
+        committed = await _produce(system, dsn, n, producers, rate)
+        await _await_sink(port, before + len(committed) * len(SUBSCRIBERS), proc)
+        elapsed = time.monotonic() - t0
+        cpu = _cpu_seconds(proc.pid) - cpu0
+        rss = _peak_rss_mb(proc.pid)
+    finally:
+        _stop(proc)
     arrivals = _get(port, "/stats")["arrivals"]
     latencies = [
         (t - committed[eid]) * 1000 for eid, times in arrivals.items() if eid in committed for t in times
     ]
     deliveries = len(committed) * len(SUBSCRIBERS)
     return {
-        "transport": transport,
+        "system": system,
+        "scenario": "latency" if rate else "throughput",
         "events": len(committed),
         "rate_target": rate,
         "elapsed_s": elapsed,
@@ -217,29 +272,114 @@ async def _scenario(
     }
 
 
+async def backlog(admin_dsn: str, port: int, n: int, workdir: Path) -> dict[str, Any]:
+    """n events journaled with no relay running (one statement), then the relay drains them."""
+    dsn = await _fresh_database(admin_dsn, "it-relay")
+    conn = await asyncpg.connect(dsn)
+    template = codec.dumps(example("it_asset_assigned")).decode()
+    for start in range(0, n, 10_000):
+        await conn.execute(
+            "SELECT it_relay.publish(jsonb_set($1::jsonb, '{asset_tag}', to_jsonb('L-' || g))) "
+            "FROM generate_series($2::int, $3::int) AS g",
+            template,
+            start,
+            min(start + 10_000, n) - 1,
+        )
+    await conn.close()
+    before = _get(port, "/count")
+    proc = _start("it-relay", dsn, port, workdir, "it-relay-backlog")
+    try:
+        t0 = time.monotonic()
+        cpu0 = 0.0
+        await _await_sink(port, before + n * len(SUBSCRIBERS), proc)
+        elapsed = time.monotonic() - t0
+        cpu = _cpu_seconds(proc.pid) - cpu0
+        rss = _peak_rss_mb(proc.pid)
+    finally:
+        _stop(proc)
+    return {
+        "system": "it-relay",
+        "scenario": "backlog",
+        "events": n,
+        "elapsed_s": elapsed,
+        "events_per_s": n / elapsed,
+        "deliveries_per_s": n * len(SUBSCRIBERS) / elapsed,
+        "cpu_s_per_1k_deliveries": cpu / (n * len(SUBSCRIBERS)) * 1000,
+        "peak_rss_mb": rss,
+    }
+
+
+def _table(ceilings: dict[str, float | None], runs: list[dict[str, Any]], header: str) -> str:
+    post = ceilings.get("post_per_s[aiohttp]") or float("nan")
+    lines = [header, "", "| ceiling | per second |", "|---|---|"]
+    lines += [f"| {k} | {v:,.0f} |" if v else f"| {k} | n/a |" for k, v in ceilings.items()]
+    lines += [
+        "",
+        "| system | scenario | events/s | deliveries/s | of bare aiohttp POST | CPU s / 1k deliveries "
+        "| p50 / p95 / p99 ms | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        lat = r.get("latency_ms")
+        latency = f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f}" if lat else "—"
+        scenario = r["scenario"] + (f" @{r['rate_target']:.0f}/s" if r.get("rate_target") else "")
+        lines.append(
+            f"| {r['system']} | {scenario} | {r['events_per_s']:,.0f} | {r['deliveries_per_s']:,.0f} | "
+            f"{r['deliveries_per_s'] / post:.0%} | {r['cpu_s_per_1k_deliveries']:.3f} | {latency} | "
+            f"{r['peak_rss_mb']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def _chart(ceilings: dict[str, float | None], runs: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = [
+        (f"{r['system']}\n{r['scenario']}", r["deliveries_per_s"]) for r in runs if r["scenario"] != "latency"
+    ]
+    bars += [(f"ceiling\nPOST {k[11:-1]}", v) for k, v in ceilings.items() if k.startswith("post") and v]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    colors = [
+        "#2b6cb0" if "it-relay" in b[0] else "#718096" if "ceiling" in b[0] else "#dd6b20" for b in bars
+    ]
+    ax.bar([b[0] for b in bars], [b[1] for b in bars], color=colors)
+    ax.set_ylabel("deliveries (POSTs) per second")
+    ax.set_title("it-relay, peers and ceilings — same machine, same run")
+    for i, (_, v) in enumerate(bars):
+        ax.text(i, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=8)
+    plt.xticks(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
+    global PROFILE_DIR
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dsn", help="admin DSN of a PostgreSQL server (default: embedded pgserver)")
     ap.add_argument("--events", type=int, default=20000)
     ap.add_argument("--producers", type=int, default=4)
-    ap.add_argument("--transport", default="aiohttp,httpx")
-    ap.add_argument("--latency-rate", type=float, default=200.0, help="events/s of the steady latency run")
+    ap.add_argument("--systems", default="it-relay,naive,pgqueuer")
+    ap.add_argument("--latency-rate", type=float, default=200.0)
     ap.add_argument("--latency-seconds", type=float, default=30.0)
+    ap.add_argument("--backlog", type=int, default=100_000)
     ap.add_argument("--quick", action="store_true", help="small runs (about a minute)")
     ap.add_argument("--port", type=int, default=18199)
     ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--docs", action="store_true", help="rewrite docs/benchmarks.md and docs/benchmarks.png")
     ap.add_argument("--profile", type=Path, help="record py-spy profiles of the relay into this directory")
     args = ap.parse_args()
-    global PROFILE_DIR
     PROFILE_DIR = args.profile
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     if args.quick:
-        args.events, args.latency_seconds = 4000, 10.0
+        args.events, args.latency_seconds, args.backlog = 4000, 10.0, 10_000
 
     workdir = Path(tempfile.mkdtemp(prefix="it-relay-bench-"))
-    dsn = args.dsn
     server = None
+    dsn = args.dsn
     if dsn is None:
         import pgserver
 
@@ -248,64 +388,80 @@ def main() -> None:
     sink_proc = mp.Process(target=sink.serve, args=(args.port,), daemon=True)
     sink_proc.start()
     time.sleep(0.5)
-
-    ceilings: dict[str, float | None] = {}
-    ceilings.update(asyncio.run(limits._db_rates(dsn, min(args.events, 20000), args.producers)))
-    for kind in ("httpx", "httpx-aiohttp", "aiohttp"):
-        ceilings[f"post_per_s[{kind}]"] = asyncio.run(
-            limits._post_rate(kind, args.port, min(args.events, 20000), 64)
+    try:
+        ceilings: dict[str, float | None] = dict(
+            asyncio.run(limits._db_rates(dsn, min(args.events, 20000), args.producers))
         )
-
-    runs = []
-    for transport in args.transport.split(","):
+        for kind in ("httpx", "httpx-aiohttp", "aiohttp"):
+            ceilings[f"post_per_s[{kind}]"] = asyncio.run(
+                limits._post_rate(kind, args.port, min(args.events, 20000), 64)
+            )
+        runs = [
+            asyncio.run(throughput(s, dsn, args.port, args.events, args.producers, None, workdir))
+            for s in args.systems.split(",")
+        ]
         runs.append(
-            asyncio.run(_scenario(dsn, args.port, transport, args.events, args.producers, None, workdir))
+            asyncio.run(
+                throughput(
+                    "it-relay",
+                    dsn,
+                    args.port,
+                    int(args.latency_rate * args.latency_seconds),
+                    args.producers,
+                    args.latency_rate,
+                    workdir,
+                )
+            )
         )
-    steady_n = int(args.latency_rate * args.latency_seconds)
-    steady = asyncio.run(
-        _scenario(
-            dsn, args.port, args.transport.split(",")[0], steady_n, args.producers, args.latency_rate, workdir
-        )
-    )
-    sink_proc.terminate()
-    if server is not None:
-        server.cleanup()
+        runs.append(asyncio.run(backlog(dsn, args.port, args.backlog, workdir)))
+    finally:
+        sink_proc.terminate()
+        if server is not None:
+            server.cleanup()
 
-    aiohttp_ceiling = ceilings.get("post_per_s[aiohttp]") or float("nan")
-    print(
-        f"\nit-relay benchmark — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
-        f"{os.cpu_count()} cores, {args.events} events x {len(SUBSCRIBERS)} subscribers\n"
+    header = (
+        f"it-relay benchmark — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
+        f"{os.cpu_count()} cores; {args.events} events x {len(SUBSCRIBERS)} subscribers, "
+        f"backlog {args.backlog}{' (quick)' if args.quick else ''}"
     )
-    print(f"{'ceiling':34} {'per s':>10}")
-    for name, value in ceilings.items():
-        print(f"{name:34} {value:>10,.0f}" if value else f"{name:34} {'n/a':>10}")
-    print(
-        f"\n{'run':22} {'events/s':>9} {'deliv/s':>9} {'of aiohttp POST':>16} {'CPU s/1k':>9} "
-        f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'RSS MB':>7}"
-    )
-    for run in [*runs, steady]:
-        name = f"{run['transport']}" + (f" @{run['rate_target']:.0f}/s" if run["rate_target"] else " burst")
-        lat = run["latency_ms"]
-        print(
-            f"{name:22} {run['events_per_s']:>9,.0f} {run['deliveries_per_s']:>9,.0f} "
-            f"{run['deliveries_per_s'] / aiohttp_ceiling:>16.0%} {run['cpu_s_per_1k_deliveries']:>9.3f} "
-            f"{lat['p50']:>8.1f} {lat['p95']:>8.1f} {lat['p99']:>8.1f} {run['peak_rss_mb']:>7.0f}"
-        )
+    table = _table(ceilings, runs, header)
+    print("\n" + table)
+    by = {(r["system"], r["scenario"]): r for r in runs}
+    relay, pgq = by.get(("it-relay", "throughput")), by.get(("pgqueuer", "throughput"))
+    summary = {
+        "relay_vs_aiohttp_post": relay["deliveries_per_s"] / (ceilings.get("post_per_s[aiohttp]") or 1)
+        if relay
+        else None,
+        "relay_vs_pgqueuer": relay["deliveries_per_s"] / pgq["deliveries_per_s"] if relay and pgq else None,
+    }
+    print(f"\nit-relay / bare aiohttp POST ceiling: {summary['relay_vs_aiohttp_post']:.0%}")
+    if summary["relay_vs_pgqueuer"]:
+        print(f"it-relay / PgQueuer relay: {summary['relay_vs_pgqueuer']:.2f}x")
     args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"relay_bench-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
+    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    out = args.out / f"relay_bench-{stamp}.json"
     out.write_text(
         json.dumps(
             {
                 "ceilings": ceilings,
                 "runs": runs,
-                "steady": steady,
-                "events": args.events,
+                "summary": summary,
                 "quick": args.quick,
+                "events": args.events,
+                "backlog": args.backlog,
             },
             indent=2,
         )
     )
-    print(f"\nwrote {out.relative_to(HERE.parent)}")
+    print(f"wrote {out.relative_to(ROOT)}")
+    if args.docs:
+        _chart(ceilings, runs, ROOT / "docs" / "benchmarks.png")
+        doc = ROOT / "docs" / "benchmarks.md"
+        text = doc.read_text() if doc.exists() else ""
+        marker = "<!-- results -->"
+        intro = text.split(marker)[0] if marker in text else "# Benchmarks\n\n"
+        doc.write_text(f"{intro}{marker}\n{table}\n\n![deliveries per second](benchmarks.png)\n")
+        print("updated docs/benchmarks.md and docs/benchmarks.png")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, MutableMapping
+from functools import lru_cache
 from typing import Any
 
 REDACTED = "[REDACTED]"
@@ -27,9 +28,22 @@ _TEXT_PATTERN = re.compile(
 )
 
 
+@lru_cache(maxsize=4096)
 def is_sensitive_key(key: str) -> bool:
     """True when a mapping key names the licence key in any casing or separator style."""
     return _NON_ALNUM.sub("", key.lower()) in _SENSITIVE
+
+
+def may_mention_licence(text: str | bytes) -> bool:
+    """Cheap pre-check: text that never spells 'licen' in any case has no licence key to redact.
+
+    JSON can escape letters as \\uXXXX, so a backslash-u also counts as a possible mention.
+    """
+    if isinstance(text, bytes):
+        raw = text.lower()
+        return b"licen" in raw or b"\\u" in raw
+    lowered = text.lower()
+    return "licen" in lowered or "\\u" in lowered
 
 
 def redact(value: Any) -> Any:

@@ -18,7 +18,7 @@ from pydantic_core import ErrorDetails
 
 from relay import codec
 from relay.contracts.registry import EventContract, contract_for
-from relay.redaction import redact, scrub_bytes, scrub_text
+from relay.redaction import may_mention_licence, redact, scrub_bytes, scrub_text
 
 UnknownFields = Literal["keep", "drop", "reject"]
 RejectReason = Literal["not_json", "not_an_object", "unknown_event_type", "schema"]
@@ -59,13 +59,15 @@ def parse_event(raw: str | bytes | Mapping[str, Any], unknown_fields: UnknownFie
         except codec.JSONError as exc:
             scrubbed = scrub_bytes(raw) if isinstance(raw, bytes) else scrub_text(raw)
             return Rejected("not_json", (f"$: not valid JSON ({exc})",), scrubbed)
-        return validate(value, unknown_fields)
+        # Text that cannot spell a licence key needs no walk through every value.
+        return validate(value, unknown_fields, redacted=not may_mention_licence(raw))
     return validate(raw, unknown_fields)
 
 
-def validate(value: Any, unknown_fields: UnknownFields = "keep") -> ParseResult:
+def validate(value: Any, unknown_fields: UnknownFields = "keep", *, redacted: bool = False) -> ParseResult:
     """Validate a decoded JSON value against its contract (by its event_type)."""
-    value = redact(value)
+    if not redacted:
+        value = redact(value)
     if not isinstance(value, Mapping):
         return Rejected("not_an_object", ("$: an event must be a JSON object",), value)
     event_type = value.get("event_type")
