@@ -162,7 +162,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         # uvloop when installed (Linux, a dependency): measured faster for the relay's socket I/O.
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(coro)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+    except database.DB_ERRORS as exc:
         raise UserError(f"database: {describe(exc)}") from None
 
 

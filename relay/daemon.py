@@ -15,6 +15,7 @@ import asyncpg
 
 from relay import database, journal, migrate
 from relay.aio import sleep_unless
+from relay.database import DB_ERRORS
 from relay.dispatch import Dispatcher
 from relay.errors import SchemaError
 from relay.listener import Listener
@@ -30,7 +31,6 @@ from relay.systemd import Notifier
 log = get_logger("relay.daemon")
 
 _DAY_S = 86400.0
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
 class Daemon:
@@ -233,7 +233,7 @@ class Daemon:
                                 s.retention.rejected_days * _DAY_S,
                             )
                         next_prune = loop.time() + 600
-            except _DB_ERRORS as exc:
+            except DB_ERRORS as exc:
                 log.warning("housekeeping failed, will retry", error=type(exc).__name__)
             # A heartbeat even when the database is down: the loop itself is alive.
             self._heartbeat = time.monotonic()

@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 import asyncpg
+from asyncpg.exceptions._base import InternalClientError
 
 from relay.settings import DatabaseSettings
+
+# Everything a lost or restarting database can raise. InternalClientError is asyncpg reporting a
+# connection left mid-operation by a dropped socket; it is a database fault, not a bug of ours.
+DB_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    InternalClientError,
+)
 
 APPLICATION = "it-relay"
 LISTENER_APPLICATION = "it-relay:listener"

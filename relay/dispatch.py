@@ -24,6 +24,7 @@ from relay import journal, retry, signing
 from relay.aio import sleep_unless, wait_any
 from relay.circuit import CircuitBreaker
 from relay.contracts import REGISTRY
+from relay.database import DB_ERRORS
 from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.sender import Sender, SendError
@@ -31,7 +32,6 @@ from relay.settings import DeliverySettings, SubscriberSettings
 
 log = get_logger("relay.dispatch")
 
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 _STATUS = {"delivered": "delivered", "retry": "pending", "dead": "dead"}
 
 
@@ -183,7 +183,7 @@ class Dispatcher:
                     due_in = (
                         None if len(claimed) == limit else await journal.seconds_until_due(conn, lane.name)
                     )
-            except _DB_ERRORS as exc:
+            except DB_ERRORS as exc:
                 log.warning(
                     "claiming deliveries failed, will retry", subscriber=lane.name, error=type(exc).__name__
                 )
@@ -338,7 +338,7 @@ class Dispatcher:
         try:
             async with self._pool.acquire() as conn:
                 await journal.release_leases(conn, self._owner, keys)
-        except _DB_ERRORS:
+        except DB_ERRORS:
             pass  # the lease expires on its own
 
     async def _flush_loop(self) -> None:
@@ -347,7 +347,13 @@ class Dispatcher:
             # A moment's linger turns a burst of outcomes into one round trip.
             await asyncio.sleep(0.002)
             self._results_ready.clear()
-            await self._flush_with_retry(deadline=None)
+            try:
+                await self._flush_with_retry(deadline=None)
+            except Exception:
+                # Outcomes stay queued: losing the flusher would stall every lane.
+                log.exception("writing delivery outcomes failed unexpectedly, will retry")
+                await asyncio.sleep(0.5)
+                self._results_ready.set()
 
     async def _flush_with_retry(self, deadline: float | None) -> None:
         while self._results:
@@ -355,7 +361,7 @@ class Dispatcher:
             try:
                 async with self._pool.acquire() as conn:
                     await journal.write_results(conn, batch, self._owner)
-            except _DB_ERRORS as exc:
+            except DB_ERRORS as exc:
                 log.warning(
                     "writing delivery outcomes failed, will retry",
                     error=type(exc).__name__,

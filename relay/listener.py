@@ -20,6 +20,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_ji
 from relay import codec, journal
 from relay.contracts import parse_event
 from relay.contracts.parsing import Rejected
+from relay.database import DB_ERRORS
 from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.redaction import redact, scrub_text
@@ -125,9 +126,7 @@ class Listener:
     async def _connect_with_retry(self, stopping: asyncio.Event) -> asyncpg.Connection | None:
         retrying = AsyncRetrying(
             wait=wait_exponential_jitter(multiplier=0.2, max=15.0, jitter=0.5),
-            retry=retry_if_exception_type(
-                (OSError, asyncpg.PostgresError, TimeoutError, asyncpg.InterfaceError)
-            ),
+            retry=retry_if_exception_type(DB_ERRORS),
             before_sleep=lambda state: log.warning(
                 "listener connect failed, retrying",
                 attempt=state.attempt_number,
@@ -165,7 +164,7 @@ class Listener:
                 # asyncpg does not notice a server that vanished without closing the socket.
                 async with asyncio.timeout(self._probe_timeout_s):
                     await conn.fetchval("SELECT 1")
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DB_ERRORS as exc:
                 log.warning("listener probe failed, reconnecting", error=type(exc).__name__)
                 return
         if lost.is_set():
@@ -177,7 +176,7 @@ class Listener:
             self._inbox_ready.clear()
             try:
                 await self._flush()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except DB_ERRORS as exc:
                 # The notifications stay in the inbox; the next flush (or the catch-up scan of
                 # publish()'d events) picks them up.
                 log.warning("journaling notifications failed, will retry", error=type(exc).__name__)

@@ -16,6 +16,7 @@ import asyncpg
 from relay import codec, journal
 from relay.aio import sleep_unless, wait_any
 from relay.contracts import Accepted, UnknownFields, parse_event
+from relay.database import DB_ERRORS
 from relay.logs import get_logger
 from relay.metrics import Metrics
 
@@ -91,7 +92,7 @@ class Router:
             self._wake.clear()
             try:
                 routed = await self.route_batch()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except DB_ERRORS as exc:
                 log.warning("routing failed, will retry", error=type(exc).__name__)
                 routed = 0
                 await sleep_unless(stopping, 1.0)

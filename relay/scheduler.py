@@ -22,6 +22,7 @@ import asyncpg
 
 from relay import codec
 from relay.aio import sleep_unless
+from relay.database import DB_ERRORS
 from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.settings import SchedulerSettings, SlaTarget
@@ -32,7 +33,6 @@ log = get_logger("relay.scheduler")
 # pg_try_advisory_lock key of the scheduler's leadership ("itsched" in ASCII).
 LEADER_LOCK = 0x6974_7363_6865_64
 Row = Mapping[str, Any]
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 _HOURS = Decimal("0.01")
 
 
@@ -334,7 +334,7 @@ class Scheduler:
                             error=str(exc),
                         )
                     await sleep_unless(stopping, self._settings.interval_s)
-            except _DB_ERRORS as exc:
+            except DB_ERRORS as exc:
                 # Losing the connection loses the lock: stop emitting until we hold it again.
                 log.warning("scheduler lost its connection or lock, will retry", error=type(exc).__name__)
                 await sleep_unless(stopping, min(self._settings.interval_s, 5.0))
