@@ -21,6 +21,28 @@ class JSONError(ValueError):
     """The text is not a JSON document this relay accepts (the message never quotes it)."""
 
 
+# Contract payloads are a few levels deep; anything far deeper is hostile, and orjson (the
+# serialiser) refuses beyond 255 levels. Checked before any serialisation of untrusted input.
+MAX_DEPTH = 64
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """True when a decoded JSON value nests containers more than `limit` levels (iteratively)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
 def _reject_constant(name: str) -> Any:
     raise JSONError(f"{name} is not a JSON number")
 

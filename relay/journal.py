@@ -11,6 +11,7 @@ from uuid import UUID
 import asyncpg
 
 from relay import codec
+from relay.redaction import scrub_text
 from relay.sql import query
 
 
@@ -98,6 +99,30 @@ async def record_rejected(conn: asyncpg.Connection, rejections: Sequence[Rejecti
         [None if r.raw_text is None else r.raw_text.replace("\x00", "\ufffd") for r in rejections],
         [r.source for r in rejections],
     )
+
+
+async def record_rejected_safely(conn: asyncpg.Connection, rejection: Rejection) -> None:
+    """Record one rejection; if its payload cannot be stored as jsonb, keep it as scrubbed text."""
+    try:
+        async with conn.transaction():
+            await record_rejected(conn, [rejection])
+    except asyncpg.DataError:
+        text = (
+            codec.dumps(rejection.payload).decode()
+            if rejection.payload is not None
+            else rejection.raw_text or ""
+        )
+        fallback = Rejection(
+            rejection.reason,
+            rejection.errors,
+            rejection.source,
+            rejection.event_id,
+            rejection.event_type,
+            payload=None,
+            raw_text=scrub_text(text[:8000].replace("\\u0000", "\ufffd")),
+        )
+        async with conn.transaction():
+            await record_rejected(conn, [fallback])
 
 
 async def claim_events(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:

@@ -38,6 +38,13 @@ def classify(raw: str) -> journal.NotifiedEvent | journal.Rejection | None:
         result = parse_event(raw)
         assert isinstance(result, Rejected)
         return journal.Rejection(result.reason, result.errors, "notify", raw_text=scrub_text(raw))
+    if codec.too_deep(value):
+        return journal.Rejection(
+            "schema",
+            (f"$: nested deeper than {codec.MAX_DEPTH} levels",),
+            "notify",
+            raw_text=scrub_text(raw[:8000]),
+        )
     if not isinstance(value, dict):
         return journal.Rejection(
             "not_an_object", ("$: an event must be a JSON object",), "notify", payload=redact(value)
@@ -183,6 +190,32 @@ class Listener:
                 await asyncio.sleep(0.5)
                 self._inbox_ready.set()
 
+    async def _one_by_one(
+        self,
+        conn: asyncpg.Connection,
+        events: list[journal.NotifiedEvent],
+        rejections: list[journal.Rejection],
+    ) -> list[journal.Rejection]:
+        """Journal what can be stored; what cannot becomes a rejection kept as scrubbed text."""
+        unstorable: list[journal.Rejection] = []
+        for event in events:
+            try:
+                async with conn.transaction():
+                    await journal.journal_notified(conn, [event])
+            except asyncpg.DataError as exc:
+                unstorable.append(
+                    journal.Rejection(
+                        "schema",
+                        (f"$: cannot be stored ({type(exc).__name__})",),
+                        "notify",
+                        event_id=event.event_id,
+                        raw_text=scrub_text(codec.dumps(event.payload).decode()[:8000]),
+                    )
+                )
+        for rejection in [*rejections, *unstorable]:
+            await journal.record_rejected_safely(conn, rejection)
+        return unstorable
+
     async def _flush(self) -> None:
         if not self._inbox:
             return
@@ -191,16 +224,30 @@ class Listener:
         rejections: list[journal.Rejection] = []
         stubs = False
         for raw in batch:
-            item = classify(raw)
+            try:
+                item = classify(raw)
+            except Exception as exc:  # never let one notification stop the others
+                item = journal.Rejection(
+                    "schema",
+                    (f"$: could not be processed ({type(exc).__name__})",),
+                    "notify",
+                    raw_text=scrub_text(raw[:8000]),
+                )
             if isinstance(item, journal.NotifiedEvent):
                 events.append(item)
             elif isinstance(item, journal.Rejection):
                 rejections.append(item)
             else:
                 stubs = True
-        async with self._pool.acquire() as conn, conn.transaction():
-            await journal.journal_notified(conn, events)
-            await journal.record_rejected(conn, rejections)
+        async with self._pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    await journal.journal_notified(conn, events)
+                    await journal.record_rejected(conn, rejections)
+            except asyncpg.DataError:
+                # Something PostgreSQL cannot store (a \u0000 in text, a number beyond numeric):
+                # one poisoned notification must not block the batch, so go one by one.
+                rejections += await self._one_by_one(conn, events, rejections)
         del self._inbox[: len(batch)]
         for r in rejections:
             self._metrics.events_rejected.labels(r.reason).inc()

@@ -109,7 +109,17 @@ class Router:
             routed: list[journal.RoutedEvent] = []
             rejected: list[tuple[UUID, journal.Rejection]] = []
             for row in rows:
-                outcome = route(row["event_id"], row["payload"], self._unknown_fields)
+                try:
+                    outcome = route(row["event_id"], row["payload"], self._unknown_fields)
+                except Exception as exc:
+                    # One event that breaks routing is rejected, visibly; it never blocks the batch.
+                    log.exception("routing an event failed", event_id=str(row["event_id"]))
+                    outcome = journal.Rejection(
+                        "schema",
+                        (f"$: could not be routed ({type(exc).__name__})",),
+                        "journal",
+                        event_id=row["event_id"],
+                    )
                 self._metrics.events_received.labels(row["source"]).inc()
                 if isinstance(outcome, journal.RoutedEvent):
                     routed.append(outcome)

@@ -66,6 +66,9 @@ def parse_event(raw: str | bytes | Mapping[str, Any], unknown_fields: UnknownFie
 
 def validate(value: Any, unknown_fields: UnknownFields = "keep", *, redacted: bool = False) -> ParseResult:
     """Validate a decoded JSON value against its contract (by its event_type)."""
+    if codec.too_deep(value):
+        # Before redact(), which recurses: a hostile depth must not reach any recursive walk.
+        return Rejected("schema", (f"$: nested deeper than {codec.MAX_DEPTH} levels",), None)
     if not redacted:
         value = redact(value)
     if not isinstance(value, Mapping):

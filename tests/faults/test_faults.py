@@ -205,7 +205,7 @@ async def _start_on(sink: Sink, port: int) -> None:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", sink._handle)
-    sink._runner = web.AppRunner(app, access_log=None)
+    sink._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
     await sink._runner.setup()
     await web.TCPSite(sink._runner, "127.0.0.1", port, reuse_address=True).start()
 

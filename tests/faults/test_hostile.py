@@ -1,0 +1,225 @@
+"""10k hostile payloads, by NOTIFY and by it_relay.publish: the relay stays up, rejects each bad one
+with a reason, delivers each good one, and no raw licence key reaches the database, the logs, a
+webhook body or /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import shutil
+import socket
+import string
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from relay import codec
+from relay.contracts import EVENT_TYPES, REGISTRY, Accepted, parse_event
+from relay.contracts.examples import example
+from relay.redaction import redact
+from tests.support.relay import relay_settings, start_relay_process, stop_process, wait_for_rows, write_config
+from tests.support.sink import Sink
+
+pytestmark = pytest.mark.faults
+N = 10_000
+KEY_NAMES = ["license_key", "License_Key", "LICENSE-KEY", "licenseKey", "license key", "LicenseKey"]
+
+
+def _text(value: Any) -> str:
+    """JSON text of a generated value; the stdlib for what orjson's depth limit refuses."""
+    try:
+        return codec.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value, default=float)
+
+
+class Generator:
+    """Seeded hostile payloads; every raw licence key it plants is remembered."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.keys: list[str] = []
+
+    def key(self) -> str:
+        body = "".join(
+            self.rng.choice(string.ascii_letters + string.digits + "\"\\'{}:,é中") for _ in range(12)
+        )
+        key = f"RAWKEY{len(self.keys):05d}{body}"
+        self.keys.append(key)
+        return key
+
+    def plant(self, value: Any, depth: int = 0) -> Any:
+        """A licence key somewhere below value, under any spelling."""
+        name = self.rng.choice(KEY_NAMES)
+        if depth > 3 or not isinstance(value, dict) or self.rng.random() < 0.4:
+            return (
+                {**value, name: self.key()}
+                if isinstance(value, dict)
+                else {"wrapped": value, name: self.key()}
+            )
+        field = self.rng.choice([*value.keys(), "nested"])
+        inner = value.get(field) if isinstance(value.get(field), dict) else {}
+        return {
+            **value,
+            field: self.plant(inner, depth + 1)
+            if self.rng.random() < 0.7
+            else [self.plant(inner, depth + 1)],
+        }
+
+    def payload(self) -> tuple[str, str | dict[str, Any]]:
+        """('notify', text) or ('publish', object)."""
+        base = example(self.rng.choice(EVENT_TYPES))
+        base["organization_id"] = (
+            str(self.rng.getrandbits(128) % 10**30).zfill(32)[:8] + base["organization_id"][8:]
+        )
+        kind = self.rng.randrange(12)
+        if kind == 0:  # valid, with a key planted somewhere
+            value: Any = self.plant(base)
+        elif kind == 1:  # wrong types
+            field = self.rng.choice(list(base))
+            value = self.plant(base | {field: self.rng.choice([None, 7, 1.5, True, [], {}, "x"])})
+        elif kind == 2:  # missing fields
+            value = self.plant({k: v for k, v in base.items() if self.rng.random() < 0.7})
+        elif kind == 3:  # unknown event type
+            value = self.plant(
+                base | {"event_type": "it_" + "".join(self.rng.choices(string.ascii_lowercase, k=8))}
+            )
+        elif kind == 4:  # a 7,999-byte string
+            value = self.plant(base | {"description": "x" * 7_999})
+        elif kind == 5:  # deep nesting
+            deep: Any = {KEY_NAMES[0]: self.key()}
+            for _ in range(self.rng.choice([10, 70, 300])):
+                deep = [deep]
+            value = base | {"extra": deep}
+        elif kind == 6:  # not an object
+            value = self.rng.choice([[self.plant(base)], "just a string", 42, None])
+        elif kind == 7:  # broken JSON text with a key in it
+            text = _text(self.plant(base))
+            return "notify", text[: self.rng.randrange(1, len(text))]
+        elif kind == 8:  # random text
+            return "notify", "".join(
+                self.rng.choices(string.printable + "é中\u2028", k=self.rng.randrange(1, 200))
+            )
+        elif kind == 9:  # numbers at the edges
+            value = self.plant(
+                base | {self.rng.choice(list(base)): self.rng.choice([10**40, -(10**30), 1e308])}
+            )
+        elif kind == 10:  # NUL escapes and odd unicode
+            value = self.plant(base | {"subject": "a\u0000b\ud7ff\U0001f511"})
+        else:  # valid
+            value = base
+        if self.rng.random() < 0.5 and isinstance(value, dict):
+            return "publish", value
+        return "notify", _text(value)
+
+
+def _pg_dump(url: str) -> str:
+    from tests.support.postgres import TEST_URL_ENV
+
+    if os.environ.get(TEST_URL_ENV):
+        binary = shutil.which("pg_dump") or "pg_dump"
+    else:
+        import pgserver
+
+        binary = str(Path(pgserver.__file__).parent / "pginstall" / "bin" / "pg_dump")
+    result = subprocess.run(
+        [binary, "--data-only", url], capture_output=True, text=True, timeout=300, check=True
+    )
+    return result.stdout
+
+
+async def test_ten_thousand_hostile_payloads(
+    tmp_path: Path, relay_db: str, db: asyncpg.Connection, sink: Sink
+) -> None:
+    generator = Generator(seed=7)
+    payloads = [generator.payload() for _ in range(N)]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = probe.getsockname()[1]
+    settings = relay_settings(relay_db, sink, server={"listen": f"127.0.0.1:{metrics_port}"})
+    config = write_config(tmp_path / "relay.toml", settings)
+    log_path = tmp_path / "relay.log"
+    proc = start_relay_process(config, log_path)
+    refused = 0
+    sent: list[tuple[str, str | dict[str, Any]]] = []
+    try:
+        await wait_for_rows(
+            db,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'it-relay:listener'",
+            lambda v: v == 1,
+        )
+        for via, value in payloads:
+            try:
+                if via == "notify":
+                    await db.execute("SELECT pg_notify('it_events', $1)", value)
+                else:
+                    await db.fetchval("SELECT it_relay.publish($1::jsonb)", _text(value))
+                sent.append((via, value))
+            except (asyncpg.PostgresError, asyncpg.InterfaceError):
+                # The producer API refuses what PostgreSQL cannot hold (a \u0000, a number beyond
+                # numeric, a payload over NOTIFY's 8000 bytes): the producer sees the error.
+                refused += 1
+        accounted = "SELECT (SELECT count(*) FROM it_relay.events WHERE status <> 'pending') + (SELECT count(*) FROM it_relay.rejected_events WHERE event_id IS NULL OR event_id NOT IN (SELECT event_id FROM it_relay.events))"
+        # Settled: no event pending, no delivery pending, and the counts stop moving.
+        await wait_for_rows(
+            db, "SELECT count(*) FROM it_relay.events WHERE status = 'pending'", lambda v: v == 0, within=240
+        )
+        await wait_for_rows(
+            db,
+            "SELECT count(*) FROM it_relay.deliveries WHERE status = 'pending'",
+            lambda v: v == 0,
+            within=240,
+        )
+        settled = await db.fetchval(accounted)
+        await asyncio.sleep(1.0)
+        assert await db.fetchval(accounted) == settled
+        assert proc.poll() is None, "the relay exited"
+        async with httpx.AsyncClient() as client:
+            metrics = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+    finally:
+        code = await stop_process(proc)
+    assert code == 0
+    # Every valid payload was delivered to each subscriber of its contract; every other was rejected.
+    rejected = await db.fetchval("SELECT count(*) FROM it_relay.rejected_events")
+    routed = await db.fetchval("SELECT count(*) FROM it_relay.events WHERE status = 'routed'")
+    assert rejected > N // 3
+    assert routed > N // 20
+    reasons = {r[0] for r in await db.fetch("SELECT DISTINCT reason FROM it_relay.rejected_events")}
+    assert reasons == {"not_json", "not_an_object", "unknown_event_type", "schema"}
+    deliveries = await db.fetchval("SELECT count(*) FROM it_relay.deliveries WHERE status = 'delivered'")
+    assert deliveries == len(sink.requests)
+    # Exactly the valid payloads were routed: each publish is its own event; identical notified
+    # payloads share their canonical id, so they are one event.
+    valid_published, valid_notified = 0, set()
+    for via, v in sent:
+        text = v if isinstance(v, str) else _text(v)
+        result = parse_event(text)
+        # PostgreSQL cannot store a \u0000 in jsonb: such a notified event is rejected as unstorable.
+        if isinstance(result, Accepted) and "\\u0000" not in text:
+            if via == "publish":
+                valid_published += 1
+            else:
+                valid_notified.add(codec.canonical_event_id(redact(codec.loads(v))))  # type: ignore[arg-type]
+    assert routed == valid_published + len(valid_notified)
+    types = [r[0] for r in await db.fetch("SELECT event_type FROM it_relay.events WHERE status = 'routed'")]
+    assert deliveries == sum(len(REGISTRY[t].subscribers) for t in types)
+    # No raw key anywhere.
+    dump = _pg_dump(relay_db)
+    logs = log_path.read_text()
+    bodies = b"\n".join(r.body for r in sink.requests).decode()
+    for key in generator.keys:
+        forms = {key, json.dumps(key)[1:-1], json.dumps(key, ensure_ascii=False)[1:-1]}
+        for where, text in (("pg_dump", dump), ("logs", logs), ("webhook bodies", bodies)):
+            assert not any(f in text for f in forms), f"a raw licence key in {where}"
+    assert "RAWKEY" not in dump
+    assert "RAWKEY" not in logs
+    assert "RAWKEY" not in bodies
+    assert "RAWKEY" not in metrics
+    assert 'it_relay_events_rejected_total{reason="schema"}' in metrics
+    assert refused < N // 4
