@@ -28,6 +28,7 @@ clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,embedded,bench]'
 	$(BIN)/python bench/relay_bench.py $(BENCH_ARGS)
 
 demo: $(STAMP)

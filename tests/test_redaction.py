@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from relay import codec, logs
 from relay.contracts import Accepted, UnknownFields, parse_event, validate
 from relay.contracts.examples import example
-from relay.redaction import REDACTED, is_sensitive_key, redact, scrub_text
+from relay.redaction import REDACTED, is_sensitive_key, may_mention_licence, redact, scrub_text
 
 # Keys carry markers so that "the key appears" cannot be a coincidence with other text.
 keys = st.text(min_size=1, max_size=200).map(lambda s: f"LKEY{s}YEKL") | st.text(
@@ -138,3 +138,28 @@ def test_random_bytes_never_break_scrubbing() -> None:
         result = parse_event(b'{"license_key": "LKEYsecretYEKL' + blob)
         assert not isinstance(result, Accepted)
         assert "LKEYsecret" not in str(result.payload)
+
+
+@settings(max_examples=200)
+@given(data=st.data())
+def test_the_cheap_precheck_never_skips_a_payload_that_needs_redaction(data: st.DataObject) -> None:
+    key = data.draw(keys)
+    payload = data.draw(nested(key))
+    text = codec.dumps(payload).decode()
+    escaped = json.dumps(payload, default=str)  # ensure_ascii: every non-ASCII letter as \uXXXX
+    for form in (text, escaped, escaped.replace("license", "\\u006cicense")):
+        if redact(codec.loads(form)) != codec.loads(form):
+            assert may_mention_licence(form)
+            assert may_mention_licence(form.encode())
+
+
+def test_depth_limit_is_checked_without_recursion() -> None:
+    deep: Any = {"license_key": "LKEYdeepYEKL"}
+    for _ in range(100_000):
+        deep = [deep]
+    assert codec.too_deep(deep)
+    assert not codec.too_deep(example("it_purchase_request_received"))
+    result = validate({"event_type": "it_ticket_created", "extra": deep})
+    assert not isinstance(result, Accepted)
+    assert result.errors == ("$: nested deeper than 64 levels",)
+    assert "LKEY" not in str(result.payload)
