@@ -85,6 +85,13 @@ async def journal_notified(conn: asyncpg.Connection, events: Sequence[NotifiedEv
     )
 
 
+async def journaled_ids(conn: asyncpg.Connection, ids: Sequence[UUID]) -> set[UUID]:
+    """Which of these event ids the journal already holds."""
+    if not ids:
+        return set()
+    return {r[0] for r in await conn.fetch(query("journaled_ids"), list(ids))}
+
+
 async def record_rejected(conn: asyncpg.Connection, rejections: Sequence[Rejection]) -> None:
     if not rejections:
         return

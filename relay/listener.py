@@ -15,6 +15,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import orjson
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from relay import codec, journal
@@ -64,6 +65,21 @@ def classify(raw: str) -> journal.NotifiedEvent | journal.Rejection | None:
         payload,
         _uuid(payload.get("organization_id")),
     )
+
+
+def announced_id(raw: str) -> tuple[UUID | None, bool]:
+    """The top-level event_id of a notification read cheaply (orjson), and whether it is a stub.
+
+    Most notifications come from it_relay.publish() and name an event already journaled: knowing
+    that from its id spares the exact decode, redaction and canonical id of the full payload.
+    """
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None, False
+    if not isinstance(value, dict):
+        return None, False
+    return _uuid(value.get("event_id")), value.keys() <= _STUB_KEYS
 
 
 def _uuid(value: Any) -> UUID | None:
@@ -223,7 +239,15 @@ class Listener:
         events: list[journal.NotifiedEvent] = []
         rejections: list[journal.Rejection] = []
         stubs = False
-        for raw in batch:
+        announced = [announced_id(raw) for raw in batch]
+        async with self._pool.acquire() as conn:
+            known = await journal.journaled_ids(conn, [i for i, _ in announced if i is not None])
+        for raw, (event_id, stub) in zip(batch, announced, strict=True):
+            if event_id is not None and event_id in known:
+                # Journaled by it_relay.publish(): only a wake-up. A stub (a large event, or a
+                # replay) may concern any lane, so it wakes them all.
+                stubs = stubs or stub
+                continue
             try:
                 item = classify(raw)
             except Exception as exc:  # never let one notification stop the others

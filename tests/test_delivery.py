@@ -366,3 +366,12 @@ async def test_retention_prunes_old_delivered_and_dead(
     while await journal.prune(db, 7 * 86400, 30 * 86400, 30 * 86400):
         pass
     assert await db.fetchval("SELECT count(*) FROM it_relay.events") == 0
+
+
+async def test_an_event_too_large_for_notify_is_delivered_whole(
+    relay_db: str, db: asyncpg.Connection, sink: Sink
+) -> None:
+    async with running(relay_settings(relay_db, sink, ["PF-10"])):
+        await publish(db, example("it_ticket_created") | {"description": "d" * 20_000})
+        await sink.wait_for(lambda r: len(r) == 1)
+    assert json.loads(sink.requests[0].body)["description"] == "d" * 20_000

@@ -17,6 +17,9 @@ SELECT r.event_id, r.event_type, r.payload, 'notify', r.organization_id
   FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::uuid[]) AS r(event_id, event_type, payload, organization_id)
 ON CONFLICT (event_id) DO NOTHING;
 
+-- name: journaled_ids
+SELECT event_id FROM it_relay.events WHERE event_id = ANY($1::uuid[]);
+
 -- name: record_rejected
 INSERT INTO it_relay.rejected_events (event_id, event_type, reason, errors, payload, raw_text, source)
 SELECT r.event_id, r.event_type, r.reason, ARRAY(SELECT jsonb_array_elements_text(r.errors)), r.payload, r.raw_text, r.source
