@@ -50,6 +50,11 @@ from relay.contracts.examples import example
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SUBSCRIBERS = ("PF-10", "HR")  # it_asset_assigned is routed to exactly these two
 PROFILE_DIR: Path | None = None
+INSTANCES = 1  # it-relay processes side by side (several instances share one database by design)
+
+
+def _label(system: str) -> str:
+    return f"{system} x{INSTANCES}" if system == "it-relay" and INSTANCES > 1 else system
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -223,10 +228,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
-async def _await_sink(port: int, expected: int, proc: subprocess.Popen[bytes]) -> None:
+async def _await_sink(port: int, expected: int, procs: list[subprocess.Popen[bytes]]) -> None:
     deadline = time.monotonic() + 900
     while _get(port, "/count") < expected:
-        if time.monotonic() > deadline or proc.poll() is not None:
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
             raise RuntimeError("deliveries did not all arrive in time")
         await asyncio.sleep(0.02)
 
@@ -237,25 +242,30 @@ async def throughput(
     dsn = await _fresh_database(admin_dsn, system)
     before = _get(port, "/count")
     label = f"{system}-{'paced' if rate else 'burst'}"
-    proc = _start(system, dsn, port, workdir, label)
+    procs = [
+        _start(system, dsn, port, workdir, f"{label}-{i}")
+        for i in range(INSTANCES if system == "it-relay" else 1)
+    ]
     try:
-        await _wait_ready(system, dsn, proc)
-        cpu0 = _cpu_seconds(proc.pid)
+        for proc in procs:
+            await _wait_ready(system, dsn, proc)
+        cpu0 = sum(_cpu_seconds(p.pid) for p in procs)
         t0 = time.monotonic()
         committed = await _produce(system, dsn, n, producers, rate)
-        await _await_sink(port, before + len(committed) * len(SUBSCRIBERS), proc)
+        await _await_sink(port, before + len(committed) * len(SUBSCRIBERS), procs)
         elapsed = time.monotonic() - t0
-        cpu = _cpu_seconds(proc.pid) - cpu0
-        rss = _peak_rss_mb(proc.pid)
+        cpu = sum(_cpu_seconds(p.pid) for p in procs) - cpu0
+        rss = max(_peak_rss_mb(p.pid) for p in procs)
     finally:
-        _stop(proc)
+        for proc in procs:
+            _stop(proc)
     arrivals = _get(port, "/stats")["arrivals"]
     latencies = [
         (t - committed[eid]) * 1000 for eid, times in arrivals.items() if eid in committed for t in times
     ]
     deliveries = len(committed) * len(SUBSCRIBERS)
     return {
-        "system": system,
+        "system": _label(system),
         "scenario": "latency" if rate else "throughput",
         "events": len(committed),
         "rate_target": rate,
@@ -287,18 +297,18 @@ async def backlog(admin_dsn: str, port: int, n: int, workdir: Path) -> dict[str,
         )
     await conn.close()
     before = _get(port, "/count")
-    proc = _start("it-relay", dsn, port, workdir, "it-relay-backlog")
+    procs = [_start("it-relay", dsn, port, workdir, f"it-relay-backlog-{i}") for i in range(INSTANCES)]
     try:
         t0 = time.monotonic()
-        cpu0 = 0.0
-        await _await_sink(port, before + n * len(SUBSCRIBERS), proc)
+        await _await_sink(port, before + n * len(SUBSCRIBERS), procs)
         elapsed = time.monotonic() - t0
-        cpu = _cpu_seconds(proc.pid) - cpu0
-        rss = _peak_rss_mb(proc.pid)
+        cpu = sum(_cpu_seconds(p.pid) for p in procs)
+        rss = max(_peak_rss_mb(p.pid) for p in procs)
     finally:
-        _stop(proc)
+        for proc in procs:
+            _stop(proc)
     return {
-        "system": "it-relay",
+        "system": _label("it-relay"),
         "scenario": "backlog",
         "events": n,
         "elapsed_s": elapsed,
@@ -356,7 +366,7 @@ def _chart(ceilings: dict[str, float | None], runs: list[dict[str, Any]], path: 
 
 
 def main() -> None:
-    global PROFILE_DIR
+    global PROFILE_DIR, INSTANCES
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dsn", help="admin DSN of a PostgreSQL server (default: embedded pgserver)")
     ap.add_argument("--events", type=int, default=20000)
@@ -370,8 +380,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--docs", action="store_true", help="rewrite docs/benchmarks.md and docs/benchmarks.png")
     ap.add_argument("--profile", type=Path, help="record py-spy profiles of the relay into this directory")
+    ap.add_argument(
+        "--instances", type=int, default=1, help="it-relay processes side by side on one database"
+    )
     args = ap.parse_args()
     PROFILE_DIR = args.profile
+    INSTANCES = args.instances
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     if args.quick:
@@ -427,7 +441,7 @@ def main() -> None:
     table = _table(ceilings, runs, header)
     print("\n" + table)
     by = {(r["system"], r["scenario"]): r for r in runs}
-    relay, pgq = by.get(("it-relay", "throughput")), by.get(("pgqueuer", "throughput"))
+    relay, pgq = by.get((_label("it-relay"), "throughput")), by.get(("pgqueuer", "throughput"))
     summary = {
         "relay_vs_aiohttp_post": relay["deliveries_per_s"] / (ceilings.get("post_per_s[aiohttp]") or 1)
         if relay
