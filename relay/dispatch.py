@@ -70,6 +70,7 @@ class Lane:
     # The lane's metric children, looked up once rather than per delivery.
     duration: Any = None
     outcomes: dict[str, Any] = field(default_factory=dict)
+    circuit_reported_open: bool = False
     in_flight: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -263,6 +264,17 @@ class Dispatcher:
             log.exception("delivery failed unexpectedly", event_id=str(item.event_id), subscriber=lane.name)
             self._settled(lane.name)
             return
+        try:
+            self._record(lane, item, last, attempts)
+        except Exception:
+            # A bug, not an outcome: the lane keeps going; the lease expires and the row is retried.
+            log.exception(
+                "recording a delivery outcome failed", event_id=str(item.event_id), subscriber=lane.name
+            )
+            self._settled(lane.name)
+
+    def _record(self, lane: Lane, item: journal.ClaimedDelivery, last: Attempt, attempts: int) -> None:
+        """Decide the delivery's next state, count it, log it if it failed, queue the outcome."""
         decision = retry.decide(
             last.outcome,
             item.failed_rounds,
@@ -272,27 +284,28 @@ class Dispatcher:
             jitter=self._settings.jitter,
         )
         lane.breaker.record(last.outcome != "retry", time.monotonic())
-        self._metrics.circuit_open.labels(lane.name).set(1 if lane.breaker.state == "open" else 0)
+        is_open = lane.breaker.state != "closed"  # half-open (probing) is not closed yet
+        if is_open != lane.circuit_reported_open:
+            lane.circuit_reported_open = is_open
+            self._metrics.circuit_open.labels(lane.name).set(1 if is_open else 0)
+            log.warning("circuit " + ("opened: claims paused" if is_open else "closed"), subscriber=lane.name)
         lane.outcomes[decision.outcome].inc()
-        fields = {
-            "event_id": str(item.event_id),
-            "event_type": item.event_type,
-            "subscriber": lane.name,
-            "attempt": attempts,
-        }
         if decision.outcome == "delivered":
+            # The hot path: no log line per success (metrics and the delivery log record it).
             self._metrics.event_latency.observe((datetime.now(UTC) - item.journaled_at).total_seconds())
-            log.debug("delivered", **fields)
-        elif decision.outcome == "retry":
-            log.info(
-                "delivery failed, will retry",
-                status=last.status,
-                error=last.error,
-                retry_in_s=round(decision.wait_s or 0, 1),
-                **fields,
-            )
         else:
-            log.warning("delivery dead", status=last.status, error=last.error, **fields)
+            fields = {
+                "event_id": str(item.event_id),
+                "event_type": item.event_type,
+                "subscriber": lane.name,
+                "attempt": attempts,
+                "status": last.status,
+                "error": last.error,
+            }
+            if decision.outcome == "retry":
+                log.info("delivery failed, will retry", retry_in_s=round(decision.wait_s or 0, 1), **fields)
+            else:
+                log.warning("delivery dead", **fields)
         self._results.append(
             journal.DeliveryResult(
                 item.event_id,
