@@ -375,3 +375,28 @@ async def test_an_event_too_large_for_notify_is_delivered_whole(
         await publish(db, example("it_ticket_created") | {"description": "d" * 20_000})
         await sink.wait_for(lambda r: len(r) == 1)
     assert json.loads(sink.requests[0].body)["description"] == "d" * 20_000
+
+
+async def test_circuit_probes_after_the_cooldown_and_closes_on_success(
+    relay_db: str, db: asyncpg.Connection, sink: Sink
+) -> None:
+    sink.script("/fa", *[Reply(503)] * 3)
+    settings = relay_settings(
+        relay_db,
+        sink,
+        ["FA"],
+        subscriber_overrides={"FA": {"max_in_flight": 1}},
+        delivery={"circuit_failure_threshold": 2, "circuit_cooldown_s": 0.5, "retry_schedule_s": [0.05] * 20},
+    )
+    async with running(settings) as daemon:
+        for i in range(3):
+            await publish(db, example("it_asset_purchased") | {"asset_tag": f"P-{i}"})
+        await wait_for_rows(
+            db, "SELECT count(*) FROM it_relay.deliveries WHERE status = 'delivered'", lambda v: v == 3
+        )
+        gauge = daemon.metrics.registry.get_sample_value("it_relay_circuit_open", {"subscriber": "FA"})
+    assert gauge == 0
+    # Two failures opened it; the probe after the cool-down failed once more and re-opened it;
+    # the next probe succeeded and closed it: no attempts were spent while it was open.
+    gaps = [b.at - a.at for a, b in zip(sink.requests, sink.requests[1:], strict=False)]
+    assert sum(1 for g in gaps if g >= 0.45) >= 2
