@@ -1,0 +1,72 @@
+"""Import rules: pure logic never imports I/O; only the composition root wires everything."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+RELAY = Path(__file__).parent.parent / "relay"
+PURE = [
+    "codec.py",
+    "redaction.py",
+    "retry.py",
+    "circuit.py",
+    "signing.py",
+    "schemas.py",
+    "errors.py",
+    *(f"contracts/{p.name}" for p in (RELAY / "contracts").glob("*.py")),
+]
+IO = {
+    "asyncpg",
+    "aiohttp",
+    "httpx",
+    "httpx_aiohttp",
+    "socket",
+    "subprocess",
+    "relay.journal",
+    "relay.database",
+    "relay.listener",
+    "relay.dispatch",
+    "relay.router",
+    "relay.scheduler",
+    "relay.server",
+    "relay.daemon",
+    "relay.sender",
+    "relay.cli",
+}
+
+
+def imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_pure_modules_do_no_io(module: str) -> None:
+    found = {n for n in imports(RELAY / module) if any(n == io or n.startswith(io + ".") for io in IO)}
+    assert not found, f"{module} imports {found}"
+
+
+def test_only_the_cli_and_demo_import_the_composition_root() -> None:
+    importers = {p.name for p in RELAY.rglob("*.py") if "relay.daemon" in imports(p)}
+    assert importers <= {"cli.py", "demo.py"}
+
+
+def test_sql_lives_in_sql_files() -> None:
+    # A long SQL statement in Python is a smell here: queries belong in relay/sql/queries.sql.
+    for path in RELAY.rglob("*.py"):
+        if path.name == "demo.py":
+            continue  # the demo's statements are sample data, shown as a producer would write them
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                text = node.value.lstrip().upper()
+                if text.startswith(("SELECT ", "INSERT ", "UPDATE ", "DELETE ", "WITH ")) and len(text) > 120:
+                    pytest.fail(f"{path.relative_to(RELAY)}:{node.lineno} has a long SQL string")
