@@ -17,7 +17,7 @@ from relay import database, journal, migrate
 from relay.aio import sleep_unless
 from relay.database import DB_ERRORS
 from relay.dispatch import Dispatcher
-from relay.errors import SchemaError
+from relay.errors import SchemaError, UserError
 from relay.listener import Listener
 from relay.logs import get_logger
 from relay.metrics import Metrics
@@ -124,7 +124,10 @@ class Daemon:
                 )
             if s.server.enabled:
                 self.server = OpsServer(self.metrics, self.readiness, s.server.host, s.server.port)
-                await self.server.start()
+                try:
+                    await self.server.start()
+                except OSError as exc:
+                    raise UserError(f"server.listen {s.server.listen}: {exc.strerror or exc}") from None
             if install_signal_handlers:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.add_signal_handler(sig, self._on_signal, sig)

@@ -211,3 +211,20 @@ async def test_cli_database_errors_are_one_line(tmp_path: Path, sink: Sink) -> N
     assert result.returncode == 1
     assert result.stderr.startswith("it-relay: error: database: ")
     assert "Traceback" not in result.stderr
+
+
+async def test_a_busy_metrics_port_is_named(tmp_path: Path, relay_db: str, sink: Sink) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(
+            tmp_path / "relay.toml",
+            relay_settings(relay_db, sink, ["FA"], server={"listen": f"127.0.0.1:{port}"}),
+        )
+        result = await cli("run", "--config", str(config))
+    assert result.returncode == 1
+    assert f"it-relay: error: server.listen 127.0.0.1:{port}: " in result.stderr
+    assert "Traceback" not in result.stderr
