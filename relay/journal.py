@@ -264,4 +264,5 @@ async def prune(
     ):
         status = await conn.execute(query(name), *args)
         total += int(status.split()[-1])
+    await conn.execute(query("prune_marks"))
     return total

@@ -330,3 +330,23 @@ async def test_a_contract_30_days_from_expiry_reaches_pf10(
 def test_scheduler_settings_reject_bad_milestones() -> None:
     with pytest.raises(ValueError, match="distinct positive"):
         SchedulerSettings(expiry_milestones_days=[30, 30])
+
+
+async def test_expiry_marks_are_pruned_once_they_cannot_fire_again(
+    ref_db: str, ref: asyncpg.Connection, org: Org
+) -> None:
+    from relay import journal
+
+    await _contract(ref, org, date.today() + timedelta(days=7))
+    await scheduler(ref_db).run_once(ref, datetime.now(UTC))
+    await ref.execute(
+        "INSERT INTO it_relay.scheduler_marks VALUES ('contract_expiring', gen_random_uuid(), '2020-01-01:7', gen_random_uuid())"
+    )
+    await ref.execute(
+        "INSERT INTO it_relay.scheduler_marks VALUES ('patch_overdue', gen_random_uuid(), '2020-01-01:30', gen_random_uuid())"
+    )
+    await journal.prune(ref, 86400, 86400, 86400)
+    left = sorted(
+        r[0] for r in await ref.fetch("SELECT kind || ':' || milestone FROM it_relay.scheduler_marks")
+    )
+    assert left == [f"contract_expiring:{date.today() + timedelta(days=7)}:7", "patch_overdue:2020-01-01:30"]

@@ -213,3 +213,10 @@ ON CONFLICT (license_id) DO UPDATE SET state = excluded.state, episode = exclude
                                        updated_at = clock_timestamp()
  WHERE (it_relay.compliance_state.state, it_relay.compliance_state.episode)
        IS DISTINCT FROM (excluded.state, excluded.episode);
+
+-- name: prune_marks
+-- Expiry marks whose date has passed can never fire again (nothing is emitted once expired).
+-- Other marks stay: a patch still undeployed, or a ticket still open, would otherwise re-emit.
+DELETE FROM it_relay.scheduler_marks
+ WHERE kind IN ('contract_expiring', 'license_expiring')
+   AND split_part(milestone, ':', 1)::date < current_date - 30;
