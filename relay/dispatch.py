@@ -131,7 +131,7 @@ class Dispatcher:
     async def run(self, stopping: asyncio.Event) -> None:
         """Deliver until `stopping`; then finish in-flight work within the grace period."""
         lanes = [
-            asyncio.create_task(self._lane_loop(lane, stopping), name=f"lane-{lane.name}")
+            asyncio.create_task(self._guarded_lane(lane, stopping), name=f"lane-{lane.name}")
             for lane in self.lanes.values()
         ]
         flusher = asyncio.create_task(self._flush_loop(), name="results-flusher")
@@ -159,6 +159,15 @@ class Dispatcher:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _guarded_lane(self, lane: Lane, stopping: asyncio.Event) -> None:
+        """A lane that fails unexpectedly is logged and started again; it never silently stops."""
+        while not stopping.is_set():
+            try:
+                await self._lane_loop(lane, stopping)
+            except Exception:
+                log.exception("delivery lane failed, restarting it", subscriber=lane.name)
+                await sleep_unless(stopping, 1.0)
 
     async def _lane_loop(self, lane: Lane, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
