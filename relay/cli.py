@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -21,7 +21,7 @@ from relay.daemon import Daemon
 from relay.errors import InputError, UserError
 from relay.metrics import Metrics
 from relay.redaction import redact
-from relay.scheduler import Emission, Scheduler
+from relay.scheduler import Scheduler
 from relay.schemas import asyncapi, json_schemas
 from relay.sender import describe
 from relay.settings import Settings, load_settings, masked
@@ -166,6 +166,27 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         raise UserError(f"database: {describe(exc)}") from None
 
 
+def _with_db(
+    settings: Settings,
+    work: Callable[[asyncpg.Connection], Awaitable[T]],
+    *,
+    application: str = database.APPLICATION,
+    check: bool = True,
+) -> T:
+    """Run `work` on one connection (after the schema check), then close it; errors are one line."""
+
+    async def go() -> T:
+        conn = await database.connect(settings.database, application)
+        try:
+            if check:
+                await migrate.check(conn)
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    return _run(go())
+
+
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     try:
         import uvloop
@@ -210,14 +231,7 @@ def db_upgrade(
     """Create or migrate the it_relay schema (idempotent; safe with several instances)."""
     settings = _settings(config)
 
-    async def go() -> list[str]:
-        conn = await database.connect(settings.database)
-        try:
-            return await migrate.upgrade(conn, reference=reference_schema)
-        finally:
-            await conn.close()
-
-    applied = _run(go())
+    applied = _with_db(settings, lambda conn: migrate.upgrade(conn, reference=reference_schema), check=False)
     typer.echo("applied: " + ", ".join(applied) if applied else "schema is up to date")
 
 
@@ -235,16 +249,11 @@ def emit(
         if not isinstance(document, dict):
             raise InputError(f"[{index}] not a JSON object")
 
-    async def go() -> list[str]:
-        conn = await database.connect(settings.database)
-        try:
-            await migrate.check(conn)
-            async with conn.transaction():
-                return [str(await journal.publish(conn, d)) for d in documents]
-        finally:
-            await conn.close()
+    async def publish_all(conn: asyncpg.Connection) -> list[str]:
+        async with conn.transaction():
+            return [str(await journal.publish(conn, d)) for d in documents]
 
-    for event_id in _run(go()):
+    for event_id in _with_db(settings, publish_all):
         typer.echo(event_id)
 
 
@@ -268,22 +277,12 @@ def deliveries_list(
     settings = _settings(config)
     wanted = _event_id(event_id)
 
-    async def go() -> list[asyncpg.Record]:
-        conn = await database.connect(settings.database)
-        try:
-            await migrate.check(conn)
-            return await journal.list_deliveries(
-                conn,
-                status=status,
-                subscriber=subscriber,
-                event_type=event_type,
-                event_id=wanted,
-                limit=limit,
-            )
-        finally:
-            await conn.close()
-
-    rows = _run(go())
+    rows = _with_db(
+        settings,
+        lambda conn: journal.list_deliveries(
+            conn, status=status, subscriber=subscriber, event_type=event_type, event_id=wanted, limit=limit
+        ),
+    )
     if as_json:
         for row in rows:
             typer.echo(codec.dumps(dict(row)).decode())
@@ -320,22 +319,12 @@ def replay(
     wanted = _event_id(event_id)
     when = since.replace(tzinfo=since.tzinfo or UTC) if since else None
 
-    async def go() -> list[asyncpg.Record]:
-        conn = await database.connect(settings.database)
-        try:
-            await migrate.check(conn)
-            return await journal.replay(
-                conn,
-                settings.database.channel,
-                event_id=wanted,
-                subscriber=subscriber,
-                status=status,
-                since=when,
-            )
-        finally:
-            await conn.close()
-
-    rows = _run(go())
+    rows = _with_db(
+        settings,
+        lambda conn: journal.replay(
+            conn, settings.database.channel, event_id=wanted, subscriber=subscriber, status=status, since=when
+        ),
+    )
     if not rows:
         raise UserError("nothing to replay: no delivery matches")
     for r in rows:
@@ -365,15 +354,11 @@ def scheduler_run_once(
         connect=lambda: database.connect(settings.database, database.SCHEDULER_APPLICATION),
     )
 
-    async def go() -> list[Emission]:
-        conn = await database.connect(settings.database, database.SCHEDULER_APPLICATION)
-        try:
-            await migrate.check(conn)
-            return await scheduler.run_once(conn, when, dry_run=dry_run)
-        finally:
-            await conn.close()
-
-    emissions = _run(go())
+    emissions = _with_db(
+        settings,
+        lambda conn: scheduler.run_once(conn, when, dry_run=dry_run),
+        application=database.SCHEDULER_APPLICATION,
+    )
     verb = "would emit" if dry_run else "emitted"
     for e in emissions:
         typer.echo(f"{verb} {e.event_type} {e.entity_id} ({e.milestone})")

@@ -25,28 +25,13 @@ from aiohttp import web
 from standardwebhooks import Webhook
 
 from relay import codec, logs, migrate
-from relay.contracts import REGISTRY
+from relay.contracts import REGISTRY, SUBSCRIBERS
 from relay.daemon import Daemon
 from relay.errors import UserError
 from relay.settings import load_settings
 
 SECRET = "whsec_ZGVtby1zZWNyZXQtZm9yLWl0LXJlbGF5LTAxMjM0NTY3"
 LICENCE_KEY = "VISIO-7H2K9-DEMO-KEY-0001"
-SUBSCRIBERS = (
-    "PF-10",
-    "PF-11",
-    "FA",
-    "FA-04",
-    "HR",
-    "HR-03",
-    "GR",
-    "FM",
-    "FW-34",
-    "Audit",
-    "IT-01",
-    "IT-02",
-    "IT-07",
-)
 
 
 @dataclass
