@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator, Iterator
 import asyncpg
 import pytest
 
-from tests.support.postgres import fresh_name, server_url, with_database
+from tests.support.postgres import fresh_name, server_url, upgraded, with_database
 from tests.support.sink import Sink
 
 
@@ -49,14 +49,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture
 async def relay_db(database_url: str) -> str:
     """A clean database with the it_relay schema applied."""
-    from relay import migrate
-
-    conn = await asyncpg.connect(database_url)
-    try:
-        await migrate.upgrade(conn)
-    finally:
-        await conn.close()
-    return database_url
+    return await upgraded(database_url)
 
 
 @pytest.fixture
@@ -70,14 +63,7 @@ async def db(relay_db: str) -> AsyncIterator[asyncpg.Connection]:
 @pytest.fixture
 async def ref_db(database_url: str) -> str:
     """A clean database with the it_relay schema and the IT reference schema."""
-    from relay import migrate
-
-    conn = await asyncpg.connect(database_url)
-    try:
-        await migrate.upgrade(conn, reference=True)
-    finally:
-        await conn.close()
-    return database_url
+    return await upgraded(database_url, reference=True)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import pytest
 
 from relay import journal
 from relay.contracts.examples import example
-from tests.support.postgres import fresh_name, with_database
+from tests.support.postgres import fresh_name, upgraded, with_database
 from tests.support.relay import (
     relay_settings,
     start_relay_process,
@@ -102,18 +102,12 @@ def private_pg() -> Iterator[object]:
 
 @pytest.fixture
 async def private_db(private_pg: object) -> str:
-    from relay import migrate
-
     admin_url: str = private_pg.get_uri()  # type: ignore[attr-defined]
     name = fresh_name()
     admin = await asyncpg.connect(admin_url)
     await admin.execute(f'CREATE DATABASE "{name}"')
     await admin.close()
-    url = with_database(admin_url, name)
-    conn = await asyncpg.connect(url)
-    await migrate.upgrade(conn)
-    await conn.close()
-    return url
+    return await upgraded(with_database(admin_url, name))
 
 
 def _pg_ctl(server: object, *args: str) -> None:

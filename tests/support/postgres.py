@@ -36,3 +36,17 @@ def with_database(url: str, name: str) -> str:
 
 def fresh_name() -> str:
     return f"it_relay_test_{uuid.uuid4().hex[:12]}"
+
+
+async def upgraded(url: str, *, reference: bool = False) -> str:
+    """Apply the relay's schema (and the IT reference schema) to a database; returns its URL."""
+    import asyncpg
+
+    from relay import migrate
+
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate.upgrade(conn, reference=reference)
+    finally:
+        await conn.close()
+    return url
