@@ -208,7 +208,7 @@ def _start(system: str, dsn: str, port: int, workdir: Path, label: str) -> subpr
 async def _wait_ready(system: str, dsn: str, proc: subprocess.Popen[bytes]) -> None:
     conn = await asyncpg.connect(dsn)
     query = (
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'it-relay:listener'"
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'it-relay:listener'"
         if system == "it-relay"
         else "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
     )

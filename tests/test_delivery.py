@@ -31,8 +31,13 @@ async def test_each_event_reaches_exactly_its_contract_subscribers(
     expected = sum(len(c.subscribers) for c in REGISTRY.values())
     async with running(relay_settings(relay_db, sink)):
         ids = {await publish(db, p): p["event_type"] for p in all_examples()}
-        await sink.wait_for(lambda r: len(r) >= expected, within=30)
-        await asyncio.sleep(0.3)
+        # Every outcome written; leaving the block stops the daemon, so nothing more can arrive.
+        await wait_for_rows(
+            db,
+            "SELECT count(*) FROM it_relay.deliveries WHERE status = 'delivered'",
+            lambda v: v >= expected,
+            within=30,
+        )
     assert len(sink.requests) == expected
     for event_type in EVENT_TYPES:
         got = sorted(r.path for r in sink.requests if r.headers["x-it-event-type"] == event_type)
@@ -141,8 +146,8 @@ async def test_400_is_dead_at_once_with_the_status_recorded(
     sink.script("/fa", Reply(400))
     async with running(relay_settings(relay_db, sink, ["FA"])):
         event_id = await publish(db, example("it_asset_purchased"))
+        # Dead is final: no claim can pick the row up again.
         await wait_for_rows(db, status_of(db, event_id, "FA"), lambda v: v == "dead/1")
-        await asyncio.sleep(0.8)
     row = await db.fetchrow("SELECT last_status, last_error FROM it_relay.deliveries")
     assert (row["last_status"], row["last_error"]) == (400, "HTTP 400")
     assert len(sink.at("/fa")) == 1
@@ -252,8 +257,9 @@ async def test_legacy_notify_heard_by_two_instances_is_delivered_once(
                 "SELECT pg_notify('it_events', $1)",
                 codec.dumps(example("it_asset_assigned") | {"asset_tag": f"A-{i}"}).decode(),
             )
-        await sink.wait_for(lambda r: len(r) >= 40)
-        await asyncio.sleep(1.0)
+        await wait_for_rows(
+            db, "SELECT count(*) FROM it_relay.deliveries WHERE status = 'delivered'", lambda v: v >= 40
+        )
     assert len(sink.requests) == 40
     assert await db.fetchval("SELECT count(*) FROM it_relay.events") == 20
 

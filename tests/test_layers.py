@@ -70,3 +70,16 @@ def test_sql_lives_in_sql_files() -> None:
                 text = node.value.lstrip().upper()
                 if text.startswith(("SELECT ", "INSERT ", "UPDATE ", "DELETE ", "WITH ")) and len(text) > 120:
                     pytest.fail(f"{path.relative_to(RELAY)}:{node.lineno} has a long SQL string")
+
+
+def test_tests_count_only_their_own_database_backends() -> None:
+    # pg_stat_activity lists every database of the server: a test that counts or terminates
+    # backends there without `datname = current_database()` sees (or kills) other relays' ones.
+    root = Path(__file__).parent.parent
+    table = "pg_stat_" + "activity"  # spelled apart so this test does not find itself
+    for path in [*root.joinpath("tests").rglob("*.py"), *root.joinpath("bench").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                text = " ".join(node.value.split())
+                if f"FROM {table}" in text and "datname = current_database()" not in text:
+                    pytest.fail(f"{path.relative_to(root)}:{node.lineno} reads pg_stat_activity server-wide")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 from collections import Counter
@@ -93,8 +92,13 @@ async def test_two_processes_deliver_each_pair_exactly_once(
     procs = [start_relay_process(config, tmp_path / f"relay{i}.log") for i in range(2)]
     try:
         ids = await publish_many(db, 300)
-        await sink.wait_for(lambda r: len(r) >= 600, within=60)
-        await asyncio.sleep(1.0)
+        # Every outcome written; a graceful stop then lets nothing more out.
+        await wait_for_rows(
+            db,
+            "SELECT count(*) FROM it_relay.deliveries WHERE status = 'delivered'",
+            lambda v: v >= 600,
+            within=60,
+        )
     finally:
         codes = [await stop_process(p) for p in procs]
     assert codes == [0, 0]
@@ -156,11 +160,13 @@ async def test_listener_reconnects_and_catches_up_after_its_backend_is_terminate
     async with running(relay_settings(relay_db, sink, ["PF-10"])) as daemon:
         assert daemon.listener is not None
         pid = await db.fetchval(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = 'it-relay:listener'"
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'it-relay:listener'"
         )
         assert pid is not None
         assert (
-            await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'it-relay'")
+            await db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'it-relay'"
+            )
             >= 1
         )
         await db.execute("SELECT pg_terminate_backend($1)", pid)
@@ -169,7 +175,7 @@ async def test_listener_reconnects_and_catches_up_after_its_backend_is_terminate
         await sink.wait_for(lambda r: len(r) == 1, within=20)
         await wait_for_rows(
             db,
-            "SELECT pid FROM pg_stat_activity WHERE application_name = 'it-relay:listener'",
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'it-relay:listener'",
             lambda v: v is not None and v != pid,
         )
         assert daemon.listener.connections >= 2

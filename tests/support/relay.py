@@ -7,10 +7,10 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
@@ -18,7 +18,7 @@ from relay import logs
 from relay.contracts import SUBSCRIBERS
 from relay.daemon import Daemon
 from relay.settings import Settings, load_settings
-from tests.support.sink import Sink
+from tests.support.sink import PATIENCE, Sink
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 OLD_SECRET = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
@@ -87,7 +87,7 @@ async def wait_until(
 ) -> None:
     """Poll a condition (cheap, in-process) until it holds; fail after `within` seconds."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
+    deadline = loop.time() + within * PATIENCE
     while not predicate():
         if task is not None and task.done():
             task.result()
@@ -98,13 +98,19 @@ async def wait_until(
 
 
 async def wait_for_rows(
-    conn: asyncpg.Connection, sql: str, expected: Callable[[Any], bool], within: float = 20.0
+    conn: asyncpg.Connection,
+    sql: str,
+    expected: Callable[[Any], bool],
+    within: float = 20.0,
+    *,
+    args: Sequence[Any] = (),
+    fetch: Literal["val", "row"] = "val",
 ) -> Any:
-    """Poll a query until its value satisfies `expected`; returns the value."""
+    """Poll a query until its value (or row) satisfies `expected`; returns it."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
+    deadline = loop.time() + within * PATIENCE
     while True:
-        value = await conn.fetchval(sql)
+        value = await (conn.fetchval(sql, *args) if fetch == "val" else conn.fetchrow(sql, *args))
         if expected(value):
             return value
         if loop.time() > deadline:
@@ -153,7 +159,7 @@ async def cli(*args: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         env=env,
-        timeout=60,
+        timeout=60 * PATIENCE,
         check=False,
     )
 
@@ -187,4 +193,4 @@ async def stop_process(
     """Signal a relay process and wait for it without blocking the loop (the sinks live in it)."""
     if proc.poll() is None:
         proc.send_signal(sig)
-    return await asyncio.to_thread(proc.wait, within)
+    return await asyncio.to_thread(proc.wait, within * PATIENCE)

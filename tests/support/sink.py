@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
+
+# Every wait in the tests is for a condition, so a generous bound costs nothing when things go well;
+# CI machines have run four times slower than a developer's. IT_RELAY_TEST_PATIENCE scales them all.
+PATIENCE = float(os.environ.get("IT_RELAY_TEST_PATIENCE", "3"))
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,9 @@ class Sink:
     async def wait_for(self, predicate: Callable[[list[Received]], bool], within: float = 10.0) -> None:
         """Wait until predicate(requests) holds; fail the test after `within` seconds."""
         async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self.requests)), within)
+            await asyncio.wait_for(
+                self._changed.wait_for(lambda: predicate(self.requests)), within * PATIENCE
+            )
 
     async def start(self) -> Sink:
         app = web.Application()
