@@ -345,8 +345,11 @@ async def test_circuit_opens_for_a_dead_subscriber_without_burning_attempts(
         delivery={"circuit_failure_threshold": 2, "circuit_cooldown_s": 60, "retry_schedule_s": [0.05] * 20},
     )
     async with running(settings) as daemon:
-        for i in range(5):
-            await publish(db, example("it_asset_purchased") | {"asset_tag": f"C-{i}"})
+        # One transaction: the five become due together, so the first claim takes them all (one
+        # by one, the first two failures could open the breaker before the rest were published).
+        async with db.transaction():
+            for i in range(5):
+                await publish(db, example("it_asset_purchased") | {"asset_tag": f"C-{i}"})
         # The first claim had all five in flight; they all fail and open the breaker.
         await sink.wait_for(lambda r: len(r) >= 5)
         opened_with = len(sink.requests)
