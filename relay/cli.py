@@ -227,11 +227,25 @@ def db_upgrade(
     reference_schema: Annotated[
         bool, typer.Option("--reference-schema", help="Also the IT reference tables, triggers and views.")
     ] = False,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            help="Connect as this URL instead of database.url (the schema owner's login; its password "
+            "from PGPASSWORD or ~/.pgpass, never database.password, which is the relay's).",
+        ),
+    ] = None,
 ) -> None:
     """Create or migrate the it_relay schema (idempotent; safe with several instances)."""
     settings = _settings(config)
-
-    applied = _with_db(settings, lambda conn: migrate.upgrade(conn, reference=reference_schema), check=False)
+    if database_url is not None:
+        settings = settings.as_owner(database_url)
+    channel = settings.database.channel
+    applied = _with_db(
+        settings,
+        lambda conn: migrate.upgrade(conn, reference=reference_schema, channel=channel),
+        check=False,
+    )
     typer.echo("applied: " + ", ".join(applied) if applied else "schema is up to date")
 
 
@@ -391,6 +405,12 @@ def check_config(config: ConfigOption = None) -> None:
         )
     if disabled:
         typer.echo(f"warning: disabled subscribers (deliveries wait): {', '.join(disabled)}", err=True)
+    if settings.ingest.legacy and not settings.ingest.legacy_senders:
+        typer.echo(
+            "warning: full-payload notifications are accepted from any role that can NOTIFY "
+            f"{settings.database.channel}; set ingest.legacy_senders, or ingest.legacy = false",
+            err=True,
+        )
 
 
 def _fail(message: str, code: int) -> NoReturn:

@@ -80,6 +80,7 @@ class Daemon:
         try:
             async with pool.acquire() as conn:
                 version = await migrate.check(conn)
+                await migrate.check_channel(conn, s.database.channel)
             self._set_schema_current(True)
             dispatcher = Dispatcher(
                 pool=pool,
@@ -113,6 +114,8 @@ class Daemon:
                 on_wake=on_wake,
                 probe_interval_s=s.database.probe_interval_s,
                 probe_timeout_s=s.database.probe_timeout_s,
+                legacy=s.ingest.legacy,
+                legacy_senders=s.ingest.legacy_senders,
             )
             self.listener, self.router, self.dispatcher = listener, router, dispatcher
             self.metrics.prepare(dispatcher.lanes)

@@ -226,10 +226,17 @@ async def replay(
     return rows
 
 
+async def backend_roles(conn: asyncpg.Connection, pids: Sequence[int]) -> dict[int, str]:
+    """The login role of each backend among `pids` that is still connected."""
+    return {r["pid"]: r["role"] for r in await conn.fetch(query("backend_roles"), list(set(pids)))}
+
+
 async def wake(conn: asyncpg.Connection, channel: str, event_id: UUID, event_type: str) -> None:
-    """A stub notification: a wake-up for listeners, never journaled again."""
+    """A wake-up for every instance's delivery lanes (after a replay), never journaled again."""
     await conn.execute(
-        query("wake"), channel, codec.dumps({"event_id": event_id, "event_type": event_type}).decode()
+        query("wake"),
+        channel,
+        codec.dumps({"event_id": event_id, "event_type": event_type, "wake": "deliveries"}).decode(),
     )
 
 

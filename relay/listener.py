@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 from typing import Any
 from uuid import UUID
 
@@ -29,6 +30,8 @@ from relay.redaction import redact, scrub_text
 log = get_logger("relay.listener")
 
 _STUB_KEYS = frozenset({"event_id", "event_type"})
+# A replay's wake-up adds {"wake": "deliveries"}: re-queued deliveries concern the lanes, not the router.
+_WAKE_KEYS = _STUB_KEYS | {"wake"}
 
 
 def classify(raw: str) -> journal.NotifiedEvent | journal.Rejection | None:
@@ -50,7 +53,7 @@ def classify(raw: str) -> journal.NotifiedEvent | journal.Rejection | None:
         return journal.Rejection(
             "not_an_object", ("$: an event must be a JSON object",), "notify", payload=redact(value)
         )
-    if "event_id" in value and value.keys() <= _STUB_KEYS:
+    if "event_id" in value and value.keys() <= _WAKE_KEYS:
         return None
     payload = redact(value)
     event_id = _uuid(payload.get("event_id"))
@@ -68,10 +71,11 @@ def classify(raw: str) -> journal.NotifiedEvent | journal.Rejection | None:
 
 
 def announced_id(raw: str) -> tuple[UUID | None, bool]:
-    """The top-level event_id of a notification read cheaply (orjson), and whether it is a stub.
+    """The top-level event_id of a notification read cheaply (orjson), and whether it wakes lanes.
 
-    Most notifications come from it_relay.publish() and name an event already journaled: knowing
-    that from its id spares the exact decode, redaction and canonical id of the full payload.
+    Notifications from it_relay.publish() name an event already journaled: knowing that from its
+    id spares the exact decode, redaction and canonical id of a full payload. A replay's wake-up
+    also names a journaled event, and asks every delivery lane to look for work.
     """
     try:
         value = orjson.loads(raw)
@@ -79,7 +83,7 @@ def announced_id(raw: str) -> tuple[UUID | None, bool]:
         return None, False
     if not isinstance(value, dict):
         return None, False
-    return _uuid(value.get("event_id")), value.keys() <= _STUB_KEYS
+    return _uuid(value.get("event_id")), value.get("wake") == "deliveries" and value.keys() <= _WAKE_KEYS
 
 
 def _uuid(value: Any) -> UUID | None:
@@ -108,6 +112,8 @@ class Listener:
         on_wake: Callable[[bool], None],
         probe_interval_s: float = 10.0,
         probe_timeout_s: float = 5.0,
+        legacy: bool = True,
+        legacy_senders: Iterable[str] = (),
     ) -> None:
         self._connect = connect
         self._pool = pool
@@ -116,13 +122,15 @@ class Listener:
         self._on_wake = on_wake
         self._probe_interval_s = probe_interval_s
         self._probe_timeout_s = probe_timeout_s
-        self._inbox: list[str] = []
+        self._legacy = legacy
+        self._legacy_senders = frozenset(legacy_senders)
+        self._inbox: list[tuple[int, str]] = []
         self._inbox_ready = asyncio.Event()
         self.connected = asyncio.Event()
         self.connections = 0
 
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        self._inbox.append(payload)
+    def _on_notify(self, _conn: object, pid: int, _channel: str, payload: str) -> None:
+        self._inbox.append((pid, payload))
         self._inbox_ready.set()
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -238,16 +246,19 @@ class Listener:
         batch = self._inbox[:1000]
         events: list[journal.NotifiedEvent] = []
         rejections: list[journal.Rejection] = []
-        stubs = False
-        announced = [announced_id(raw) for raw in batch]
+        lanes = False
+        announced = [announced_id(raw) for _, raw in batch]
         async with self._pool.acquire() as conn:
             known = await journal.journaled_ids(conn, [i for i, _ in announced if i is not None])
-        for raw, (event_id, stub) in zip(batch, announced, strict=True):
-            if event_id is not None and event_id in known:
-                # Journaled by it_relay.publish(): only a wake-up. A stub (a large event, or a
-                # replay) may concern any lane, so it wakes them all.
-                stubs = stubs or stub
-                continue
+            legacy = [
+                (pid, raw)
+                for (pid, raw), (event_id, _) in zip(batch, announced, strict=True)
+                if event_id is None or event_id not in known
+            ]
+            senders = await self._untrusted(conn, [pid for pid, _ in legacy])
+        # A known id is a wake-up from publish() (the router has work) or from a replay (lanes do).
+        lanes = any(wake for event_id, wake in announced if event_id is not None and event_id in known)
+        for pid, raw in legacy:
             try:
                 item = classify(raw)
             except Exception as exc:  # never let one notification stop the others
@@ -257,12 +268,14 @@ class Listener:
                     "notify",
                     raw_text=scrub_text(raw[:8000]),
                 )
+            if item is not None and pid in senders:
+                item = _untrusted(item, senders[pid])
             if isinstance(item, journal.NotifiedEvent):
                 events.append(item)
             elif isinstance(item, journal.Rejection):
                 rejections.append(item)
             else:
-                stubs = True
+                lanes = True
         async with self._pool.acquire() as conn:
             try:
                 async with conn.transaction():
@@ -277,5 +290,34 @@ class Listener:
             self._metrics.events_rejected.labels(r.reason).inc()
         if self._inbox:
             self._inbox_ready.set()
-        # A stub is a large event's NOTIFY or a replay's wake-up: every lane may have work.
-        self._on_wake(stubs)
+        self._on_wake(lanes)
+
+    async def _untrusted(self, conn: asyncpg.Connection, pids: list[int]) -> dict[int, str]:
+        """The senders among `pids` whose full-payload notifications must not be journaled, and why."""
+        if not pids or (self._legacy and not self._legacy_senders):
+            return {}
+        if not self._legacy:
+            return dict.fromkeys(pids, "legacy notifications are turned off (ingest.legacy = false)")
+        roles = await journal.backend_roles(conn, pids)
+        out: dict[int, str] = {}
+        for pid in pids:
+            role = roles.get(pid)
+            if role is None:
+                out[pid] = f"the sending backend (pid {pid}) had gone before its role could be checked"
+            elif role not in self._legacy_senders:
+                out[pid] = f"sent by role {role!r}, not one of ingest.legacy_senders"
+        return out
+
+
+def _untrusted(item: journal.NotifiedEvent | journal.Rejection, why: str) -> journal.Rejection:
+    """A notification from a sender the relay does not trust: kept, redacted, never journaled."""
+    if isinstance(item, journal.Rejection):
+        return replace(item, reason="untrusted_sender", errors=(f"$: {why}", *item.errors))
+    return journal.Rejection(
+        "untrusted_sender",
+        (f"$: {why}",),
+        "notify",
+        event_id=item.event_id,
+        event_type=item.event_type or None,
+        payload=item.payload,
+    )

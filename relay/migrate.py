@@ -11,7 +11,7 @@ from relay.sql import migrations, query
 _MIGRATION_LOCK = 0x6974_7265_6C61_79
 
 
-__all__ = ["SchemaError", "check", "code_version", "schema_version", "upgrade"]
+__all__ = ["SchemaError", "check", "check_channel", "code_version", "schema_version", "upgrade"]
 
 
 def code_version() -> int:
@@ -25,8 +25,13 @@ async def schema_version(conn: asyncpg.Connection) -> int:
     return version
 
 
-async def upgrade(conn: asyncpg.Connection, *, reference: bool = False) -> list[str]:
-    """Apply pending migrations in one transaction; returns the names applied (may be empty)."""
+async def upgrade(
+    conn: asyncpg.Connection, *, reference: bool = False, channel: str | None = None
+) -> list[str]:
+    """Apply pending migrations in one transaction; returns the names applied (may be empty).
+
+    `channel` (database.channel) is recorded as the channel it_relay.publish() notifies on.
+    """
     applied: list[str] = []
     async with conn.transaction():
         # Two instances upgrading at once: the second waits here, then finds nothing to do.
@@ -42,11 +47,23 @@ async def upgrade(conn: asyncpg.Connection, *, reference: bool = False) -> list[
                 migration.name,
             )
             applied.append(f"{migration.version:04d}_{migration.name}")
+        if channel is not None and await conn.fetchval(query("set_channel"), channel) is not None:
+            applied.append(f"channel {channel}")
         if reference:
             for script in migrations("reference"):
                 await conn.execute(script.sql)
                 applied.append(f"reference/{script.version:04d}_{script.name}")
     return applied
+
+
+async def check_channel(conn: asyncpg.Connection, channel: str) -> None:
+    """Raise SchemaError unless publish() notifies on the channel this relay listens to."""
+    recorded = await conn.fetchval(query("channel"))
+    if recorded != channel:
+        raise SchemaError(
+            f"database.channel is {channel!r} but the database publishes on {recorded!r}: "
+            "run `it-relay db upgrade` with this configuration to record it"
+        )
 
 
 async def check(conn: asyncpg.Connection) -> int:

@@ -284,6 +284,21 @@ def _is_webhook_secret(secret: str) -> bool:
 _SUBSCRIBER_KEYS = {re.sub(r"[^0-9a-z]", "", s.lower()): s for s in SUBSCRIBERS}
 
 
+class IngestSettings(Section):
+    # Full-payload NOTIFYs from legacy producers (it_relay.publish() notifies only ids).
+    legacy: bool = True
+    # Roles whose legacy NOTIFYs are trusted, checked by the sending backend's pid; [] = any role.
+    legacy_senders: list[str] = []
+
+    @field_validator("legacy_senders")
+    @classmethod
+    def _role_names(cls, value: list[str]) -> list[str]:
+        for role in value:
+            if not role or len(role) > 63 or "\x00" in role:
+                raise ValueError(f"{role!r} is not a PostgreSQL role name")
+        return value
+
+
 class LoggingSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["auto", "json", "console"] = "auto"
@@ -308,6 +323,7 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = DeliverySettings()
     retention: RetentionSettings = RetentionSettings()
     validation: ValidationSettings = ValidationSettings()
+    ingest: IngestSettings = IngestSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     logging: LoggingSettings = LoggingSettings()
     subscribers: dict[str, SubscriberSettings] = {}
@@ -329,6 +345,18 @@ class Settings(BaseSettings):
             else:
                 merged[canonical] = conf
         return merged
+
+    def as_owner(self, url: str) -> Settings:
+        """These settings connecting as another login (the schema owner's, for `db upgrade`)."""
+        try:
+            database = DatabaseSettings.model_validate(
+                self.database.model_dump()
+                | {"url": url, "password": None, "password_file": None}
+                | {"password_credential": None}
+            )
+        except ValidationError as exc:
+            raise ConfigError(f"--database-url: {format_errors(exc.errors())[0]}") from None
+        return self.model_copy(update={"database": database})
 
     @classmethod
     def settings_customise_sources(

@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator, Iterator
 import asyncpg
 import pytest
 
-from tests.support.postgres import fresh_name, server_url, upgraded, with_database
+from tests.support.postgres import Roles, fresh_name, server_url, upgraded, with_database
 from tests.support.sink import Sink
 
 
@@ -30,6 +30,13 @@ async def database_url(pg_server_url: str) -> AsyncIterator[str]:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@pytest.fixture
+async def roles(pg_server_url: str, database_url: str) -> AsyncIterator[Roles]:
+    made = Roles(pg_server_url, database_url)
+    yield made
+    await made.drop()
 
 
 @pytest.fixture

@@ -69,7 +69,9 @@ async def test_health_readiness_and_metrics(relay_db: str, db: asyncpg.Connectio
             assert not UUID_RE.search(text)
             assert "RAW-KEY" not in text
             # A schema older than the code makes the instance not ready, with the reason.
-            await db.execute("DELETE FROM it_relay.schema_version WHERE version = 2")
+            await db.execute(
+                "DELETE FROM it_relay.schema_version WHERE version = (SELECT max(version) FROM it_relay.schema_version)"
+            )
             await wait_until(lambda: not daemon.schema_current, within=10)
             not_ready = await client.get("/readyz")
             assert not_ready.status_code == 503

@@ -13,6 +13,7 @@ from relay import codec, migrate
 from relay.contracts.examples import example
 from relay.migrate import SchemaError
 from relay.sql import migrations
+from tests.support.relay import wait_until
 
 
 async def test_upgrade_is_idempotent_and_safe_concurrently(database_url: str) -> None:
@@ -96,35 +97,89 @@ async def test_publish_refuses_what_is_not_an_event_object(db: asyncpg.Connectio
         await db.fetchval("SELECT it_relay.publish($1::jsonb)", bad)
 
 
-async def test_publish_redacts_the_licence_key_before_writing_or_notifying(db: asyncpg.Connection) -> None:
+async def test_publish_redacts_the_licence_key_before_writing_and_notifies_no_data(
+    db: asyncpg.Connection,
+) -> None:
     heard: list[str] = []
     await db.add_listener("it_events", lambda *args: heard.append(args[-1]))
     payload = example("it_license_created") | {
         "license_key": "RAW-KEY-123",
         "meta": [{"LicenseKey": "RAW-KEY-456"}],
     }
-    await db.fetchval("SELECT it_relay.publish($1::jsonb)", codec.dumps(payload).decode())
+    event_id = await db.fetchval("SELECT it_relay.publish($1::jsonb)", codec.dumps(payload).decode())
     stored = await db.fetchval("SELECT payload::text FROM it_relay.events")
-    for _ in range(50):
-        if heard:
-            break
-        await asyncio.sleep(0.02)
-    assert heard
-    for text in (stored, heard[0]):
-        assert "RAW-KEY" not in text
-        assert json.loads(text)["license_key"] == "[REDACTED]"
+    assert "RAW-KEY" not in stored
+    assert json.loads(stored)["license_key"] == "[REDACTED]"
+    await _heard(heard, 1)
+    # Any login may LISTEN: the notification names the event and nothing else.
+    assert json.loads(heard[0]) == {"event_id": str(event_id), "event_type": "it_license_created"}
 
 
-async def test_large_events_notify_a_stub(db: asyncpg.Connection) -> None:
+async def _heard(heard: list[str], count: int) -> None:
+    await wait_until(lambda: len(heard) >= count, within=10)
+
+
+async def test_every_notification_is_a_stub_whatever_the_size(db: asyncpg.Connection) -> None:
     heard: list[str] = []
     await db.add_listener("it_events", lambda *args: heard.append(args[-1]))
     small = example("it_ticket_created")
     large = example("it_ticket_created") | {"description": "x" * 9000}
-    await db.fetchval("SELECT it_relay.publish($1::jsonb)", codec.dumps(small).decode())
+    small_id = await db.fetchval("SELECT it_relay.publish($1::jsonb)", codec.dumps(small).decode())
     big_id = await db.fetchval("SELECT it_relay.publish($1::jsonb)", codec.dumps(large).decode())
-    for _ in range(50):
-        if len(heard) == 2:
-            break
-        await asyncio.sleep(0.02)
-    assert json.loads(heard[0])["subject"] == small["subject"]
-    assert json.loads(heard[1]) == {"event_id": str(big_id), "event_type": "it_ticket_created"}
+    await _heard(heard, 2)
+    assert [json.loads(h) for h in heard] == [
+        {"event_id": str(small_id), "event_type": "it_ticket_created"},
+        {"event_id": str(big_id), "event_type": "it_ticket_created"},
+    ]
+
+
+async def test_publishing_an_event_id_again_with_another_payload_fails_visibly(
+    db: asyncpg.Connection,
+) -> None:
+    given = str(uuid.uuid4())
+    first = example("it_ticket_created") | {"event_id": given}
+    await db.fetchval("SELECT it_relay.publish($1::jsonb)", codec.dumps(first).decode())
+    # The same payload again (keys in another order, the same key redacted) is a no-op ...
+    again = dict(reversed(list(first.items())))
+    assert str(await db.fetchval("SELECT it_relay.publish($1::jsonb)", codec.dumps(again).decode())) == given
+    # ... a different one is the producer's error, not a silent loss.
+    with pytest.raises(asyncpg.UniqueViolationError, match=f"event_id {given} was already published"):
+        async with db.transaction():
+            await db.fetchval(
+                "SELECT it_relay.publish($1::jsonb)", codec.dumps(first | {"subject": "changed"}).decode()
+            )
+    assert (
+        json.loads(await db.fetchval("SELECT payload::text FROM it_relay.events"))["subject"]
+        == first["subject"]
+    )
+    # Still so after the router rewrote the stored payload.
+    await db.execute("UPDATE it_relay.events SET payload = payload - 'subject', status = 'routed'")
+    assert str(await db.fetchval("SELECT it_relay.publish($1::jsonb)", codec.dumps(first).decode())) == given
+
+
+async def test_an_ordinary_session_cannot_redirect_notifications(db: asyncpg.Connection) -> None:
+    heard: list[str] = []
+    await db.add_listener("it_events", lambda *args: heard.append(args[-1]))
+    async with db.transaction():
+        # What every session could do before: choose the channel of its own publish() calls.
+        await db.execute("SET LOCAL it_relay.channel = 'elsewhere'")
+        await db.fetchval(
+            "SELECT it_relay.publish($1::jsonb)", codec.dumps(example("it_ticket_created")).decode()
+        )
+    await _heard(heard, 1)
+    assert await db.fetchval("SELECT value FROM it_relay.settings WHERE name = 'channel'") == "it_events"
+
+
+async def test_db_upgrade_records_the_configured_channel(db: asyncpg.Connection) -> None:
+    assert await migrate.upgrade(db, channel="it_events") == []
+    assert await migrate.upgrade(db, channel="other_events") == ["channel other_events"]
+    heard: list[str] = []
+    await db.add_listener("other_events", lambda *args: heard.append(args[-1]))
+    await db.fetchval(
+        "SELECT it_relay.publish($1::jsonb)", codec.dumps(example("it_ticket_created")).decode()
+    )
+    await _heard(heard, 1)
+    with pytest.raises(
+        SchemaError, match=r"database\.channel is 'it_events' but the database publishes on 'other_events'"
+    ):
+        await migrate.check_channel(db, "it_events")

@@ -16,6 +16,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from relay.contracts import REGISTRY
+from tests.support.postgres import Roles
 from tests.support.reference import Org, accepted, caused, make_asset, make_org
 from tests.support.relay import SECRET, relay_settings, running
 from tests.support.sink import Sink
@@ -619,6 +620,11 @@ async def _use(ref: asyncpg.Connection, org: Org, licence: uuid.UUID, seats: int
         )
 
 
+async def _scope(conn: asyncpg.Connection, organization: uuid.UUID) -> None:
+    """Put the session in one organization's context, as the application does."""
+    await conn.execute("SELECT set_config('app.organization_id', $1, false)", str(organization))
+
+
 async def test_license_compliance(ref: asyncpg.Connection, org: Org) -> None:
     over = await _license(ref, org, count=10)
     under = await _license(ref, org, count=10)
@@ -631,6 +637,7 @@ async def test_license_compliance(ref: asyncpg.Connection, org: Org) -> None:
         " WHERE license_id = $1 LIMIT 1)",
         fine,
     )
+    await _scope(ref, org.id)
     rows = {
         r["license_id"]: r for r in await ref.fetch("SELECT * FROM it_check_license_compliance($1)", org.id)
     }
@@ -649,20 +656,29 @@ async def test_license_compliance(ref: asyncpg.Connection, org: Org) -> None:
     one = await ref.fetch("SELECT * FROM it_check_license_compliance($1, $2)", org.id, over)
     assert [r["license_id"] for r in one] == [over]
     other_org = await make_org(ref, "Globex")
-    assert await ref.fetch("SELECT * FROM it_check_license_compliance($1)", other_org.id) == []
-    assert await ref.fetch("SELECT * FROM it_check_license_compliance($1, $2)", other_org.id, over) == []
+    # Only the session's own organization: asking for another is refused, not answered empty.
+    for args in ((other_org.id,), (other_org.id, over)):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="outside this session's organization"):
+            await ref.fetch(
+                f"SELECT * FROM it_check_license_compliance({', '.join('$' + str(i + 1) for i in range(len(args)))})",
+                *args,
+            )
+    await ref.execute("RESET app.organization_id")
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="no organization context"):
+        await ref.fetch("SELECT * FROM it_check_license_compliance($1)", org.id)
     signature = await ref.fetchrow(
         "SELECT prosecdef, proconfig, pg_get_function_identity_arguments(oid) AS args FROM pg_proc"
         " WHERE proname = 'it_check_license_compliance'"
     )
     assert signature["prosecdef"]
-    assert signature["proconfig"] == ["search_path=public"]
+    assert signature["proconfig"] == ["search_path=public, pg_temp"]
     assert signature["args"] == "p_organization_id uuid, p_license_id uuid"
 
 
 async def test_under_use_threshold_is_a_setting(ref: asyncpg.Connection, org: Org) -> None:
     licence = await _license(ref, org, count=10)
     await _use(ref, org, licence, 7)
+    await _scope(ref, org.id)
     status = "SELECT compliance_status FROM it_check_license_compliance($1, $2)"
     assert await ref.fetchval(status, org.id, licence) == "compliant"
     async with ref.transaction():
@@ -674,16 +690,16 @@ async def test_under_use_threshold_is_a_setting(ref: asyncpg.Connection, org: Or
 
 
 async def test_a_session_scoped_to_one_organisation_sees_and_changes_only_its_rows(
-    ref: asyncpg.Connection,
+    ref: asyncpg.Connection, roles: Roles
 ) -> None:
     a, b = await make_org(ref, "Acme"), await make_org(ref, "Globex")
     await make_asset(ref, a, "A-1")
     b_asset = await make_asset(ref, b, "B-1")
-    await ref.execute("DROP ROLE IF EXISTS it_app_test; CREATE ROLE it_app_test NOLOGIN")
-    await ref.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO it_app_test")
-    await ref.execute("GRANT USAGE ON SCHEMA it_relay TO it_app_test")
+    app = await roles.create("it_app_test")
+    await ref.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {app}")
+    await ref.execute(f"GRANT USAGE ON SCHEMA it_relay TO {app}")
     async with ref.transaction():
-        await ref.execute("SET LOCAL ROLE it_app_test")
+        await ref.execute(f"SET LOCAL ROLE {app}")
         await ref.execute("SELECT set_config('app.organization_id', $1, true)", str(a.id))
         assert [r[0] for r in await ref.fetch("SELECT asset_tag FROM it_assets")] == ["A-1"]
         assert await ref.fetchval("SELECT count(*) FROM employees") == 3
@@ -691,7 +707,7 @@ async def test_a_session_scoped_to_one_organisation_sees_and_changes_only_its_ro
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await ref.execute("INSERT INTO sites (organization_id, name) VALUES ($1, 'sneaky')", b.id)
     async with ref.transaction():
-        await ref.execute("SET LOCAL ROLE it_app_test")
+        await ref.execute(f"SET LOCAL ROLE {app}")
         assert await ref.fetchval("SELECT count(*) FROM it_assets") == 0  # no scope, no rows
     tables = await ref.fetch(
         "SELECT relname, relrowsecurity FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace"
@@ -699,16 +715,15 @@ async def test_a_session_scoped_to_one_organisation_sees_and_changes_only_its_ro
     assert all(r["relrowsecurity"] for r in tables), [r["relname"] for r in tables if not r["relrowsecurity"]]
 
 
-async def test_triggers_publish_for_a_scoped_application_role(ref: asyncpg.Connection) -> None:
+async def test_triggers_publish_for_a_scoped_application_role(ref: asyncpg.Connection, roles: Roles) -> None:
     a = await make_org(ref, "Acme")
-    await ref.execute("DROP ROLE IF EXISTS it_app_test2; CREATE ROLE it_app_test2 NOLOGIN")
-    await ref.execute("GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO it_app_test2")
-    await ref.execute("GRANT USAGE ON SCHEMA it_relay TO it_app_test2")
-    await ref.execute("GRANT EXECUTE ON FUNCTION it_relay.publish(jsonb) TO it_app_test2")
+    app = await roles.create("it_app_test")
+    await ref.execute(f"GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO {app}")
+    await ref.execute(f"GRANT USAGE ON SCHEMA it_relay TO {app}")
 
     async def insert() -> None:
         async with ref.transaction():
-            await ref.execute("SET LOCAL ROLE it_app_test2")
+            await ref.execute(f"SET LOCAL ROLE {app}")
             await ref.execute("SELECT set_config('app.organization_id', $1, true)", str(a.id))
             await _ticket(ref, a)
 
@@ -728,9 +743,9 @@ async def test_scheduler_views(ref: asyncpg.Connection, org: Org) -> None:
         org.vendor,
     )
     licence = await _license(ref, org)
-    contract = await ref.fetchrow("SELECT * FROM it_relay_contract_expirations")
+    contract = await ref.fetchrow("SELECT * FROM it_relay.contract_expirations")
     assert (contract["days_remaining"], contract["vendor_name"]) == (30, "Lenovo")
-    assert await ref.fetchval("SELECT license_id FROM it_relay_license_expirations") == licence
+    assert await ref.fetchval("SELECT license_id FROM it_relay.license_expirations") == licence
     assets = [await make_asset(ref, org, f"P-{i}") for i in range(3)]
     patch = await ref.fetchval(
         "INSERT INTO it_patches (organization_id, patch_name, severity, target_date)"
@@ -745,15 +760,15 @@ async def test_scheduler_views(ref: asyncpg.Connection, org: Org) -> None:
             org.id,
             "deployed" if i == 0 else "pending",
         )
-    backlog = await ref.fetchrow("SELECT * FROM it_relay_patch_backlog")
+    backlog = await ref.fetchrow("SELECT * FROM it_relay.patch_backlog")
     assert backlog["affected_asset_count"] == 2
     assert sorted(backlog["affected_asset_ids"]) == sorted(assets[1:])
     assert backlog["target_date"] == date.today() - timedelta(days=3)
     ticket = await _ticket(ref, org)
-    clocks = await ref.fetchrow("SELECT * FROM it_relay_ticket_clocks")
+    clocks = await ref.fetchrow("SELECT * FROM it_relay.ticket_clocks")
     assert (clocks["ticket_id"], clocks["priority"], clocks["first_response_at"]) == (ticket, "high", None)
     await _use(ref, org, licence, 12)
-    compliance = await ref.fetchrow("SELECT * FROM it_relay_license_compliance")
+    compliance = await ref.fetchrow("SELECT * FROM it_relay.license_compliance")
     assert (compliance["license_id"], compliance["compliance_status"]) == (licence, "over_deployed")
 
 

@@ -21,8 +21,14 @@ from relay.contracts.registry import EventContract, contract_for
 from relay.redaction import may_mention_licence, redact, scrub_bytes, scrub_text
 
 UnknownFields = Literal["keep", "drop", "reject"]
-RejectReason = Literal["not_json", "not_an_object", "unknown_event_type", "schema"]
-REJECT_REASONS: tuple[RejectReason, ...] = ("not_json", "not_an_object", "unknown_event_type", "schema")
+RejectReason = Literal["not_json", "not_an_object", "unknown_event_type", "schema", "untrusted_sender"]
+REJECT_REASONS: tuple[RejectReason, ...] = (
+    "not_json",
+    "not_an_object",
+    "unknown_event_type",
+    "schema",
+    "untrusted_sender",  # the listener's: a legacy NOTIFY from a role not in ingest.legacy_senders
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -124,6 +124,19 @@ RETURNING event_id, subscriber, event_type;
 -- name: wake
 SELECT pg_notify($1, $2);
 
+-- name: channel
+SELECT value FROM it_relay.settings WHERE name = 'channel';
+
+-- name: set_channel
+-- The channel publish() notifies on: the database's own setting, written by `db upgrade`.
+INSERT INTO it_relay.settings (name, value) VALUES ('channel', $1)
+ON CONFLICT (name) DO UPDATE SET value = excluded.value WHERE it_relay.settings.value <> excluded.value
+RETURNING value;
+
+-- name: backend_roles
+-- The login role of each notifying backend still connected (for ingest.legacy_senders).
+SELECT pid, usename::text AS role FROM pg_stat_activity WHERE pid = ANY($1::int[]);
+
 -- name: list_deliveries
 SELECT d.event_id, d.event_type, d.subscriber, d.status, d.attempts, d.last_status, d.last_error,
        d.created_at, d.updated_at, d.next_attempt_at, d.delivered_at
@@ -180,29 +193,29 @@ SELECT kind, entity_id, milestone FROM it_relay.scheduler_marks WHERE entity_id 
 -- name: contract_expirations
 SELECT contract_id, contract_number, vendor_id, vendor_name, contract_type, expiration_date,
        contract_value, auto_renew, organization_id
-  FROM it_relay_contract_expirations
+  FROM it_relay.contract_expirations
  WHERE expiration_date BETWEEN $1::date AND $1::date + $2::int;
 
 -- name: license_expirations
 SELECT license_id, software_name, software_vendor, license_type, expiration_date, license_count,
        renewal_cost, organization_id
-  FROM it_relay_license_expirations
+  FROM it_relay.license_expirations
  WHERE expiration_date BETWEEN $1::date AND $1::date + $2::int;
 
 -- name: patch_backlog
 SELECT patch_id, patch_name, severity, target_date, affected_asset_ids, affected_asset_count, organization_id
-  FROM it_relay_patch_backlog
+  FROM it_relay.patch_backlog
  WHERE target_date < $1::date;
 
 -- name: ticket_clocks
 SELECT ticket_id, ticket_number, priority, status, assigned_to_id, organization_id, created_at,
        first_response_at, resolved_at, pending_since, pending_seconds
-  FROM it_relay_ticket_clocks;
+  FROM it_relay.ticket_clocks;
 
 -- name: license_compliance
 SELECT license_id, software_name, license_count, usage_count, compliance_status, variance,
        variance_percent, organization_id
-  FROM it_relay_license_compliance;
+  FROM it_relay.license_compliance;
 
 -- name: compliance_states
 SELECT license_id, state, episode FROM it_relay.compliance_state;

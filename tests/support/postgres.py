@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
+
 TEST_URL_ENV = "IT_RELAY_TEST_DATABASE_URL"
 
 
@@ -40,8 +42,6 @@ def fresh_name() -> str:
 
 async def upgraded(url: str, *, reference: bool = False) -> str:
     """Apply the relay's schema (and the IT reference schema) to a database; returns its URL."""
-    import asyncpg
-
     from relay import migrate
 
     conn = await asyncpg.connect(url)
@@ -50,3 +50,39 @@ async def upgraded(url: str, *, reference: bool = False) -> str:
     finally:
         await conn.close()
     return url
+
+
+class Roles:
+    """Roles for one test. Roles belong to the whole server, shared with other test databases and
+    other runs, so each gets a unique name and is dropped with everything it holds afterwards."""
+
+    def __init__(self, admin_url: str, database_url: str) -> None:
+        self._admin_url = admin_url
+        self._database_url = database_url
+        self.created: list[str] = []
+
+    async def create(self, base: str, options: str = "NOLOGIN") -> str:
+        name = f"{base}_{uuid.uuid4().hex[:8]}"
+        admin = await asyncpg.connect(self._admin_url)
+        try:
+            await admin.execute(f'CREATE ROLE "{name}" {options}')
+        finally:
+            await admin.close()
+        self.created.append(name)
+        return name
+
+    async def drop(self) -> None:
+        if not self.created:
+            return
+        conn = await asyncpg.connect(self._database_url)
+        try:
+            for name in self.created:
+                await conn.execute(f'DROP OWNED BY "{name}" CASCADE')
+        finally:
+            await conn.close()
+        admin = await asyncpg.connect(self._admin_url)
+        try:
+            for name in self.created:
+                await admin.execute(f'DROP ROLE IF EXISTS "{name}"')
+        finally:
+            await admin.close()

@@ -1,44 +1,43 @@
 -- What the scheduler reads, and nothing else: a deployment whose IT tables differ from this
--- reference schema redefines these views (same names and columns), not Python code. Views run
--- with their owner's rights (not security_invoker), so the relay's role needs SELECT on the views
--- only, never on the tables. "days remaining" and "hours elapsed" here use the database's clock;
--- the scheduler computes its own from the dates, in scheduler.timezone, so --now can replay time.
+-- reference schema redefines these views (same names and columns), not Python code. They live in
+-- the it_relay schema, out of reach of any grant on public, and run with their owner's rights
+-- (not security_invoker), so the relay's role needs SELECT on them only, never on the IT tables,
+-- and a tenant's role has no grant on them at all. "days remaining" and "hours elapsed" here use
+-- the database's clock; the scheduler computes its own from the dates, in scheduler.timezone, so
+-- --now can replay time. it_relay.license_compliance is defined with the compliance function.
 
-CREATE OR REPLACE VIEW it_relay_contract_expirations AS
+CREATE OR REPLACE VIEW it_relay.contract_expirations AS
 SELECT c.id AS contract_id, c.contract_number, c.vendor_id, v.vendor_name, c.contract_type,
        c.expiration_date, (c.expiration_date - current_date) AS days_remaining,
        c.contract_value, c.auto_renew, c.organization_id
-  FROM it_contracts c
-  JOIN it_vendors v ON v.id = c.vendor_id
+  FROM public.it_contracts c
+  JOIN public.it_vendors v ON v.id = c.vendor_id
  WHERE c.status = 'active';
 
-CREATE OR REPLACE VIEW it_relay_license_expirations AS
+CREATE OR REPLACE VIEW it_relay.license_expirations AS
 SELECT l.id AS license_id, l.software_name, l.software_vendor, l.license_type, l.expiration_date,
        (l.expiration_date - current_date) AS days_remaining, l.license_count, l.renewal_cost,
        l.organization_id
-  FROM it_licenses l
+  FROM public.it_licenses l
  WHERE l.expiration_date IS NOT NULL;
 
 -- Patches with assets still waiting for them (not deployed), whatever the target date; the
 -- scheduler decides which are overdue by its own clock.
-CREATE OR REPLACE VIEW it_relay_patch_backlog AS
+CREATE OR REPLACE VIEW it_relay.patch_backlog AS
 SELECT p.id AS patch_id, p.patch_name, p.severity, p.target_date,
        array_agg(d.asset_id ORDER BY d.asset_id) AS affected_asset_ids,
        count(*)::integer AS affected_asset_count, p.organization_id
-  FROM it_patches p
-  JOIN it_patch_deployments d ON d.patch_id = p.id AND d.status <> 'deployed'
+  FROM public.it_patches p
+  JOIN public.it_patch_deployments d ON d.patch_id = p.id AND d.status <> 'deployed'
  GROUP BY p.id;
 
 -- Tickets whose SLA clocks may still matter: not resolved, or resolved in the last 30 days
 -- (a ticket resolved late is still a breach the scheduler may not have reported yet).
-CREATE OR REPLACE VIEW it_relay_ticket_clocks AS
+CREATE OR REPLACE VIEW it_relay.ticket_clocks AS
 SELECT t.id AS ticket_id, t.ticket_number, t.priority, t.status, t.assigned_to_id, t.organization_id,
        t.created_at, t.first_response_at, t.resolved_at, t.pending_since, t.pending_seconds
-  FROM it_tickets t
+  FROM public.it_tickets t
  WHERE t.resolved_at IS NULL OR t.resolved_at > now() - interval '30 days';
 
--- it_check_license_compliance() for every organization that has licences.
-CREATE OR REPLACE VIEW it_relay_license_compliance AS
-SELECT c.*, o.organization_id
-  FROM (SELECT DISTINCT organization_id FROM it_licenses) o
- CROSS JOIN LATERAL it_check_license_compliance(o.organization_id) c;
+REVOKE ALL ON it_relay.contract_expirations, it_relay.license_expirations, it_relay.patch_backlog,
+              it_relay.ticket_clocks FROM PUBLIC;
