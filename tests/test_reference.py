@@ -17,7 +17,15 @@ from standardwebhooks import Webhook
 
 from relay.contracts import REGISTRY
 from tests.support.postgres import Roles
-from tests.support.reference import Org, accepted, caused, make_asset, make_org
+from tests.support.reference import (
+    Org,
+    accepted,
+    caused,
+    make_asset,
+    make_license,
+    make_org,
+    make_ticket,
+)
 from tests.support.relay import SECRET, relay_settings, running
 from tests.support.sink import Sink
 
@@ -166,18 +174,8 @@ async def test_asset_disposed_only_on_the_change_to_disposed(ref: asyncpg.Connec
 # ─── IT-02 ───────────────────────────────────────────────────────────────────────────────────
 
 
-async def _ticket(ref: asyncpg.Connection, org: Org) -> uuid.UUID:
-    ticket: uuid.UUID = await ref.fetchval(
-        "INSERT INTO it_tickets (organization_id, ticket_number, category, priority, subject, description, requester_id)"
-        " VALUES ($1, 'TKT-1', 'hardware', 'high', 'No boot', 'Black screen', $2) RETURNING id",
-        org.id,
-        org.bob,
-    )
-    return ticket
-
-
 async def test_ticket_created(ref: asyncpg.Connection, org: Org) -> None:
-    fired = await caused(ref, lambda: _ticket(ref, org))
+    fired = await caused(ref, lambda: make_ticket(ref, org))
     assert types(fired) == ["it_ticket_created"]
     payload = accepted(fired[0]).payload
     assert (payload["requester_name"], payload["requester_email"]) == ("Bob Builder", "bob@acme.example")
@@ -186,7 +184,7 @@ async def test_ticket_created(ref: asyncpg.Connection, org: Org) -> None:
 async def test_ticket_status_changed_only_when_status_really_changes(
     ref: asyncpg.Connection, org: Org
 ) -> None:
-    ticket = await _ticket(ref, org)
+    ticket = await make_ticket(ref, org)
     fired = await caused(
         ref,
         lambda: ref.execute(
@@ -219,7 +217,7 @@ async def test_ticket_status_changed_only_when_status_really_changes(
 async def test_changed_by_comes_from_the_session_when_the_row_has_none(
     ref: asyncpg.Connection, org: Org
 ) -> None:
-    ticket = await _ticket(ref, org)
+    ticket = await make_ticket(ref, org)
 
     async def change() -> None:
         async with ref.transaction():
@@ -233,33 +231,18 @@ async def test_changed_by_comes_from_the_session_when_the_row_has_none(
 # ─── IT-04 ───────────────────────────────────────────────────────────────────────────────────
 
 
-async def _license(
-    ref: asyncpg.Connection, org: Org, count: int = 10, key: str | None = "RAW-LICENCE-KEY-9F3A"
-) -> uuid.UUID:
-    licence: uuid.UUID = await ref.fetchval(
-        "INSERT INTO it_licenses (organization_id, software_name, software_vendor, license_type, license_key,"
-        " license_count, cost_per_license, total_cost, purchase_date, expiration_date, vendor_id)"
-        " VALUES ($1, 'Visio', 'Microsoft', 'per_user', $2, $3, 15.50, 155.00, '2026-11-01', '2027-10-31', $4) RETURNING id",
-        org.id,
-        key,
-        count,
-        org.vendor,
-    )
-    return licence
-
-
 async def test_license_created_never_carries_the_raw_key(ref: asyncpg.Connection, org: Org) -> None:
-    fired = await caused(ref, lambda: _license(ref, org))
+    fired = await caused(ref, lambda: make_license(ref, org))
     assert types(fired) == ["it_license_created"]
     assert accepted(fired[0]).payload["license_key"] == "[REDACTED]"
     dump = await ref.fetchval("SELECT string_agg(payload::text, ' ') FROM it_relay.events")
     assert "RAW-LICENCE-KEY" not in dump
-    without = await caused(ref, lambda: _license(ref, org, key=None))
+    without = await caused(ref, lambda: make_license(ref, org, key=None))
     assert "license_key" not in accepted(without[0]).payload
 
 
 async def test_license_renewed_only_when_the_expiry_moves_later(ref: asyncpg.Connection, org: Org) -> None:
-    licence = await _license(ref, org)
+    licence = await make_license(ref, org)
     assert (
         await caused(
             ref,
@@ -626,9 +609,9 @@ async def _scope(conn: asyncpg.Connection, organization: uuid.UUID) -> None:
 
 
 async def test_license_compliance(ref: asyncpg.Connection, org: Org) -> None:
-    over = await _license(ref, org, count=10)
-    under = await _license(ref, org, count=10)
-    fine = await _license(ref, org, count=10)
+    over = await make_license(ref, org, count=10)
+    under = await make_license(ref, org, count=10)
+    fine = await make_license(ref, org, count=10)
     await _use(ref, org, over, 12)
     await _use(ref, org, under, 4)
     await _use(ref, org, fine, 8)
@@ -676,7 +659,7 @@ async def test_license_compliance(ref: asyncpg.Connection, org: Org) -> None:
 
 
 async def test_under_use_threshold_is_a_setting(ref: asyncpg.Connection, org: Org) -> None:
-    licence = await _license(ref, org, count=10)
+    licence = await make_license(ref, org, count=10)
     await _use(ref, org, licence, 7)
     await _scope(ref, org.id)
     status = "SELECT compliance_status FROM it_check_license_compliance($1, $2)"
@@ -725,7 +708,7 @@ async def test_triggers_publish_for_a_scoped_application_role(ref: asyncpg.Conne
         async with ref.transaction():
             await ref.execute(f"SET LOCAL ROLE {app}")
             await ref.execute("SELECT set_config('app.organization_id', $1, true)", str(a.id))
-            await _ticket(ref, a)
+            await make_ticket(ref, a)
 
     fired = await caused(ref, insert)
     assert types(fired) == ["it_ticket_created"]
@@ -742,7 +725,7 @@ async def test_scheduler_views(ref: asyncpg.Connection, org: Org) -> None:
         org.id,
         org.vendor,
     )
-    licence = await _license(ref, org)
+    licence = await make_license(ref, org)
     contract = await ref.fetchrow("SELECT * FROM it_relay.contract_expirations")
     assert (contract["days_remaining"], contract["vendor_name"]) == (30, "Lenovo")
     assert await ref.fetchval("SELECT license_id FROM it_relay.license_expirations") == licence
@@ -764,7 +747,7 @@ async def test_scheduler_views(ref: asyncpg.Connection, org: Org) -> None:
     assert backlog["affected_asset_count"] == 2
     assert sorted(backlog["affected_asset_ids"]) == sorted(assets[1:])
     assert backlog["target_date"] == date.today() - timedelta(days=3)
-    ticket = await _ticket(ref, org)
+    ticket = await make_ticket(ref, org)
     clocks = await ref.fetchrow("SELECT * FROM it_relay.ticket_clocks")
     assert (clocks["ticket_id"], clocks["priority"], clocks["first_response_at"]) == (ticket, "high", None)
     await _use(ref, org, licence, 12)
@@ -776,7 +759,7 @@ async def test_an_insert_on_the_tickets_table_reaches_the_pf10_webhook(
     ref_db: str, ref: asyncpg.Connection, org: Org, sink: Sink
 ) -> None:
     async with running(relay_settings(ref_db, sink, ["PF-10"])):
-        ticket = await _ticket(ref, org)
+        ticket = await make_ticket(ref, org)
         await sink.wait_for(lambda r: len(r) == 1)
     request = sink.requests[0]
     body = Webhook(SECRET).verify(request.body, request.headers)

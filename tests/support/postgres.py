@@ -36,6 +36,16 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
+def as_user(url: str, user: str) -> str:
+    """The same server and database, logged in as another role (tests run with trust auth)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f"{user}@{parts.netloc.rsplit('@', 1)[-1]}"))
+
+
+def database_of(url: str) -> str:
+    return urlsplit(url).path.lstrip("/")
+
+
 def fresh_name() -> str:
     return f"it_relay_test_{uuid.uuid4().hex[:12]}"
 
@@ -60,6 +70,10 @@ class Roles:
         self._admin_url = admin_url
         self._database_url = database_url
         self.created: list[str] = []
+
+    def adopt(self, *names: str) -> None:
+        """Drop these roles too (roles a test's SQL created by name)."""
+        self.created.extend(names)
 
     async def create(self, base: str, options: str = "NOLOGIN") -> str:
         name = f"{base}_{uuid.uuid4().hex[:8]}"

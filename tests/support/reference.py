@@ -62,6 +62,31 @@ async def make_asset(conn: asyncpg.Connection, org: Org, tag: str = "IT-0001", *
     return asset
 
 
+async def make_ticket(conn: asyncpg.Connection, org: Org) -> UUID:
+    ticket: UUID = await conn.fetchval(
+        "INSERT INTO it_tickets (organization_id, ticket_number, category, priority, subject, description, requester_id)"
+        " VALUES ($1, 'TKT-1', 'hardware', 'high', 'No boot', 'Black screen', $2) RETURNING id",
+        org.id,
+        org.bob,
+    )
+    return ticket
+
+
+async def make_license(
+    conn: asyncpg.Connection, org: Org, count: int = 10, key: str | None = "RAW-LICENCE-KEY-9F3A"
+) -> UUID:
+    licence: UUID = await conn.fetchval(
+        "INSERT INTO it_licenses (organization_id, software_name, software_vendor, license_type, license_key,"
+        " license_count, cost_per_license, total_cost, purchase_date, expiration_date, vendor_id)"
+        " VALUES ($1, 'Visio', 'Microsoft', 'per_user', $2, $3, 15.50, 155.00, '2026-11-01', '2027-10-31', $4) RETURNING id",
+        org.id,
+        key,
+        count,
+        org.vendor,
+    )
+    return licence
+
+
 async def journal_ids(conn: asyncpg.Connection) -> set[UUID]:
     return {r[0] for r in await conn.fetch("SELECT event_id FROM it_relay.events")}
 
