@@ -117,3 +117,13 @@ def canonical_event_id(payload: dict[str, Any]) -> uuid.UUID:
     """
     body = {k: v for k, v in payload.items() if k != "event_id"}
     return uuid.uuid5(EVENT_ID_NAMESPACE, canonical_json(body).decode())
+
+
+def uuid_or_none(value: Any) -> uuid.UUID | None:
+    """A UUID given as a string, or None for anything else."""
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            return None
+    return None

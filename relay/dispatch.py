@@ -3,6 +3,11 @@
 Each subscriber has its own lane (claim loop, in-flight limit, circuit breaker), so a slow or dead
 subscriber never holds up another; `delivery.concurrency` bounds all lanes together. Claims are
 leases: if this process dies, its leases expire and any instance claims the rows again.
+
+Three parts: `Slots` counts what is in flight, `OutcomeWriter` buffers outcomes and writes them
+in batches, `Dispatcher` runs the lane loops and the attempts. The invariant that bounds crash
+duplicates lives in `Slot`: a claimed row holds its slot until its outcome is written (or its
+lease released), and `Slot.release()` is the only place a slot is given back.
 """
 
 from __future__ import annotations
@@ -10,15 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 from uuid import UUID
 
 import asyncpg
-from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_after_attempt, wait_fixed
-from tenacity.stop import stop_base
+from prometheus_client import Counter, Histogram
 
 from relay import journal, retry, signing
 from relay.aio import sleep_unless, wait_any
@@ -27,38 +30,27 @@ from relay.contracts import REGISTRY
 from relay.database import DB_ERRORS
 from relay.logs import get_logger
 from relay.metrics import Metrics
+from relay.model import BATCH_LIMIT, OUTCOMES, STATUS_AFTER, ClaimedDelivery, DeliveryResult, Outcome
 from relay.sender import Sender, SendError
 from relay.settings import DeliverySettings, SubscriberSettings
 
 log = get_logger("relay.dispatch")
 
-_STATUS = {"delivered": "delivered", "retry": "pending", "dead": "dead"}
-
-
-def _quick_retry(attempt: Attempt) -> bool:
-    # A Retry-After is the subscriber asking for time: straight to the durable schedule.
-    return attempt.outcome == "retry" and attempt.retry_after_s is None
-
-
-class _StopWhenSet(stop_base):
-    """tenacity stop condition on an asyncio.Event: no quick retries once shutdown began."""
-
-    def __init__(self, event: asyncio.Event) -> None:
-        self._event = event
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        return self._event.is_set()
-
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    outcome: retry.Outcome
+    outcome: Outcome
     status: int | None
     error: str | None
     retry_after_s: float | None
 
+    @property
+    def quick_retry(self) -> bool:
+        # A Retry-After is the subscriber asking for time: straight to the durable schedule.
+        return self.outcome == "retry" and self.retry_after_s is None
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, kw_only=True)
 class Lane:
     name: str
     url: str
@@ -68,11 +60,106 @@ class Lane:
     cloudevents: bool
     breaker: CircuitBreaker
     # The lane's metric children, looked up once rather than per delivery.
-    duration: Any = None
-    outcomes: dict[str, Any] = field(default_factory=dict)
+    duration: Histogram
+    outcomes: dict[Outcome, Counter]
     circuit_reported_open: bool = False
     in_flight: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Slots:
+    """In-flight accounting per lane and for the whole relay (`delivery.concurrency`)."""
+
+    def __init__(self, concurrency: int, on_all_freed: Callable[[], None]) -> None:
+        self.concurrency = concurrency
+        self.in_flight = 0
+        self._on_all_freed = on_all_freed
+
+    def available(self, lane: Lane) -> int:
+        return min(lane.max_in_flight - lane.in_flight, self.concurrency - self.in_flight)
+
+    def take(self, lane: Lane) -> Slot:
+        lane.in_flight += 1
+        self.in_flight += 1
+        return Slot(lane, self)
+
+    def _give_back(self, lane: Lane) -> None:
+        was_full = self.in_flight >= self.concurrency
+        lane.in_flight -= 1
+        self.in_flight -= 1
+        lane.wake.set()
+        if was_full:
+            self._on_all_freed()
+
+
+class Slot:
+    """One claimed row's place in its lane; released exactly once, whatever path it took."""
+
+    __slots__ = ("_slots", "lane", "queued", "released")
+
+    def __init__(self, lane: Lane, slots: Slots) -> None:
+        self.lane = lane
+        self._slots = slots
+        self.queued = False  # its outcome is with the writer, which releases it once written
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self._slots._give_back(self.lane)
+
+
+class OutcomeWriter:
+    """Buffers outcomes and writes them in batched round trips; then releases their slots."""
+
+    def __init__(self, pool: asyncpg.Pool, owner: str) -> None:
+        self._pool = pool
+        self._owner = owner
+        self._pending: list[tuple[DeliveryResult, Slot]] = []
+        self._ready = asyncio.Event()
+
+    def put(self, result: DeliveryResult, slot: Slot) -> None:
+        slot.queued = True
+        self._pending.append((result, slot))
+        self._ready.set()
+
+    async def run(self) -> None:
+        """Until cancelled: write what is queued."""
+        while True:
+            await self._ready.wait()
+            # A moment's linger turns a burst of outcomes into one round trip.
+            await asyncio.sleep(0.002)
+            self._ready.clear()
+            try:
+                await self.flush(deadline=None)
+            except Exception:
+                # Outcomes stay queued: losing the writer would stall every lane.
+                log.exception("writing delivery outcomes failed unexpectedly, will retry")
+                await asyncio.sleep(0.5)
+                self._ready.set()
+
+    async def flush(self, deadline: float | None) -> None:
+        """Write everything queued, retrying database errors until `deadline` (None: forever)."""
+        while self._pending:
+            batch = self._pending[:BATCH_LIMIT]
+            try:
+                async with self._pool.acquire() as conn:
+                    await journal.write_results(conn, [r for r, _ in batch], self._owner)
+            except DB_ERRORS as exc:
+                log.warning(
+                    "writing delivery outcomes failed, will retry",
+                    error=type(exc).__name__,
+                    pending=len(self._pending),
+                )
+                if deadline is not None and time.monotonic() > deadline:
+                    # Unwritten outcomes are redelivered after their leases expire: at-least-once.
+                    batch = self._pending[:]
+                else:
+                    await asyncio.sleep(0.5)
+                    continue
+            del self._pending[: len(batch)]
+            for _, slot in batch:
+                slot.release()
 
 
 class Dispatcher:
@@ -102,19 +189,15 @@ class Dispatcher:
                 max_in_flight=conf.max_in_flight,
                 cloudevents=conf.format == "cloudevents",
                 breaker=CircuitBreaker(delivery.circuit_failure_threshold, delivery.circuit_cooldown_s),
+                duration=metrics.delivery_duration.labels(name),
+                outcomes={o: metrics.deliveries.labels(name, o) for o in OUTCOMES},
             )
             for name, conf in subscribers.items()
             if conf.enabled
         }
-        for lane in self.lanes.values():
-            lane.duration = metrics.delivery_duration.labels(lane.name)
-            lane.outcomes = {
-                o: metrics.deliveries.labels(lane.name, o) for o in ("delivered", "retry", "dead")
-            }
-        self._in_flight = 0
+        self._slots = Slots(delivery.concurrency, self.wake)
+        self._writer = OutcomeWriter(pool, owner)
         self._tasks: dict[asyncio.Task[None], tuple[UUID, str]] = {}
-        self._results: list[journal.DeliveryResult] = []
-        self._results_ready = asyncio.Event()
         self._stopping = asyncio.Event()
 
     def wake(self, subscribers: Iterable[str] | None = None) -> None:
@@ -126,7 +209,7 @@ class Dispatcher:
 
     @property
     def in_flight(self) -> int:
-        return self._in_flight
+        return self._slots.in_flight
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Deliver until `stopping`; then finish in-flight work within the grace period."""
@@ -134,7 +217,7 @@ class Dispatcher:
             asyncio.create_task(self._guarded_lane(lane, stopping), name=f"lane-{lane.name}")
             for lane in self.lanes.values()
         ]
-        flusher = asyncio.create_task(self._flush_loop(), name="results-flusher")
+        writer = asyncio.create_task(self._writer.run(), name="outcome-writer")
         try:
             await stopping.wait()
         finally:
@@ -143,10 +226,10 @@ class Dispatcher:
                 task.cancel()
             await asyncio.gather(*lanes, return_exceptions=True)
             await self._drain()
-            flusher.cancel()
+            writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await flusher
-            await self._flush_with_retry(deadline=time.monotonic() + 10)
+                await writer
+            await self._writer.flush(deadline=time.monotonic() + 10)
 
     async def _drain(self) -> None:
         if self._tasks:
@@ -169,18 +252,17 @@ class Dispatcher:
                 log.exception("delivery lane failed, restarting it", subscriber=lane.name)
                 await sleep_unless(stopping, 1.0)
 
+    def _claim_limit(self, lane: Lane, now: float) -> tuple[int, int | None]:
+        """How many rows the lane may claim now, and what the circuit allows (None: closed)."""
+        allowed = lane.breaker.allowed(now)
+        limit = min(self._slots.available(lane), self._settings.batch_size)
+        return (limit if allowed is None else min(limit, allowed)), allowed
+
     async def _lane_loop(self, lane: Lane, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             lane.wake.clear()
             now = time.monotonic()
-            allowed = lane.breaker.allowed(now)
-            limit = min(
-                lane.max_in_flight - lane.in_flight,
-                self._settings.concurrency - self._in_flight,
-                self._settings.batch_size,
-            )
-            if allowed is not None:
-                limit = min(limit, allowed)
+            limit, allowed = self._claim_limit(lane, now)
             if limit <= 0:
                 wait = lane.breaker.seconds_until_probe(now) or self._poll_interval_s
                 await wait_any(lane.wake, stopping, within=wait)
@@ -210,80 +292,58 @@ class Dispatcher:
             )
             await wait_any(lane.wake, stopping, within=timeout)
 
-    # A claimed row holds its lane's slot until its outcome is written (or its lease released), not
-    # just while its request runs: so at most max_in_flight rows per subscriber are ever leased and
-    # unrecorded, which bounds what a crash can make us send twice.
-    def _start(self, lane: Lane, item: journal.ClaimedDelivery) -> None:
-        lane.in_flight += 1
-        self._in_flight += 1
-        task = asyncio.create_task(self._deliver(lane, item))
+    def _start(self, lane: Lane, item: ClaimedDelivery) -> None:
+        task = asyncio.create_task(self._deliver(item, self._slots.take(lane)))
         self._tasks[task] = (item.event_id, lane.name)
         task.add_done_callback(self._tasks.pop)
 
-    def _settled(self, subscriber: str, count: int = 1) -> None:
-        lane = self.lanes[subscriber]
-        was_full = self._in_flight >= self._settings.concurrency
-        lane.in_flight -= count
-        self._in_flight -= count
-        lane.wake.set()
-        if was_full:
-            self.wake()
-
-    async def _deliver(self, lane: Lane, item: journal.ClaimedDelivery) -> None:
+    async def _deliver(self, item: ClaimedDelivery, slot: Slot) -> None:
+        """Attempt (with quick retries), decide, queue the outcome; the slot goes with it."""
+        lane = slot.lane
         attempts = item.attempts
-
-        async def attempt_once() -> Attempt:
-            nonlocal attempts
-            attempts += 1
-            return await self._attempt(lane, item, attempts)
-
         try:
-            last = await attempt_once()
-            if _quick_retry(last) and self._settings.inprocess_retries and not self._stopping.is_set():
-                # Only a failure pays for tenacity; the common first-attempt success does not.
-                retrying = AsyncRetrying(
-                    stop=stop_after_attempt(self._settings.inprocess_retries) | _StopWhenSet(self._stopping),
-                    wait=wait_fixed(self._settings.inprocess_retry_wait_s),
-                    retry=retry_if_result(_quick_retry),
-                    retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
-                )
+            while True:
+                attempts += 1
+                last = await self._attempt(lane, item, attempts)
+                retried = attempts - item.attempts - 1
+                if (
+                    not last.quick_retry
+                    or retried >= self._settings.inprocess_retries
+                    or self._stopping.is_set()
+                ):
+                    break
                 await asyncio.sleep(self._settings.inprocess_retry_wait_s)
-                last = await retrying(attempt_once)
+            self._writer.put(self._decide(lane, item, last, attempts), slot)
         except asyncio.CancelledError:
             if attempts == item.attempts:
-                await self._release([(item.event_id, lane.name)])
-                self._settled(lane.name)
+                await self._release_lease(item)
             else:
                 # Attempted but unfinished at shutdown: record the attempts, retry at once.
-                self._results.append(
-                    journal.DeliveryResult(
-                        item.event_id,
-                        lane.name,
-                        "pending",
-                        attempts,
-                        item.failed_rounds,
-                        0.0,
-                        None,
-                        "interrupted by shutdown",
-                    )
+                self._writer.put(
+                    DeliveryResult(
+                        event_id=item.event_id,
+                        subscriber=lane.name,
+                        status="pending",
+                        attempts=attempts,
+                        failed_rounds=item.failed_rounds,
+                        retry_in_s=0.0,
+                        last_status=None,
+                        last_error="interrupted by shutdown",
+                    ),
+                    slot,
                 )
             raise
         except Exception:
             # A bug, not a delivery outcome: keep the lane going; the lease expires and it is retried.
             log.exception("delivery failed unexpectedly", event_id=str(item.event_id), subscriber=lane.name)
-            self._settled(lane.name)
-            return
-        try:
-            self._record(lane, item, last, attempts)
-        except Exception:
-            # A bug, not an outcome: the lane keeps going; the lease expires and the row is retried.
-            log.exception(
-                "recording a delivery outcome failed", event_id=str(item.event_id), subscriber=lane.name
-            )
-            self._settled(lane.name)
+        finally:
+            # Queued with its outcome, the slot is released once that is written; on any other
+            # path (a released lease, a bug) it is released here.
+            if not slot.queued:
+                slot.release()
 
-    def _record(self, lane: Lane, item: journal.ClaimedDelivery, last: Attempt, attempts: int) -> None:
-        """Decide the delivery's next state, count it, log it if it failed, queue the outcome."""
+    def _decide(self, lane: Lane, item: ClaimedDelivery, last: Attempt, attempts: int) -> DeliveryResult:
+        """The delivery's next state after `last`; counted, and logged unless delivered."""
         decision = retry.decide(
             last.outcome,
             item.failed_rounds,
@@ -292,12 +352,7 @@ class Dispatcher:
             retry_after_max=self._settings.retry_after_max_s,
             jitter=self._settings.jitter,
         )
-        lane.breaker.record(last.outcome != "retry", time.monotonic())
-        is_open = lane.breaker.state != "closed"  # half-open (probing) is not closed yet
-        if is_open != lane.circuit_reported_open:
-            lane.circuit_reported_open = is_open
-            self._metrics.circuit_open.labels(lane.name).set(1 if is_open else 0)
-            log.warning("circuit " + ("opened: claims paused" if is_open else "closed"), subscriber=lane.name)
+        self._observe_circuit(lane, last)
         lane.outcomes[decision.outcome].inc()
         if decision.outcome == "delivered":
             # The hot path: no log line per success (metrics and the delivery log record it).
@@ -315,21 +370,26 @@ class Dispatcher:
                 log.info("delivery failed, will retry", retry_in_s=round(decision.wait_s or 0, 1), **fields)
             else:
                 log.warning("delivery dead", **fields)
-        self._results.append(
-            journal.DeliveryResult(
-                item.event_id,
-                lane.name,
-                _STATUS[decision.outcome],
-                attempts,
-                decision.failed_rounds,
-                decision.wait_s,
-                last.status,
-                last.error,
-            )
+        return DeliveryResult(
+            event_id=item.event_id,
+            subscriber=lane.name,
+            status=STATUS_AFTER[decision.outcome],
+            attempts=attempts,
+            failed_rounds=decision.failed_rounds,
+            retry_in_s=decision.wait_s,
+            last_status=last.status,
+            last_error=last.error,
         )
-        self._results_ready.set()
 
-    async def _attempt(self, lane: Lane, item: journal.ClaimedDelivery, attempt: int) -> Attempt:
+    def _observe_circuit(self, lane: Lane, last: Attempt) -> None:
+        lane.breaker.record(last.outcome != "retry", time.monotonic())
+        is_open = lane.breaker.state != "closed"  # half-open (probing) is not closed yet
+        if is_open != lane.circuit_reported_open:
+            lane.circuit_reported_open = is_open
+            self._metrics.circuit_open.labels(lane.name).set(1 if is_open else 0)
+            log.warning("circuit " + ("opened: claims paused" if is_open else "closed"), subscriber=lane.name)
+
+    async def _attempt(self, lane: Lane, item: ClaimedDelivery, attempt: int) -> Attempt:
         now = datetime.now(UTC)
         contract = REGISTRY.get(item.event_type) if lane.cloudevents else None
         headers = signing.headers(
@@ -356,45 +416,9 @@ class Dispatcher:
         wait = retry.retry_after_s(response.headers, now) if outcome == "retry" else None
         return Attempt(outcome, response.status, f"HTTP {response.status}", wait)
 
-    async def _release(self, keys: list[tuple[UUID, str]]) -> None:
+    async def _release_lease(self, item: ClaimedDelivery) -> None:
         try:
             async with self._pool.acquire() as conn:
-                await journal.release_leases(conn, self._owner, keys)
+                await journal.release_leases(conn, self._owner, [(item.event_id, item.subscriber)])
         except DB_ERRORS:
             pass  # the lease expires on its own
-
-    async def _flush_loop(self) -> None:
-        while True:
-            await self._results_ready.wait()
-            # A moment's linger turns a burst of outcomes into one round trip.
-            await asyncio.sleep(0.002)
-            self._results_ready.clear()
-            try:
-                await self._flush_with_retry(deadline=None)
-            except Exception:
-                # Outcomes stay queued: losing the flusher would stall every lane.
-                log.exception("writing delivery outcomes failed unexpectedly, will retry")
-                await asyncio.sleep(0.5)
-                self._results_ready.set()
-
-    async def _flush_with_retry(self, deadline: float | None) -> None:
-        while self._results:
-            batch = self._results[:1000]
-            try:
-                async with self._pool.acquire() as conn:
-                    await journal.write_results(conn, batch, self._owner)
-            except DB_ERRORS as exc:
-                log.warning(
-                    "writing delivery outcomes failed, will retry",
-                    error=type(exc).__name__,
-                    pending=len(self._results),
-                )
-                if deadline is not None and time.monotonic() > deadline:
-                    # Unwritten outcomes are redelivered after their leases expire: at-least-once.
-                    self._results.clear()
-                    return
-                await asyncio.sleep(0.5)
-                continue
-            del self._results[: len(batch)]
-            for result in batch:
-                self._settled(result.subscriber)

@@ -2,70 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import date, datetime
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 
 from relay import codec
+from relay.model import (
+    NOTIFY_LIMIT_BYTES,
+    ClaimedDelivery,
+    DeliveryResult,
+    NotifiedEvent,
+    Rejection,
+    RoutedEvent,
+)
+from relay.planning import Emission, StateUpdate
 from relay.redaction import scrub_text
 from relay.sql import query
-
-
-@dataclass(frozen=True, slots=True)
-class NotifiedEvent:
-    event_id: UUID
-    event_type: str
-    payload: dict[str, Any]
-    organization_id: UUID | None
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    reason: str
-    errors: Sequence[str]
-    source: str
-    event_id: UUID | None = None
-    event_type: str | None = None
-    payload: Any = None
-    raw_text: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RoutedEvent:
-    event_id: UUID
-    event_type: str
-    body: bytes
-    entity_key: str | None
-    organization_id: UUID | None
-    subscribers: Sequence[str]
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedDelivery:
-    event_id: UUID
-    subscriber: str
-    event_type: str
-    attempts: int
-    failed_rounds: int
-    body: bytes
-    journaled_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryResult:
-    event_id: UUID
-    subscriber: str
-    status: str
-    attempts: int
-    failed_rounds: int
-    # Seconds from now (the database's clock) until the next attempt; None keeps the current time.
-    retry_in_s: float | None
-    last_status: int | None
-    last_error: str | None
 
 
 async def publish(conn: asyncpg.Connection, payload: dict[str, Any]) -> UUID:
@@ -119,14 +75,10 @@ async def record_rejected_safely(conn: asyncpg.Connection, rejection: Rejection)
             if rejection.payload is not None
             else rejection.raw_text or ""
         )
-        fallback = Rejection(
-            rejection.reason,
-            rejection.errors,
-            rejection.source,
-            rejection.event_id,
-            rejection.event_type,
+        fallback = replace(
+            rejection,
             payload=None,
-            raw_text=scrub_text(text[:8000].replace("\\u0000", "\ufffd")),
+            raw_text=scrub_text(text[:NOTIFY_LIMIT_BYTES].replace("\\u0000", "\ufffd")),
         )
         async with conn.transaction():
             await record_rejected(conn, [fallback])
@@ -165,13 +117,13 @@ async def claim_deliveries(
     rows = await conn.fetch(query("claim_deliveries"), subscriber, owner, limit, lease_s)
     return [
         ClaimedDelivery(
-            r["event_id"],
-            subscriber,
-            r["event_type"],
-            r["attempts"],
-            r["failed_rounds"],
-            r["body"].encode(),
-            r["created_at"],
+            event_id=r["event_id"],
+            subscriber=subscriber,
+            event_type=r["event_type"],
+            attempts=r["attempts"],
+            failed_rounds=r["failed_rounds"],
+            body=r["body"].encode(),
+            journaled_at=r["created_at"],
         )
         for r in rows
     ]
@@ -226,6 +178,11 @@ async def replay(
     return rows
 
 
+async def probe(conn: asyncpg.Connection) -> None:
+    """One round trip: asyncpg does not notice a server that vanished without closing the socket."""
+    await conn.fetchval(query("probe"))
+
+
 async def backend_roles(conn: asyncpg.Connection, pids: Sequence[int]) -> dict[int, str]:
     """The login role of each backend among `pids` that is still connected."""
     return {r["pid"]: r["role"] for r in await conn.fetch(query("backend_roles"), list(set(pids)))}
@@ -273,3 +230,75 @@ async def prune(
         total += int(status.split()[-1])
     await conn.execute(query("prune_marks"))
     return total
+
+
+# ─── The scheduler ──────────────────────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DueWork:
+    """What the scheduler's views hold at the start of a pass (one read-only snapshot)."""
+
+    contracts: list[asyncpg.Record]
+    licences: list[asyncpg.Record]
+    patches: list[asyncpg.Record]
+    tickets: list[asyncpg.Record]
+    compliance: list[asyncpg.Record]
+    states: dict[UUID, tuple[str, int]]
+
+
+async def try_lead(conn: asyncpg.Connection, lock: int) -> bool:
+    """Take the scheduler's session advisory lock if it is free."""
+    return bool(await conn.fetchval(query("scheduler_try_lead"), lock))
+
+
+async def due_work(
+    conn: asyncpg.Connection, today: date, horizon_days: int, under_utilized_percent: float
+) -> DueWork:
+    async with conn.transaction(readonly=True):
+        await conn.execute(query("compliance_threshold"), str(under_utilized_percent))
+        return DueWork(
+            contracts=await conn.fetch(query("contract_expirations"), today, horizon_days),
+            licences=await conn.fetch(query("license_expirations"), today, horizon_days),
+            patches=await conn.fetch(query("patch_backlog"), today),
+            tickets=await conn.fetch(query("ticket_clocks")),
+            compliance=await conn.fetch(query("license_compliance")),
+            states={
+                r["license_id"]: (r["state"], r["episode"])
+                for r in await conn.fetch(query("compliance_states"))
+            },
+        )
+
+
+async def scheduler_marked(
+    conn: asyncpg.Connection, entity_ids: Iterable[UUID]
+) -> set[tuple[str, UUID, str]]:
+    """The (kind, entity, milestone) marks already written for these entities."""
+    rows = await conn.fetch(query("scheduler_marked"), list(entity_ids))
+    return {(r["kind"], r["entity_id"], r["milestone"]) for r in rows}
+
+
+async def emit_scheduled(
+    conn: asyncpg.Connection, emission: Emission, event_id: UUID, states: Sequence[StateUpdate]
+) -> bool:
+    """Mark, update compliance states and publish in one transaction; False if already marked."""
+    async with conn.transaction():
+        won = await conn.fetchval(
+            query("scheduler_mark"), emission.kind, emission.entity_id, emission.milestone, event_id
+        )
+        await _set_states(conn, states)
+        if won is None:
+            return False
+        await conn.fetchval(query("publish"), codec.dumps(emission.payload | {"event_id": event_id}).decode())
+    return True
+
+
+async def set_compliance_states(conn: asyncpg.Connection, states: Sequence[StateUpdate]) -> None:
+    if states:
+        async with conn.transaction():
+            await _set_states(conn, states)
+
+
+async def _set_states(conn: asyncpg.Connection, states: Sequence[StateUpdate]) -> None:
+    for update in states:
+        await conn.execute(query("compliance_set_state"), update.license_id, update.state, update.episode)

@@ -1,9 +1,7 @@
 """LISTEN on the channel over a dedicated connection; journal what legacy producers notify.
 
-Every notification is an event. One that names an event already in the journal (it_relay.publish
-wrote it) is only a wake-up; a full payload without a journal row is journaled here under its own
-event_id or, if it has none, the UUIDv5 of its canonical JSON, so that every instance that hears it
-writes the same row once. Anything that is not a JSON object becomes a scrubbed rejection.
+What a notification means is decided in `relay.ingest` (pure); here are the connection, the
+inbox, the sender check and the round trips.
 """
 
 from __future__ import annotations
@@ -11,88 +9,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import replace
-from typing import Any
-from uuid import UUID
 
 import asyncpg
-import orjson
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from relay import codec, journal
-from relay.contracts import parse_event
-from relay.contracts.parsing import Rejected
 from relay.database import DB_ERRORS
+from relay.ingest import announced_id, classify, unprocessable, untrusted
 from relay.logs import get_logger
 from relay.metrics import Metrics
-from relay.redaction import redact, scrub_text
+from relay.model import BATCH_LIMIT, NOTIFY_LIMIT_BYTES, NotifiedEvent, Rejection
+from relay.redaction import scrub_text
 
 log = get_logger("relay.listener")
-
-_STUB_KEYS = frozenset({"event_id", "event_type"})
-# A replay's wake-up adds {"wake": "deliveries"}: re-queued deliveries concern the lanes, not the router.
-_WAKE_KEYS = _STUB_KEYS | {"wake"}
-
-
-def classify(raw: str) -> journal.NotifiedEvent | journal.Rejection | None:
-    """What a notification means: an event to journal, a rejection to record, or None (wake-up)."""
-    try:
-        value = codec.loads(raw)
-    except codec.JSONError:
-        result = parse_event(raw)
-        assert isinstance(result, Rejected)
-        return journal.Rejection(result.reason, result.errors, "notify", raw_text=scrub_text(raw))
-    if codec.too_deep(value):
-        return journal.Rejection(
-            "schema",
-            (f"$: nested deeper than {codec.MAX_DEPTH} levels",),
-            "notify",
-            raw_text=scrub_text(raw[:8000]),
-        )
-    if not isinstance(value, dict):
-        return journal.Rejection(
-            "not_an_object", ("$: an event must be a JSON object",), "notify", payload=redact(value)
-        )
-    if "event_id" in value and value.keys() <= _WAKE_KEYS:
-        return None
-    payload = redact(value)
-    event_id = _uuid(payload.get("event_id"))
-    if event_id is None:
-        event_id = codec.canonical_event_id(payload)
-        if "event_id" not in payload:
-            payload["event_id"] = str(event_id)
-    event_type = payload.get("event_type")
-    return journal.NotifiedEvent(
-        event_id,
-        event_type if isinstance(event_type, str) else "",
-        payload,
-        _uuid(payload.get("organization_id")),
-    )
-
-
-def announced_id(raw: str) -> tuple[UUID | None, bool]:
-    """The top-level event_id of a notification read cheaply (orjson), and whether it wakes lanes.
-
-    Notifications from it_relay.publish() name an event already journaled: knowing that from its
-    id spares the exact decode, redaction and canonical id of a full payload. A replay's wake-up
-    also names a journaled event, and asks every delivery lane to look for work.
-    """
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None, False
-    if not isinstance(value, dict):
-        return None, False
-    return _uuid(value.get("event_id")), value.get("wake") == "deliveries" and value.keys() <= _WAKE_KEYS
-
-
-def _uuid(value: Any) -> UUID | None:
-    if isinstance(value, str):
-        try:
-            return UUID(value)
-        except ValueError:
-            return None
-    return None
 
 
 class Listener:
@@ -194,7 +123,7 @@ class Listener:
             try:
                 # asyncpg does not notice a server that vanished without closing the socket.
                 async with asyncio.timeout(self._probe_timeout_s):
-                    await conn.fetchval("SELECT 1")
+                    await journal.probe(conn)
             except DB_ERRORS as exc:
                 log.warning("listener probe failed, reconnecting", error=type(exc).__name__)
                 return
@@ -217,23 +146,23 @@ class Listener:
     async def _one_by_one(
         self,
         conn: asyncpg.Connection,
-        events: list[journal.NotifiedEvent],
-        rejections: list[journal.Rejection],
-    ) -> list[journal.Rejection]:
+        events: list[NotifiedEvent],
+        rejections: list[Rejection],
+    ) -> list[Rejection]:
         """Journal what can be stored; what cannot becomes a rejection kept as scrubbed text."""
-        unstorable: list[journal.Rejection] = []
+        unstorable: list[Rejection] = []
         for event in events:
             try:
                 async with conn.transaction():
                     await journal.journal_notified(conn, [event])
             except asyncpg.DataError as exc:
                 unstorable.append(
-                    journal.Rejection(
-                        "schema",
-                        (f"$: cannot be stored ({type(exc).__name__})",),
-                        "notify",
+                    Rejection(
+                        reason="schema",
+                        errors=(f"$: cannot be stored ({type(exc).__name__})",),
+                        source="notify",
                         event_id=event.event_id,
-                        raw_text=scrub_text(codec.dumps(event.payload).decode()[:8000]),
+                        raw_text=scrub_text(codec.dumps(event.payload).decode()[:NOTIFY_LIMIT_BYTES]),
                     )
                 )
         for rejection in [*rejections, *unstorable]:
@@ -243,9 +172,9 @@ class Listener:
     async def _flush(self) -> None:
         if not self._inbox:
             return
-        batch = self._inbox[:1000]
-        events: list[journal.NotifiedEvent] = []
-        rejections: list[journal.Rejection] = []
+        batch = self._inbox[:BATCH_LIMIT]
+        events: list[NotifiedEvent] = []
+        rejections: list[Rejection] = []
         lanes = False
         announced = [announced_id(raw) for _, raw in batch]
         async with self._pool.acquire() as conn:
@@ -262,17 +191,12 @@ class Listener:
             try:
                 item = classify(raw)
             except Exception as exc:  # never let one notification stop the others
-                item = journal.Rejection(
-                    "schema",
-                    (f"$: could not be processed ({type(exc).__name__})",),
-                    "notify",
-                    raw_text=scrub_text(raw[:8000]),
-                )
+                item = unprocessable(raw, exc)
             if item is not None and pid in senders:
-                item = _untrusted(item, senders[pid])
-            if isinstance(item, journal.NotifiedEvent):
+                item = untrusted(item, senders[pid])
+            if isinstance(item, NotifiedEvent):
                 events.append(item)
-            elif isinstance(item, journal.Rejection):
+            elif isinstance(item, Rejection):
                 rejections.append(item)
             else:
                 lanes = True
@@ -307,17 +231,3 @@ class Listener:
             elif role not in self._legacy_senders:
                 out[pid] = f"sent by role {role!r}, not one of ingest.legacy_senders"
         return out
-
-
-def _untrusted(item: journal.NotifiedEvent | journal.Rejection, why: str) -> journal.Rejection:
-    """A notification from a sender the relay does not trust: kept, redacted, never journaled."""
-    if isinstance(item, journal.Rejection):
-        return replace(item, reason="untrusted_sender", errors=(f"$: {why}", *item.errors))
-    return journal.Rejection(
-        "untrusted_sender",
-        (f"$: {why}",),
-        "notify",
-        event_id=item.event_id,
-        event_type=item.event_type or None,
-        payload=item.payload,
-    )

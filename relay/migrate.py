@@ -34,18 +34,13 @@ async def upgrade(
     """
     applied: list[str] = []
     async with conn.transaction():
-        # Two instances upgrading at once: the second waits here, then finds nothing to do.
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await conn.execute(query("migration_lock"), _MIGRATION_LOCK)
         current = await schema_version(conn)
         for migration in migrations():
             if migration.version <= current:
                 continue
             await conn.execute(migration.sql)
-            await conn.execute(
-                "INSERT INTO it_relay.schema_version (version, name) VALUES ($1, $2)",
-                migration.version,
-                migration.name,
-            )
+            await conn.execute(query("record_migration"), migration.version, migration.name)
             applied.append(f"{migration.version:04d}_{migration.name}")
         if channel is not None and await conn.fetchval(query("set_channel"), channel) is not None:
             applied.append(f"channel {channel}")

@@ -7,9 +7,8 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
 
-Outcome = Literal["delivered", "retry", "dead"]
+from relay.model import Outcome
 
 # Retried: request timeout, too early, too many requests, and every server error.
 _RETRYABLE_4XX = frozenset({408, 425, 429})

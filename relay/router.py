@@ -13,53 +13,16 @@ from uuid import UUID
 
 import asyncpg
 
-from relay import codec, journal
+from relay import journal
 from relay.aio import sleep_unless, wait_any
-from relay.contracts import Accepted, UnknownFields, parse_event
+from relay.contracts import UnknownFields
 from relay.database import DB_ERRORS
+from relay.ingest import route, unroutable
 from relay.logs import get_logger
 from relay.metrics import Metrics
+from relay.model import Rejection, RoutedEvent
 
 log = get_logger("relay.router")
-
-_NOT_ENTITY = frozenset({"event_id", "organization_id"})
-
-
-def entity_key(accepted: Accepted) -> str | None:
-    """`<field>:<id>` of the entity an event is about: its first *_id field (asset_id, ticket_id, ...)."""
-    for name in accepted.contract.model.model_fields:
-        if name.endswith("_id") and name not in _NOT_ENTITY:
-            value = accepted.payload.get(name)
-            return f"{name}:{value}" if value is not None else None
-    return None
-
-
-def route(
-    event_id: UUID, raw_payload: str, unknown_fields: UnknownFields
-) -> journal.RoutedEvent | journal.Rejection:
-    """Pure: one journaled payload to its routing or its rejection."""
-    result = parse_event(raw_payload, unknown_fields)
-    if isinstance(result, Accepted):
-        payload = result.payload
-        if payload.get("event_id") is None:
-            payload["event_id"] = event_id
-        organization = payload.get("organization_id")
-        return journal.RoutedEvent(
-            event_id=event_id,
-            event_type=result.event_type,
-            body=codec.dumps(payload),
-            entity_key=entity_key(result),
-            organization_id=organization if isinstance(organization, UUID) else None,
-            subscribers=result.contract.subscribers,
-        )
-    return journal.Rejection(
-        result.reason,
-        result.errors,
-        "journal",
-        event_id=event_id,
-        event_type=result.event_type,
-        payload=result.payload,
-    )
 
 
 class Router:
@@ -106,22 +69,17 @@ class Router:
             rows = await journal.claim_events(conn, self._batch_size)
             if not rows:
                 return 0
-            routed: list[journal.RoutedEvent] = []
-            rejected: list[tuple[UUID, journal.Rejection]] = []
+            routed: list[RoutedEvent] = []
+            rejected: list[tuple[UUID, Rejection]] = []
             for row in rows:
                 try:
                     outcome = route(row["event_id"], row["payload"], self._unknown_fields)
                 except Exception as exc:
                     # One event that breaks routing is rejected, visibly; it never blocks the batch.
                     log.exception("routing an event failed", event_id=str(row["event_id"]))
-                    outcome = journal.Rejection(
-                        "schema",
-                        (f"$: could not be routed ({type(exc).__name__})",),
-                        "journal",
-                        event_id=row["event_id"],
-                    )
+                    outcome = unroutable(row["event_id"], exc)
                 self._metrics.events_received.labels(row["source"]).inc()
-                if isinstance(outcome, journal.RoutedEvent):
+                if isinstance(outcome, RoutedEvent):
                     routed.append(outcome)
                 else:
                     rejected.append((row["event_id"], outcome))

@@ -3,7 +3,8 @@
 Time passes without any row changing, so contract and licence expiry, overdue patches, SLA
 breaches and licence compliance cannot come from triggers. One instance at a time leads (a
 session advisory lock on its own connection) and every emission is written with a unique mark in
-the same transaction as `it_relay.publish()`. Planning is pure (`plan_*`); the clock is an argument.
+the same transaction as `it_relay.publish()`. Planning is pure (`relay.planning`); the clock is
+an argument.
 """
 
 from __future__ import annotations
@@ -11,284 +12,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from relay import codec
+from relay import journal
 from relay.aio import sleep_unless
 from relay.database import DB_ERRORS
 from relay.logs import get_logger
 from relay.metrics import Metrics
-from relay.settings import SchedulerSettings, SlaTarget
-from relay.sql import query
+from relay.planning import Emission, Plan, plan_compliance, plan_expiring, plan_patches, plan_sla
+from relay.settings import SchedulerSettings
 
 log = get_logger("relay.scheduler")
 
 # pg_try_advisory_lock key of the scheduler's leadership ("itsched" in ASCII).
 LEADER_LOCK = 0x6974_7363_6865_64
-Row = Mapping[str, Any]
-_HOURS = Decimal("0.01")
-
-
-@dataclass(frozen=True, slots=True)
-class Emission:
-    kind: str
-    entity_id: uuid.UUID
-    milestone: str
-    payload: dict[str, Any]
-
-    @property
-    def event_type(self) -> str:
-        return str(self.payload["event_type"])
-
-
-@dataclass(frozen=True, slots=True)
-class StateUpdate:
-    license_id: uuid.UUID
-    state: str
-    episode: int
-
-
-@dataclass(slots=True)
-class Plan:
-    emissions: list[Emission] = field(default_factory=list)
-    states: list[StateUpdate] = field(default_factory=list)
-
-
-def _money(value: Any) -> Any:
-    return None if value is None else Decimal(value)
-
-
-def _strip(payload: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in payload.items() if v is not None}
-
-
-def _reached(days: int, milestones: Iterable[int]) -> int | None:
-    """The nearest milestone reached `days` before expiry: 25 days left of 90/60/30/14/7 is 30."""
-    reached = [m for m in milestones if days <= m]
-    return min(reached) if reached and days >= 0 else None
-
-
-def plan_expiring(
-    contracts: Iterable[Row], licences: Iterable[Row], today: date, now: datetime, milestones: Sequence[int]
-) -> list[Emission]:
-    """Contract and licence expiry: the nearest milestone reached, keyed by the expiry date (a renewal starts afresh)."""
-    out: list[Emission] = []
-    for c in contracts:
-        days = (c["expiration_date"] - today).days
-        m = _reached(days, milestones)
-        if m is not None:
-            out.append(
-                Emission(
-                    "contract_expiring",
-                    c["contract_id"],
-                    f"{c['expiration_date']}:{m}",
-                    _strip(
-                        {
-                            "event_type": "it_contract_expiring",
-                            "contract_id": c["contract_id"],
-                            "contract_number": c["contract_number"],
-                            "vendor_id": c["vendor_id"],
-                            "vendor_name": c["vendor_name"],
-                            "contract_type": c["contract_type"],
-                            "expiration_date": c["expiration_date"],
-                            "days_remaining": days,
-                            "contract_value": _money(c["contract_value"]),
-                            "auto_renew": c["auto_renew"],
-                            "organization_id": c["organization_id"],
-                            "timestamp": now,
-                        }
-                    ),
-                )
-            )
-    for lic in licences:
-        days = (lic["expiration_date"] - today).days
-        m = _reached(days, milestones)
-        if m is not None:
-            out.append(
-                Emission(
-                    "license_expiring",
-                    lic["license_id"],
-                    f"{lic['expiration_date']}:{m}",
-                    _strip(
-                        {
-                            "event_type": "it_license_expiring",
-                            "license_id": lic["license_id"],
-                            "software_name": lic["software_name"],
-                            "software_vendor": lic["software_vendor"],
-                            "license_type": lic["license_type"],
-                            "expiration_date": lic["expiration_date"],
-                            "days_remaining": days,
-                            "license_count": lic["license_count"],
-                            "renewal_cost": _money(lic["renewal_cost"]),
-                            "organization_id": lic["organization_id"],
-                            "timestamp": now,
-                        }
-                    ),
-                )
-            )
-    return out
-
-
-def plan_patches(
-    patches: Iterable[Row], today: date, now: datetime, overdue_days: Sequence[int]
-) -> list[Emission]:
-    """Patches past their target date with assets still without them, at the largest step reached."""
-    out: list[Emission] = []
-    for p in patches:
-        overdue = (today - p["target_date"]).days
-        reached = [d for d in overdue_days if overdue >= d]
-        if not reached:
-            continue
-        step = max(reached)
-        out.append(
-            Emission(
-                "patch_overdue",
-                p["patch_id"],
-                f"{p['target_date']}:{step}",
-                {
-                    "event_type": "it_patch_deployment_overdue",
-                    "patch_id": p["patch_id"],
-                    "patch_name": p["patch_name"],
-                    "severity": p["severity"],
-                    "target_date": p["target_date"],
-                    "days_overdue": overdue,
-                    "affected_asset_ids": list(p["affected_asset_ids"]),
-                    "affected_asset_count": p["affected_asset_count"],
-                    "organization_id": p["organization_id"],
-                    "timestamp": now,
-                },
-            )
-        )
-    return out
-
-
-def _hours(delta: timedelta) -> Decimal:
-    return (Decimal(delta.total_seconds()) / 3600).quantize(_HOURS, ROUND_HALF_UP)
-
-
-def plan_sla(tickets: Iterable[Row], now: datetime, targets: Mapping[Any, SlaTarget]) -> list[Emission]:
-    """SLA breaches, once per ticket and type.
-
-    Response: from creation to the first time the ticket left 'open' (or now, while it is open).
-    Resolution: from creation to resolution (or now), minus the time spent in 'pending' waiting
-    on the requester; a ticket resolved within its target never breaches.
-    """
-    out: list[Emission] = []
-    for t in tickets:
-        target = targets.get(t["priority"])
-        if target is None:
-            continue
-        created: datetime = t["created_at"]
-        response_end = t["first_response_at"] or now
-        resolution_end = t["resolved_at"] or now
-        pending = timedelta(seconds=float(t["pending_seconds"] or 0))
-        if t["pending_since"] is not None and t["resolved_at"] is None:
-            pending += max(timedelta(0), now - t["pending_since"])
-        clocks = {
-            "response": (response_end - created, timedelta(hours=target.response), timedelta(0)),
-            "resolution": (resolution_end - created - pending, timedelta(hours=target.resolution), pending),
-        }
-        for sla_type, (elapsed, allowed, paused) in clocks.items():
-            if elapsed <= allowed:
-                continue
-            out.append(
-                Emission(
-                    "sla_breached",
-                    t["ticket_id"],
-                    sla_type,
-                    _strip(
-                        {
-                            "event_type": "it_sla_breached",
-                            "ticket_id": t["ticket_id"],
-                            "ticket_number": t["ticket_number"],
-                            "sla_type": sla_type,
-                            "sla_target_hours": Decimal(str(allowed.total_seconds() / 3600)).normalize(),
-                            "actual_hours": _hours(elapsed),
-                            "breach_time": created + allowed + paused,
-                            "priority": t["priority"],
-                            "assigned_to_id": t["assigned_to_id"],
-                            "organization_id": t["organization_id"],
-                            "timestamp": now,
-                        }
-                    ),
-                )
-            )
-    return out
-
-
-_SEVERITY = {"warning": 1, "critical": 2}
-
-
-def compliance_level(row: Row, warning_percent: float, critical_percent: float) -> str | None:
-    """warning or critical for a non-compliant licence; None when compliant.
-
-    Over-deployment is graded by variance_percent against the thresholds; under-use is a warning.
-    """
-    if row["compliance_status"] == "over_deployed":
-        pct = Decimal(row["variance_percent"])
-        if pct > Decimal(str(critical_percent)):
-            return "critical"
-        return "warning" if pct > Decimal(str(warning_percent)) else None
-    if row["compliance_status"] == "under_utilized":
-        return "warning"
-    return None
-
-
-def plan_compliance(
-    rows: Iterable[Row],
-    states: Mapping[uuid.UUID, tuple[str, int]],
-    now: datetime,
-    warning_percent: float,
-    critical_percent: float,
-) -> Plan:
-    """Alerts when a licence breaks (or gets worse), never again while it stays broken."""
-    plan = Plan()
-    for row in rows:
-        license_id = row["license_id"]
-        previous, episode = states.get(license_id, ("ok", 0))
-        level = compliance_level(row, warning_percent, critical_percent)
-        if level is None:
-            if previous != "ok":
-                plan.states.append(StateUpdate(license_id, "ok", episode))
-            continue
-        state = f"{row['compliance_status']}:{level}"
-        if previous == "ok":
-            episode += 1
-            alert = True
-        else:
-            old_status, _, old_level = previous.partition(":")
-            alert = old_status != row["compliance_status"] or _SEVERITY[level] > _SEVERITY.get(old_level, 0)
-        if state != previous or episode != states.get(license_id, ("ok", 0))[1]:
-            plan.states.append(StateUpdate(license_id, state, episode))
-        if alert:
-            plan.emissions.append(
-                Emission(
-                    "license_compliance",
-                    license_id,
-                    f"{episode}:{state}",
-                    {
-                        "event_type": "it_license_compliance_alert",
-                        "license_id": license_id,
-                        "software_name": row["software_name"],
-                        "compliance_status": row["compliance_status"],
-                        "license_count": row["license_count"],
-                        "usage_count": row["usage_count"],
-                        "variance": row["variance"],
-                        "variance_percent": Decimal(row["variance_percent"]),
-                        "threshold_breached": level,
-                        "organization_id": row["organization_id"],
-                        "timestamp": now,
-                    },
-                )
-            )
-    return plan
 
 
 class Scheduler:
@@ -314,9 +55,7 @@ class Scheduler:
             conn: asyncpg.Connection | None = None
             try:
                 conn = await self._connect()
-                while not stopping.is_set() and not await conn.fetchval(
-                    query("scheduler_try_lead"), LEADER_LOCK
-                ):
+                while not stopping.is_set() and not await journal.try_lead(conn, LEADER_LOCK):
                     await sleep_unless(stopping, self._settings.interval_s)
                 if stopping.is_set():
                     break
@@ -351,34 +90,18 @@ class Scheduler:
         """Everything due at `now` that has not been emitted yet (reads only)."""
         s = self._settings
         today = now.astimezone(self._zone).date()
-        horizon = max(s.expiry_milestones_days)
-        async with conn.transaction(readonly=True):
-            await conn.execute(
-                "SELECT set_config('it.license_under_utilized_percent', $1, true)",
-                str(s.compliance.under_utilized_percent),
-            )
-            contracts = await conn.fetch(query("contract_expirations"), today, horizon)
-            licences = await conn.fetch(query("license_expirations"), today, horizon)
-            patches = await conn.fetch(query("patch_backlog"), today)
-            tickets = await conn.fetch(query("ticket_clocks"))
-            compliance = await conn.fetch(query("license_compliance"))
-            states = {
-                r["license_id"]: (r["state"], r["episode"])
-                for r in await conn.fetch(query("compliance_states"))
-            }
+        due = await journal.due_work(
+            conn, today, max(s.expiry_milestones_days), s.compliance.under_utilized_percent
+        )
         plan = plan_compliance(
-            compliance, states, now, s.compliance.warning_percent, s.compliance.critical_percent
+            due.compliance, due.states, now, s.compliance.warning_percent, s.compliance.critical_percent
         )
         plan.emissions[:0] = [
-            *plan_expiring(contracts, licences, today, now, s.expiry_milestones_days),
-            *plan_patches(patches, today, now, s.patch_overdue_days),
-            *plan_sla(tickets, now, s.sla_hours),
+            *plan_expiring(due.contracts, due.licences, today, now, s.expiry_milestones_days),
+            *plan_patches(due.patches, today, now, s.patch_overdue_days),
+            *plan_sla(due.tickets, now, s.sla_hours),
         ]
-        ids = list({e.entity_id for e in plan.emissions})
-        marked = {
-            (r["kind"], r["entity_id"], r["milestone"])
-            for r in await conn.fetch(query("scheduler_marked"), ids)
-        }
+        marked = await journal.scheduler_marked(conn, {e.entity_id for e in plan.emissions})
         plan.emissions = [e for e in plan.emissions if (e.kind, e.entity_id, e.milestone) not in marked]
         return plan
 
@@ -392,40 +115,19 @@ class Scheduler:
             return plan.emissions
         emitted: list[Emission] = []
         for emission in plan.emissions:
-            if await self._emit(conn, emission, plan.states):
-                emitted.append(emission)
-        states = [u for u in plan.states if not any(e.entity_id == u.license_id for e in plan.emissions)]
-        if states:
-            async with conn.transaction():
-                for update in states:
-                    await conn.execute(
-                        query("compliance_set_state"), update.license_id, update.state, update.episode
-                    )
-        return emitted
-
-    async def _emit(
-        self, conn: asyncpg.Connection, emission: Emission, states: Sequence[StateUpdate]
-    ) -> bool:
-        event_id = uuid.uuid4()
-        async with conn.transaction():
-            won = await conn.fetchval(
-                query("scheduler_mark"), emission.kind, emission.entity_id, emission.milestone, event_id
+            event_id = uuid.uuid4()
+            states = [u for u in plan.states if u.license_id == emission.entity_id]
+            if not await journal.emit_scheduled(conn, emission, event_id, states):
+                continue  # another scheduler emitted it first
+            emitted.append(emission)
+            self._metrics.scheduler_emitted.labels(emission.event_type).inc()
+            log.info(
+                "scheduled event emitted",
+                event_id=str(event_id),
+                event_type=emission.event_type,
+                entity_id=str(emission.entity_id),
+                milestone=emission.milestone,
             )
-            for update in states:
-                if update.license_id == emission.entity_id:
-                    await conn.execute(
-                        query("compliance_set_state"), update.license_id, update.state, update.episode
-                    )
-            if won is None:
-                return False  # another scheduler emitted it first
-            payload = emission.payload | {"event_id": event_id}
-            await conn.fetchval(query("publish"), codec.dumps(payload).decode())
-        self._metrics.scheduler_emitted.labels(emission.event_type).inc()
-        log.info(
-            "scheduled event emitted",
-            event_id=str(event_id),
-            event_type=emission.event_type,
-            entity_id=str(emission.entity_id),
-            milestone=emission.milestone,
-        )
-        return True
+        emitting = {e.entity_id for e in plan.emissions}
+        await journal.set_compliance_states(conn, [u for u in plan.states if u.license_id not in emitting])
+        return emitted

@@ -71,7 +71,7 @@ async def test_a_login_without_grants_cannot_hijack_or_read_across_organisations
             ("SELECT it_vendor_name($1)", (b.vendor,)),
         ]:
             with pytest.raises(
-                asyncpg.InsufficientPrivilegeError, match="permission denied for (function|schema)"
+                asyncpg.InsufficientPrivilegeError, match=r"permission denied for (function|schema)"
             ):
                 await conn.fetch(call, *args)
         # Even a tenant's role with EXECUTE gets only its own organisation's real rows.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
 
@@ -18,17 +18,14 @@ from pydantic_core import ErrorDetails
 
 from relay import codec
 from relay.contracts.registry import EventContract, contract_for
+from relay.model import REJECTION_REASONS, Rejection, RejectionReason
 from relay.redaction import may_mention_licence, redact, scrub_bytes, scrub_text
 
 UnknownFields = Literal["keep", "drop", "reject"]
-RejectReason = Literal["not_json", "not_an_object", "unknown_event_type", "schema", "untrusted_sender"]
-REJECT_REASONS: tuple[RejectReason, ...] = (
-    "not_json",
-    "not_an_object",
-    "unknown_event_type",
-    "schema",
-    "untrusted_sender",  # the listener's: a legacy NOTIFY from a role not in ingest.legacy_senders
-)
+# One rejection type for every layer (relay.model); the parse-level names stay for callers.
+RejectReason = RejectionReason
+REJECT_REASONS = REJECTION_REASONS
+Rejected = Rejection
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,17 +41,7 @@ class Accepted:
         return self.contract.event_type
 
 
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    reason: RejectReason
-    errors: tuple[str, ...]
-    # What may be stored: the redacted JSON value, or the scrubbed text when it was not JSON.
-    payload: Any
-    event_type: str | None = None
-    event_id: UUID | None = field(default=None)
-
-
-ParseResult = Accepted | Rejected
+ParseResult = Accepted | Rejection
 
 
 def parse_event(raw: str | bytes | Mapping[str, Any], unknown_fields: UnknownFields = "keep") -> ParseResult:
@@ -64,7 +51,7 @@ def parse_event(raw: str | bytes | Mapping[str, Any], unknown_fields: UnknownFie
             value = codec.loads(raw)
         except codec.JSONError as exc:
             scrubbed = scrub_bytes(raw) if isinstance(raw, bytes) else scrub_text(raw)
-            return Rejected("not_json", (f"$: not valid JSON ({exc})",), scrubbed)
+            return Rejection(reason="not_json", errors=(f"$: not valid JSON ({exc})",), payload=scrubbed)
         # Text that cannot spell a licence key needs no walk through every value.
         return validate(value, unknown_fields, redacted=not may_mention_licence(raw))
     return validate(raw, unknown_fields)
@@ -74,42 +61,49 @@ def validate(value: Any, unknown_fields: UnknownFields = "keep", *, redacted: bo
     """Validate a decoded JSON value against its contract (by its event_type)."""
     if codec.too_deep(value):
         # Before redact(), which recurses: a hostile depth must not reach any recursive walk.
-        return Rejected("schema", (f"$: nested deeper than {codec.MAX_DEPTH} levels",), None)
+        return Rejection(reason="schema", errors=(f"$: nested deeper than {codec.MAX_DEPTH} levels",))
     if not redacted:
         value = redact(value)
     if not isinstance(value, Mapping):
-        return Rejected("not_an_object", ("$: an event must be a JSON object",), value)
+        return Rejection(reason="not_an_object", errors=("$: an event must be a JSON object",), payload=value)
     event_type = value.get("event_type")
-    event_id = _event_id(value.get("event_id"))
+    event_id = codec.uuid_or_none(value.get("event_id"))
     if not isinstance(event_type, str):
-        return Rejected("schema", ("event_type: field required (a string)",), value, None, event_id)
+        return Rejection(
+            reason="schema",
+            errors=("event_type: field required (a string)",),
+            payload=value,
+            event_id=event_id,
+        )
     contract = contract_for(event_type)
     if contract is None:
-        return Rejected(
-            "unknown_event_type", ("event_type: not an event of the IT contracts",), value, None, event_id
+        return Rejection(
+            reason="unknown_event_type",
+            errors=("event_type: not an event of the IT contracts",),
+            payload=value,
+            event_id=event_id,
         )
     try:
         model = contract.model.model_validate(value)
     except ValidationError as exc:
-        return Rejected("schema", tuple(format_errors(exc.errors())), value, event_type, event_id)
+        return Rejection(
+            reason="schema",
+            errors=tuple(format_errors(exc.errors())),
+            payload=value,
+            event_type=event_type,
+            event_id=event_id,
+        )
     extras = list(_extra_paths(model, ()))
     if extras and unknown_fields == "reject":
         errors = tuple(f"{_path(p)}: unknown field (validation.unknown_fields = reject)" for p in extras)
-        return Rejected("schema", errors, value, event_type, event_id)
+        return Rejection(
+            reason="schema", errors=errors, payload=value, event_type=event_type, event_id=event_id
+        )
     payload = model.model_dump(mode="python", exclude_unset=True)
     if extras and unknown_fields == "drop":
         for path in extras:
             _delete(payload, path)
     return Accepted(contract, model.event_id, payload)
-
-
-def _event_id(value: Any) -> UUID | None:
-    if isinstance(value, str):
-        try:
-            return UUID(value)
-        except ValueError:
-            return None
-    return None
 
 
 def _extra_paths(model: BaseModel, prefix: tuple[str | int, ...]) -> Iterator[tuple[str | int, ...]]:

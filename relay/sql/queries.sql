@@ -217,6 +217,10 @@ SELECT license_id, software_name, license_count, usage_count, compliance_status,
        variance_percent, organization_id
   FROM it_relay.license_compliance;
 
+-- name: compliance_threshold
+-- For this pass only (the transaction): it_relay.license_compliance reads it.
+SELECT set_config('it.license_under_utilized_percent', $1, true);
+
 -- name: compliance_states
 SELECT license_id, state, episode FROM it_relay.compliance_state;
 
@@ -233,3 +237,13 @@ ON CONFLICT (license_id) DO UPDATE SET state = excluded.state, episode = exclude
 DELETE FROM it_relay.scheduler_marks
  WHERE kind IN ('contract_expiring', 'license_expiring')
    AND split_part(milestone, ':', 1)::date < current_date - 30;
+
+-- name: migration_lock
+-- Two instances upgrading at once: the second waits here, then finds nothing to do.
+SELECT pg_advisory_xact_lock($1);
+
+-- name: record_migration
+INSERT INTO it_relay.schema_version (version, name) VALUES ($1, $2);
+
+-- name: probe
+SELECT 1;

@@ -22,7 +22,7 @@ import pytest
 from relay import codec
 from relay.contracts import EVENT_TYPES, REGISTRY, Accepted, parse_event
 from relay.contracts.examples import example
-from relay.listener import classify
+from relay.ingest import classify
 from relay.redaction import redact
 from tests.support.relay import relay_settings, start_relay_process, stop_process, wait_for_rows, write_config
 from tests.support.sink import Sink

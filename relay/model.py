@@ -1,0 +1,105 @@
+"""The relay's records and vocabularies: plain data, no I/O. Every layer speaks in these."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, Literal
+from uuid import UUID
+
+# PostgreSQL refuses a NOTIFY payload of 8000 bytes or more; rejected text is kept to this size too.
+NOTIFY_LIMIT_BYTES: Final = 8000
+# Rows per round trip: notifications journaled, outcomes written.
+BATCH_LIMIT: Final = 1000
+
+EventStatus = Literal["pending", "routed", "rejected"]
+DeliveryStatus = Literal["pending", "delivered", "dead"]
+Outcome = Literal["delivered", "retry", "dead"]
+# How an event reached the journal (events.source), or where a rejection was decided.
+Source = Literal["publish", "notify", "journal", "parse"]
+RejectionReason = Literal[
+    "not_json",
+    "not_an_object",
+    "unknown_event_type",
+    "schema",
+    "too_deep",
+    "too_large",
+    "invalid_text",
+    "untrusted_sender",
+]
+REJECTION_REASONS: Final[tuple[RejectionReason, ...]] = RejectionReason.__args__  # type: ignore[attr-defined]
+OUTCOMES: Final[tuple[Outcome, ...]] = ("delivered", "retry", "dead")
+# An attempt's outcome becomes the delivery's status: a retry waits, pending, for its next round.
+STATUS_AFTER: Final[dict[Outcome, DeliveryStatus]] = {
+    "delivered": "delivered",
+    "retry": "pending",
+    "dead": "dead",
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rejection:
+    """Why an event (or something that was meant to be one) was not accepted.
+
+    `payload` is the redacted JSON value, or the scrubbed text when it was not JSON; `raw_text`
+    is what the journal keeps for a notification that could not be stored as JSON.
+    """
+
+    reason: RejectionReason
+    errors: Sequence[str]
+    payload: Any = None
+    event_type: str | None = None
+    event_id: UUID | None = None
+    source: Source = "parse"
+    raw_text: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NotifiedEvent:
+    """A full payload heard on the channel, to be journaled under `event_id`."""
+
+    event_id: UUID
+    event_type: str
+    payload: dict[str, Any]
+    organization_id: UUID | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoutedEvent:
+    """A validated event: its webhook body and the subscribers it goes to."""
+
+    event_id: UUID
+    event_type: str
+    body: bytes
+    entity_key: str | None
+    organization_id: UUID | None
+    subscribers: Sequence[str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimedDelivery:
+    """A delivery leased to this instance for one attempt."""
+
+    event_id: UUID
+    subscriber: str
+    event_type: str
+    attempts: int
+    failed_rounds: int
+    body: bytes
+    journaled_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryResult:
+    """What an attempt (or a round of quick retries) left a delivery as."""
+
+    event_id: UUID
+    subscriber: str
+    status: DeliveryStatus
+    attempts: int
+    failed_rounds: int
+    # Seconds from now (the database's clock) until the next attempt; None keeps the current time.
+    retry_in_s: float | None
+    last_status: int | None
+    last_error: str | None
