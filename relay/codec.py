@@ -13,11 +13,13 @@ from typing import Any
 
 import orjson
 
+from relay.errors import RelayError
+
 # Stable forever: changing it would change the id of every event journaled without an event_id.
 EVENT_ID_NAMESPACE = uuid.UUID("6f1d3c52-8a0e-5b0e-9c1e-2d0f4e7a9b31")
 
 
-class JSONError(ValueError):
+class JSONError(RelayError, ValueError):
     """The text is not a JSON document this relay accepts (the message never quotes it)."""
 
 

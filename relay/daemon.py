@@ -7,9 +7,9 @@ import contextlib
 import os
 import signal
 import socket
-import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -18,6 +18,7 @@ from relay.aio import sleep_unless
 from relay.database import DB_ERRORS
 from relay.dispatch import Dispatcher
 from relay.errors import SchemaError, UserError
+from relay.health import Heartbeats
 from relay.listener import Listener
 from relay.logs import get_logger
 from relay.metrics import Metrics
@@ -31,6 +32,19 @@ from relay.systemd import Notifier
 log = get_logger("relay.daemon")
 
 _DAY_S = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Components:
+    """Everything one instance runs, built once from the settings, before any loop starts."""
+
+    pool: asyncpg.Pool
+    sender: Sender
+    dispatcher: Dispatcher
+    router: Router
+    listener: Listener
+    scheduler: Scheduler | None
+    server: OpsServer | None
 
 
 class Daemon:
@@ -47,17 +61,20 @@ class Daemon:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.heartbeats = Heartbeats()
+        self.stopping = asyncio.Event()
+        self.schema_current = False
+        self.components: Components | None = None
         self._sender = sender
         self._notifier = notifier or Notifier()
-        self.stopping = asyncio.Event()
-        self.listener: Listener | None = None
-        self.dispatcher: Dispatcher | None = None
-        self.router: Router | None = None
-        self.scheduler: Scheduler | None = None
-        self.server: OpsServer | None = None
-        self.schema_current = False
-        self._pool: asyncpg.Pool | None = None
-        self._heartbeat = time.monotonic()
+
+    @property
+    def listener(self) -> Listener | None:
+        return self.components.listener if self.components else None
+
+    @property
+    def server(self) -> OpsServer | None:
+        return self.components.server if self.components else None
 
     def stop(self) -> None:
         self.stopping.set()
@@ -68,67 +85,28 @@ class Daemon:
             return f"database schema older than version {migrate.code_version()}: run `it-relay db upgrade`"
         if self.listener is None or not self.listener.connected.is_set():
             return "listener not connected to PostgreSQL"
+        stalled = self.heartbeats.stalled()
+        if stalled:
+            return f"loop stalled: {', '.join(stalled)}"
         return None
 
     async def run(self, *, install_signal_handlers: bool = True) -> None:
         """Run until stop() or SIGTERM/SIGINT; raises SchemaError if the schema is too old."""
         s = self.settings
         pool = await database.create_pool(s.database)
-        self._pool = pool
         sender = self._sender or make_sender(s.delivery.transport, s.delivery.concurrency)
         loop = asyncio.get_running_loop()
+        c: Components | None = None
         try:
             async with pool.acquire() as conn:
                 version = await migrate.check(conn)
                 await migrate.check_channel(conn, s.database.channel)
             self._set_schema_current(True)
-            dispatcher = Dispatcher(
-                pool=pool,
-                delivery=s.delivery,
-                subscribers=dict(s.subscribers),
-                sender=sender,
-                metrics=self.metrics,
-                owner=self.owner,
-                poll_interval_s=s.database.poll_interval_s,
-            )
-            router = Router(
-                pool=pool,
-                metrics=self.metrics,
-                unknown_fields=s.validation.unknown_fields,
-                configured=dispatcher.lanes,
-                on_routed=dispatcher.wake,
-                batch_size=s.delivery.batch_size,
-                poll_interval_s=s.database.poll_interval_s,
-            )
-
-            def on_wake(everything: bool) -> None:
-                router.wake()
-                if everything:
-                    dispatcher.wake()
-
-            listener = Listener(
-                connect=lambda: database.connect(s.database, database.LISTENER_APPLICATION),
-                pool=pool,
-                channel=s.database.channel,
-                metrics=self.metrics,
-                on_wake=on_wake,
-                probe_interval_s=s.database.probe_interval_s,
-                probe_timeout_s=s.database.probe_timeout_s,
-                legacy=s.ingest.legacy,
-                legacy_senders=s.ingest.legacy_senders,
-            )
-            self.listener, self.router, self.dispatcher = listener, router, dispatcher
-            self.metrics.prepare(dispatcher.lanes)
-            if s.scheduler.enabled:
-                self.scheduler = Scheduler(
-                    s.scheduler,
-                    metrics=self.metrics,
-                    connect=lambda: database.connect(s.database, database.SCHEDULER_APPLICATION),
-                )
-            if s.server.enabled:
-                self.server = OpsServer(self.metrics, self.readiness, s.server.host, s.server.port)
+            c = self.components = self._build(pool, sender)
+            self.metrics.prepare(c.dispatcher.lanes)
+            if c.server is not None:
                 try:
-                    await self.server.start()
+                    await c.server.start()
                 except OSError as exc:
                     raise UserError(f"server.listen {s.server.listen}: {exc.strerror or exc}") from None
             if install_signal_handlers:
@@ -138,32 +116,96 @@ class Daemon:
                 "it-relay started",
                 owner=self.owner,
                 schema_version=version,
-                subscribers=sorted(dispatcher.lanes),
+                subscribers=sorted(c.dispatcher.lanes),
                 channel=s.database.channel,
                 metrics=f"http://{s.server.listen}/metrics" if s.server.enabled else None,
             )
-            loops: list[tuple[str, Callable[[asyncio.Event], Awaitable[None]]]] = [
-                ("listener", listener.run),
-                ("router", router.run),
-                ("housekeeping", self._housekeeping),
-                ("systemd", self._supervise),
-            ]
-            if self.scheduler is not None:
-                loops.append(("scheduler", self.scheduler.run))
-            tasks = [asyncio.create_task(self._guard(name, fn), name=name) for name, fn in loops]
-            tasks.append(asyncio.create_task(dispatcher.run(self.stopping), name="dispatcher"))
-            await asyncio.gather(*tasks)
+            await asyncio.gather(*(asyncio.create_task(self._guard(n, f), name=n) for n, f in self._loops(c)))
         finally:
             self._notifier.notify("STOPPING=1", "STATUS=stopped")
             if install_signal_handlers:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
-            if self.server is not None:
-                await self.server.stop()
+            if c is not None and c.server is not None:
+                await c.server.stop()
             await sender.aclose()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(pool.close(), 10)
             log.info("it-relay stopped", owner=self.owner)
+
+    def _build(self, pool: asyncpg.Pool, sender: Sender) -> Components:
+        s = self.settings
+        dispatcher = Dispatcher(
+            pool=pool,
+            delivery=s.delivery,
+            subscribers=dict(s.subscribers),
+            sender=sender,
+            metrics=self.metrics,
+            owner=self.owner,
+            poll_interval_s=s.database.poll_interval_s,
+            heartbeats=self.heartbeats,
+        )
+        router = Router(
+            pool=pool,
+            metrics=self.metrics,
+            unknown_fields=s.validation.unknown_fields,
+            configured=dispatcher.lanes,
+            on_routed=dispatcher.wake,
+            batch_size=s.delivery.batch_size,
+            poll_interval_s=s.database.poll_interval_s,
+        )
+
+        def on_wake(everything: bool) -> None:
+            router.wake()
+            if everything:
+                dispatcher.wake()
+
+        listener = Listener(
+            connect=lambda: database.connect(s.database, database.LISTENER_APPLICATION),
+            pool=pool,
+            channel=s.database.channel,
+            metrics=self.metrics,
+            on_wake=on_wake,
+            probe_interval_s=s.database.probe_interval_s,
+            probe_timeout_s=s.database.probe_timeout_s,
+            legacy=s.ingest.legacy,
+            legacy_senders=s.ingest.legacy_senders,
+            heartbeats=self.heartbeats,
+            poll_interval_s=s.database.poll_interval_s,
+        )
+        scheduler = (
+            Scheduler(
+                s.scheduler,
+                metrics=self.metrics,
+                connect=lambda: database.connect(s.database, database.SCHEDULER_APPLICATION),
+            )
+            if s.scheduler.enabled
+            else None
+        )
+        server = (
+            OpsServer(self.metrics, self.readiness, s.server.host, s.server.port)
+            if s.server.enabled
+            else None
+        )
+        return Components(pool, sender, dispatcher, router, listener, scheduler, server)
+
+    def _loops(self, c: Components) -> list[tuple[str, Loop]]:
+        """Every long-running loop, named; each but the dispatcher's keeps its own heartbeat here."""
+        s = self.settings
+        beats = self.heartbeats
+        poll = s.database.poll_interval_s
+        loops: list[tuple[str, Loop]] = [
+            ("listener", c.listener.run),
+            ("router", _beating(c.router.run, beats.register("router", poll))),
+            ("housekeeping", _beating(self._housekeeping, beats.register("housekeeping", poll))),
+            ("retention", _beating(self._retention, beats.register("retention", s.retention.interval_s))),
+            ("systemd", self._supervise),
+            ("dispatcher", c.dispatcher.run),
+        ]
+        if c.scheduler is not None:
+            every = s.scheduler.interval_s
+            loops.append(("scheduler", _beating(c.scheduler.run, beats.register("scheduler", every))))
+        return loops
 
     def _on_signal(self, sig: signal.Signals) -> None:
         log.info(
@@ -178,69 +220,86 @@ class Daemon:
         self.schema_current = current
         self.metrics.schema_current.set(1 if current else 0)
 
-    async def _guard(self, name: str, loop_fn: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-        """Run a loop; if it fails unexpectedly, log it and start it again rather than exit."""
+    async def _guard(self, name: str, loop_fn: Loop) -> None:
+        """Run a loop until shutdown; if it fails or returns early, say so at once and restart it."""
         while not self.stopping.is_set():
             try:
                 await loop_fn(self.stopping)
-                return
             except Exception:
                 log.exception("loop failed, restarting it", loop=name)
-                await sleep_unless(self.stopping, 1.0)
+            else:
+                if not self.stopping.is_set():
+                    log.error("loop ended unexpectedly, restarting it", loop=name)
+            await sleep_unless(self.stopping, 1.0)
 
     async def _supervise(self, stopping: asyncio.Event) -> None:
         """systemd: READY=1 once the listener is connected (the schema was verified before),
-        then WATCHDOG=1 and STATUS= while the loops keep turning."""
-        assert self.listener is not None and self.dispatcher is not None
-        s = self.settings
+        then WATCHDOG=1 and STATUS= only while every loop keeps coming round."""
         sent_ready = False
         watchdog = self._notifier.watchdog_interval_s()
         interval = min(watchdog or 5.0, 5.0)
-        stale_after = 3 * s.database.poll_interval_s + 30
         while not stopping.is_set():
-            if not sent_ready and self.readiness() is None:
+            reason = self.readiness()
+            if not sent_ready and reason is None:
                 self._notifier.notify("READY=1", "STATUS=relaying")
                 sent_ready = True
                 log.info("ready", listener="connected")
-            if time.monotonic() - self._heartbeat < stale_after:
-                reason = self.readiness()
-                status = (
-                    f"relaying: {self.dispatcher.in_flight} in flight"
-                    if reason is None
-                    else f"degraded: {reason}"
-                )
+            stalled = self.heartbeats.stalled()
+            if stalled:
+                log.error("loops stalled: withholding the systemd watchdog", loops=stalled)
+                self._notifier.notify(f"STATUS=degraded: loop stalled: {', '.join(stalled)}")
+            else:
+                in_flight = self.components.dispatcher.in_flight if self.components else 0
+                status = f"relaying: {in_flight} in flight" if reason is None else f"degraded: {reason}"
                 self._notifier.notify("WATCHDOG=1", f"STATUS={status}")
             await sleep_unless(stopping, interval if sent_ready else 0.2)
 
-    async def _housekeeping(self, stopping: asyncio.Event) -> None:
-        """Backlog gauges and the schema check every poll interval; retention every ten minutes."""
-        s = self.settings
-        assert self.dispatcher is not None and self._pool is not None
-        next_prune = 0.0
-        loop = asyncio.get_running_loop()
+    async def _housekeeping(self, stopping: asyncio.Event, beat: Beat) -> None:
+        """The schema check and the backlog gauges, every poll interval."""
+        assert self.components is not None
+        pool, lanes = self.components.pool, self.components.dispatcher.lanes
         while not stopping.is_set():
             try:
-                async with self._pool.acquire() as conn:
+                async with pool.acquire() as conn:
                     try:
                         await migrate.check(conn)
                         self._set_schema_current(True)
                     except SchemaError:
                         self._set_schema_current(False)
                     counts = await journal.backlog(conn)
-                    for name in set(counts) | set(self.dispatcher.lanes):
-                        self.metrics.backlog.labels(name).set(counts.get(name, 0))
-                    if loop.time() >= next_prune:
-                        deleted = -1
-                        while deleted != 0 and not stopping.is_set():
-                            deleted = await journal.prune(
-                                conn,
-                                s.retention.delivered_days * _DAY_S,
-                                s.retention.dead_days * _DAY_S,
-                                s.retention.rejected_days * _DAY_S,
-                            )
-                        next_prune = loop.time() + 600
+                for name in set(counts) | set(lanes):
+                    self.metrics.backlog.labels(name).set(counts.get(name, 0))
             except DB_ERRORS as exc:
                 log.warning("housekeeping failed, will retry", error=type(exc).__name__)
-            # A heartbeat even when the database is down: the loop itself is alive.
-            self._heartbeat = time.monotonic()
-            await sleep_unless(stopping, s.database.poll_interval_s)
+            # A beat even when the database is down: the loop itself is alive.
+            beat()
+            await sleep_unless(stopping, self.settings.database.poll_interval_s)
+
+    async def _retention(self, stopping: asyncio.Event, beat: Beat) -> None:
+        """Prune what retention allows, in bounded batches, every retention.interval_s."""
+        assert self.components is not None
+        r = self.settings.retention
+        while not stopping.is_set():
+            try:
+                async with self.components.pool.acquire() as conn:
+                    deleted = -1
+                    while deleted != 0 and not stopping.is_set():
+                        deleted = await journal.prune(
+                            conn, r.delivered_days * _DAY_S, r.dead_days * _DAY_S, r.rejected_days * _DAY_S
+                        )
+                        beat()
+            except DB_ERRORS as exc:
+                log.warning("retention failed, will retry", error=type(exc).__name__)
+            beat()
+            await sleep_unless(stopping, r.interval_s)
+
+
+Beat = Callable[[], None]
+Loop = Callable[[asyncio.Event], Awaitable[None]]
+
+
+def _beating(loop_fn: Callable[[asyncio.Event, Beat], Awaitable[None]], beat: Beat) -> Loop:
+    async def run(stopping: asyncio.Event) -> None:
+        await loop_fn(stopping, beat)
+
+    return run

@@ -28,6 +28,7 @@ from relay.aio import sleep_unless, wait_any
 from relay.circuit import CircuitBreaker
 from relay.contracts import REGISTRY
 from relay.database import DB_ERRORS
+from relay.health import Heartbeats
 from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.model import BATCH_LIMIT, OUTCOMES, STATUS_AFTER, ClaimedDelivery, DeliveryResult, Outcome
@@ -123,10 +124,12 @@ class OutcomeWriter:
         self._pending.append((result, slot))
         self._ready.set()
 
-    async def run(self) -> None:
+    async def run(self, beat: Callable[[], None], idle_s: float) -> None:
         """Until cancelled: write what is queued."""
         while True:
-            await self._ready.wait()
+            beat()
+            if not await wait_any(self._ready, within=idle_s):
+                continue
             # A moment's linger turns a burst of outcomes into one round trip.
             await asyncio.sleep(0.002)
             self._ready.clear()
@@ -173,8 +176,10 @@ class Dispatcher:
         metrics: Metrics,
         owner: str,
         poll_interval_s: float = 5.0,
+        heartbeats: Heartbeats | None = None,
     ) -> None:
         self._pool = pool
+        self._heartbeats = heartbeats or Heartbeats()
         self._settings = delivery
         self._sender = sender
         self._metrics = metrics
@@ -213,11 +218,19 @@ class Dispatcher:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Deliver until `stopping`; then finish in-flight work within the grace period."""
+        # A lane waits at most a poll interval, or a circuit's cool-down, between rounds.
+        every = max(self._poll_interval_s, self._settings.circuit_cooldown_s)
         lanes = [
-            asyncio.create_task(self._guarded_lane(lane, stopping), name=f"lane-{lane.name}")
+            asyncio.create_task(
+                self._guarded_lane(lane, stopping, self._heartbeats.register(f"lane {lane.name}", every)),
+                name=f"lane-{lane.name}",
+            )
             for lane in self.lanes.values()
         ]
-        writer = asyncio.create_task(self._writer.run(), name="outcome-writer")
+        writer_beat = self._heartbeats.register("outcome-writer", self._poll_interval_s)
+        writer = asyncio.create_task(
+            self._writer.run(writer_beat, self._poll_interval_s), name="outcome-writer"
+        )
         try:
             await stopping.wait()
         finally:
@@ -243,11 +256,11 @@ class Dispatcher:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _guarded_lane(self, lane: Lane, stopping: asyncio.Event) -> None:
+    async def _guarded_lane(self, lane: Lane, stopping: asyncio.Event, beat: Callable[[], None]) -> None:
         """A lane that fails unexpectedly is logged and started again; it never silently stops."""
         while not stopping.is_set():
             try:
-                await self._lane_loop(lane, stopping)
+                await self._lane_loop(lane, stopping, beat)
             except Exception:
                 log.exception("delivery lane failed, restarting it", subscriber=lane.name)
                 await sleep_unless(stopping, 1.0)
@@ -258,8 +271,9 @@ class Dispatcher:
         limit = min(self._slots.available(lane), self._settings.batch_size)
         return (limit if allowed is None else min(limit, allowed)), allowed
 
-    async def _lane_loop(self, lane: Lane, stopping: asyncio.Event) -> None:
+    async def _lane_loop(self, lane: Lane, stopping: asyncio.Event, beat: Callable[[], None]) -> None:
         while not stopping.is_set():
+            beat()
             lane.wake.clear()
             now = time.monotonic()
             limit, allowed = self._claim_limit(lane, now)

@@ -14,7 +14,9 @@ import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from relay import codec, journal
+from relay.aio import wait_any
 from relay.database import DB_ERRORS
+from relay.health import Heartbeats
 from relay.ingest import announced_id, classify, unprocessable, untrusted
 from relay.logs import get_logger
 from relay.metrics import Metrics
@@ -43,6 +45,8 @@ class Listener:
         probe_timeout_s: float = 5.0,
         legacy: bool = True,
         legacy_senders: Iterable[str] = (),
+        heartbeats: Heartbeats | None = None,
+        poll_interval_s: float = 5.0,
     ) -> None:
         self._connect = connect
         self._pool = pool
@@ -51,10 +55,13 @@ class Listener:
         self._on_wake = on_wake
         self._probe_interval_s = probe_interval_s
         self._probe_timeout_s = probe_timeout_s
+        self._heartbeats = heartbeats or Heartbeats()
+        self._poll_interval_s = poll_interval_s
         self._legacy = legacy
         self._legacy_senders = frozenset(legacy_senders)
         self._inbox: list[tuple[int, str]] = []
         self._inbox_ready = asyncio.Event()
+        self._beat: Callable[[], None] = lambda: None
         self.connected = asyncio.Event()
         self.connections = 0
 
@@ -64,7 +71,12 @@ class Listener:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Until `stopping` is set: connect, listen, probe; journal what arrives."""
-        ingest = asyncio.create_task(self._ingest_loop(stopping), name="listener-ingest")
+        # Reconnecting backs off up to 15 s, each try bounded by the connect timeout.
+        self._beat = self._heartbeats.register(
+            "listener", max(self._probe_interval_s + self._probe_timeout_s, 25)
+        )
+        ingest_beat = self._heartbeats.register("listener-ingest", self._poll_interval_s)
+        ingest = asyncio.create_task(self._ingest_loop(stopping, ingest_beat), name="listener-ingest")
         try:
             while not stopping.is_set():
                 conn = await self._connect_with_retry(stopping)
@@ -94,6 +106,7 @@ class Listener:
             ),
         )
         async for attempt in retrying:
+            self._beat()
             if stopping.is_set():
                 return None
             with attempt:
@@ -112,6 +125,7 @@ class Listener:
         # Anything committed while we were not listening is found by a catch-up scan.
         self._on_wake(True)
         while not stopping.is_set() and not lost.is_set():
+            self._beat()
             waiters = {asyncio.create_task(stopping.wait()), asyncio.create_task(lost.wait())}
             done, pending = await asyncio.wait(
                 waiters, timeout=self._probe_interval_s, return_when=asyncio.FIRST_COMPLETED
@@ -130,9 +144,12 @@ class Listener:
         if lost.is_set():
             log.warning("listener connection lost, reconnecting")
 
-    async def _ingest_loop(self, stopping: asyncio.Event) -> None:
+    async def _ingest_loop(self, stopping: asyncio.Event, beat: Callable[[], None]) -> None:
+        """Journal what the inbox holds; never ends but by cancellation, whatever a batch does."""
         while True:
-            await self._inbox_ready.wait()
+            beat()
+            if not await wait_any(self._inbox_ready, within=self._poll_interval_s):
+                continue
             self._inbox_ready.clear()
             try:
                 await self._flush()
@@ -142,6 +159,17 @@ class Listener:
                 log.warning("journaling notifications failed, will retry", error=type(exc).__name__)
                 await asyncio.sleep(0.5)
                 self._inbox_ready.set()
+            except Exception:
+                # A bug, not bad input (bad input is a rejection): say so now, keep ingesting.
+                log.exception("journaling notifications failed unexpectedly; the batch is skipped")
+                self._skip_batch()
+
+    def _skip_batch(self) -> None:
+        skipped = self._inbox[:BATCH_LIMIT]
+        del self._inbox[:BATCH_LIMIT]
+        self._metrics.events_rejected.labels("invalid_text").inc(len(skipped))
+        if self._inbox:
+            self._inbox_ready.set()
 
     async def _one_by_one(
         self,

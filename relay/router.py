@@ -50,8 +50,9 @@ class Router:
     def wake(self) -> None:
         self._wake.set()
 
-    async def run(self, stopping: asyncio.Event) -> None:
+    async def run(self, stopping: asyncio.Event, beat: Callable[[], None] = lambda: None) -> None:
         while not stopping.is_set():
+            beat()
             self._wake.clear()
             try:
                 routed = await self.route_batch()

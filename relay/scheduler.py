@@ -49,13 +49,15 @@ class Scheduler:
         self.leading = asyncio.Event()
         self.passes = 0
 
-    async def run(self, stopping: asyncio.Event) -> None:
+    async def run(self, stopping: asyncio.Event, beat: Callable[[], None] = lambda: None) -> None:
         """Lead when the lock is free; run a pass every interval while leading."""
         while not stopping.is_set():
+            beat()
             conn: asyncpg.Connection | None = None
             try:
                 conn = await self._connect()
                 while not stopping.is_set() and not await journal.try_lead(conn, LEADER_LOCK):
+                    beat()
                     await sleep_unless(stopping, self._settings.interval_s)
                 if stopping.is_set():
                     break
@@ -63,6 +65,7 @@ class Scheduler:
                 self._metrics.scheduler_leading.set(1)
                 log.info("scheduler leading")
                 while not stopping.is_set():
+                    beat()
                     try:
                         await self.run_once(conn, self._clock())
                     except asyncpg.UndefinedTableError as exc:

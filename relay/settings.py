@@ -157,6 +157,7 @@ class RetentionSettings(Section):
     delivered_days: PositiveFloat = 7
     dead_days: PositiveFloat = 30
     rejected_days: PositiveFloat = 30
+    interval_s: PositiveFloat = 600.0
 
 
 class ValidationSettings(Section):
@@ -367,15 +368,10 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        path = _CONFIG_PATH.get("path")
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if path is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        if settings_cls.model_config.get("toml_file") is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls))
         return tuple(sources)
-
-
-# Set only for the duration of load_settings(); pydantic-settings asks for sources per class.
-_CONFIG_PATH: dict[str, Path | None] = {}
 
 
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
@@ -391,17 +387,23 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
             raise ConfigError(f"config file {config_path}: invalid TOML: {exc}") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {config_path}: cannot read it: {exc}") from None
-    _CONFIG_PATH["path"] = config_path
+    # pydantic-settings reads the file named in the class's config: a subclass per file, so no
+    # module state says which file is being read.
+    cls: type[Settings] = (
+        Settings
+        if config_path is None
+        else type(
+            "FileSettings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": config_path}}
+        )
+    )
     try:
-        return Settings(**overrides)
+        return cls(**overrides)
     except ValidationError as exc:
         errors = format_errors(exc.errors())
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise ConfigError(f"config error: {errors[0]}{more}") from None
     except SettingsError as exc:
         raise ConfigError(f"config error: {exc}") from None
-    finally:
-        _CONFIG_PATH.pop("path", None)
 
 
 def masked(settings: Settings) -> dict[str, Any]:

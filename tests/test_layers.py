@@ -1,4 +1,11 @@
-"""Import rules: pure logic never imports I/O; only the composition root wires everything."""
+"""The layer rules of it-relay, in one place (the README points here):
+
+- pure modules (records, contracts, classification, planning, redaction, retry, signing, ...)
+  never import I/O;
+- only the CLI and the demo import the composition root (relay.daemon);
+- every query goes through the gateway (relay.journal, and relay.migrate for schema changes),
+  written in relay/sql/*.sql, never as a string in Python.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,10 @@ import pytest
 
 RELAY = Path(__file__).parent.parent / "relay"
 PURE = [
+    "model.py",
+    "ingest.py",
+    "planning.py",
+    "health.py",
     "codec.py",
     "redaction.py",
     "retry.py",
@@ -58,6 +69,25 @@ def test_pure_modules_do_no_io(module: str) -> None:
 def test_only_the_cli_and_demo_import_the_composition_root() -> None:
     importers = {p.name for p in RELAY.rglob("*.py") if "relay.daemon" in imports(p)}
     assert importers <= {"cli.py", "demo.py"}
+
+
+GATEWAY = {"journal.py", "migrate.py"}
+QUERY_CALLS = {"execute", "executemany", "fetch", "fetchval", "fetchrow", "copy_records_to_table"}
+
+
+def test_only_the_gateway_talks_sql() -> None:
+    # The demo's statements are sample data written the way a producer would; everything else
+    # asks relay.journal, which runs the named queries of relay/sql/queries.sql.
+    for path in RELAY.rglob("*.py"):
+        if path.name in GATEWAY or path.name == "demo.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if name in QUERY_CALLS or (name == "query" and isinstance(func, ast.Name)):
+                pytest.fail(f"{path.relative_to(RELAY)}:{node.lineno} runs SQL outside the gateway ({name})")
 
 
 def test_sql_lives_in_sql_files() -> None:

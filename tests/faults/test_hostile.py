@@ -11,8 +11,10 @@ import shutil
 import socket
 import string
 import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from uuid import UUID
 
 import asyncpg
@@ -79,45 +81,77 @@ class Generator:
         base["organization_id"] = (
             str(self.rng.getrandbits(128) % 10**30).zfill(32)[:8] + base["organization_id"][8:]
         )
-        kind = self.rng.randrange(12)
-        if kind == 0:  # valid, with a key planted somewhere
-            value: Any = self.plant(base)
-        elif kind == 1:  # wrong types
-            field = self.rng.choice(list(base))
-            value = self.plant(base | {field: self.rng.choice([None, 7, 1.5, True, [], {}, "x"])})
-        elif kind == 2:  # missing fields
-            value = self.plant({k: v for k, v in base.items() if self.rng.random() < 0.7})
-        elif kind == 3:  # unknown event type
-            value = self.plant(
-                base | {"event_type": "it_" + "".join(self.rng.choices(string.ascii_lowercase, k=8))}
-            )
-        elif kind == 4:  # a 7,999-byte string
-            value = self.plant(base | {"description": "x" * 7_999})
-        elif kind == 5:  # deep nesting
-            deep: Any = {KEY_NAMES[0]: self.key()}
-            for _ in range(self.rng.choice([10, 70, 300])):
-                deep = [deep]
-            value = base | {"extra": deep}
-        elif kind == 6:  # not an object
-            value = self.rng.choice([[self.plant(base)], "just a string", 42, None])
-        elif kind == 7:  # broken JSON text with a key in it
-            text = _text(self.plant(base))
-            return "notify", text[: self.rng.randrange(1, len(text))]
-        elif kind == 8:  # random text
-            return "notify", "".join(
-                self.rng.choices(string.printable + "é中\u2028", k=self.rng.randrange(1, 200))
-            )
-        elif kind == 9:  # numbers at the edges
-            value = self.plant(
-                base | {self.rng.choice(list(base)): self.rng.choice([10**40, -(10**30), 1e308])}
-            )
-        elif kind == 10:  # NUL escapes and odd unicode
-            value = self.plant(base | {"subject": "a\u0000b\ud7ff\U0001f511"})
-        else:  # valid
-            value = base
+        value = self._KINDS[self.rng.randrange(12)](self, base)
+        if isinstance(value, Text):
+            return "notify", value.text
         if self.rng.random() < 0.5 and isinstance(value, dict):
             return "publish", value
         return "notify", _text(value)
+
+    def _planted(self, base: dict[str, Any]) -> Any:  # valid, with a key planted somewhere
+        return self.plant(base)
+
+    def _wrong_types(self, base: dict[str, Any]) -> Any:
+        field = self.rng.choice(list(base))
+        return self.plant(base | {field: self.rng.choice([None, 7, 1.5, True, [], {}, "x"])})
+
+    def _missing_fields(self, base: dict[str, Any]) -> Any:
+        return self.plant({k: v for k, v in base.items() if self.rng.random() < 0.7})
+
+    def _unknown_type(self, base: dict[str, Any]) -> Any:
+        return self.plant(
+            base | {"event_type": "it_" + "".join(self.rng.choices(string.ascii_lowercase, k=8))}
+        )
+
+    def _long_string(self, base: dict[str, Any]) -> Any:  # a 7,999-byte string
+        return self.plant(base | {"description": "x" * 7_999})
+
+    def _deep(self, base: dict[str, Any]) -> Any:
+        deep: Any = {KEY_NAMES[0]: self.key()}
+        for _ in range(self.rng.choice([10, 70, 300])):
+            deep = [deep]
+        return base | {"extra": deep}
+
+    def _not_an_object(self, base: dict[str, Any]) -> Any:
+        return self.rng.choice([[self.plant(base)], "just a string", 42, None])
+
+    def _broken_json(self, base: dict[str, Any]) -> Any:  # broken JSON text with a key in it
+        text = _text(self.plant(base))
+        return Text(text[: self.rng.randrange(1, len(text))])
+
+    def _random_text(self, base: dict[str, Any]) -> Any:
+        return Text("".join(self.rng.choices(string.printable + "é中\u2028", k=self.rng.randrange(1, 200))))
+
+    def _edge_numbers(self, base: dict[str, Any]) -> Any:
+        return self.plant(base | {self.rng.choice(list(base)): self.rng.choice([10**40, -(10**30), 1e308])})
+
+    def _odd_unicode(self, base: dict[str, Any]) -> Any:  # NUL escapes and odd unicode
+        return self.plant(base | {"subject": "a\u0000b\ud7ff\U0001f511"})
+
+    def _valid(self, base: dict[str, Any]) -> Any:
+        return base
+
+    _KINDS: ClassVar[list[Callable[[Generator, dict[str, Any]], Any]]] = [
+        _planted,
+        _wrong_types,
+        _missing_fields,
+        _unknown_type,
+        _long_string,
+        _deep,
+        _not_an_object,
+        _broken_json,
+        _random_text,
+        _edge_numbers,
+        _odd_unicode,
+        _valid,
+    ]
+
+
+@dataclass(frozen=True)
+class Text:
+    """A notification sent as this exact text (not JSON of a value)."""
+
+    text: str
 
 
 ACCOUNTED = """
