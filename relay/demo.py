@@ -15,64 +15,20 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import date, timedelta
-from typing import Any
 
 import asyncpg
 import typer
-from aiohttp import web
-from standardwebhooks import Webhook
 
 from relay import codec, logs, migrate
 from relay.contracts import REGISTRY, SUBSCRIBERS
 from relay.daemon import Daemon
 from relay.errors import UserError
 from relay.settings import load_settings
+from relay.sink import Reply, Sink
 
 SECRET = "whsec_ZGVtby1zZWNyZXQtZm9yLWl0LXJlbGF5LTAxMjM0NTY3"
 LICENCE_KEY = "VISIO-7H2K9-DEMO-KEY-0001"
-
-
-@dataclass
-class DemoSink:
-    """Every subscriber's webhook on one local server; verifies each signature it receives."""
-
-    failures_left: dict[str, int] = field(default_factory=lambda: {"FA": 1})
-    received: list[tuple[str, dict[str, Any], dict[str, str]]] = field(default_factory=list)
-    verified: int = 0
-    rejected_signatures: int = 0
-    port: int = 0
-    _runner: web.AppRunner | None = None
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        subscriber = request.match_info["subscriber"]
-        body = await request.read()
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        if self.failures_left.get(subscriber, 0) > 0:
-            self.failures_left[subscriber] -= 1
-            return web.Response(status=503, text="warming up")
-        try:
-            payload = Webhook(SECRET).verify(body, headers)
-        except Exception:
-            self.rejected_signatures += 1
-            return web.Response(status=401)
-        self.verified += 1
-        self.received.append((subscriber, payload, headers))
-        return web.Response(status=204)
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/hooks/{subscriber}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = int(site.name.rsplit(":", 1)[1])
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 def _free(port: int) -> bool:
@@ -187,7 +143,10 @@ async def _run(echo: Callable[[str], None]) -> int:
     with tempfile.TemporaryDirectory(prefix="it-relay-demo-") as data_dir:
         echo("starting an embedded PostgreSQL ...")
         server = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
-        sink = DemoSink()
+        # Every subscriber on one local server that verifies each signature; FA fails once, so
+        # the demo shows a retry.
+        sink = Sink(SECRET)
+        sink.script("/hooks/FA", Reply(503, body=b"warming up"))
         try:
             url = server.get_uri()
             conn = await asyncpg.connect(url)
@@ -217,14 +176,16 @@ async def _run(echo: Callable[[str], None]) -> int:
             await _statements(conn)
             code = await _watch(conn, sink, echo)
             echo("")
-            licence = [p for s, p, _ in sink.received if p["event_type"] == "it_license_created"]
-            raw_anywhere = any(LICENCE_KEY in codec.dumps(p).decode() for _, p, _ in sink.received)
+            received = [codec.loads(r.body) for r in sink.requests if r.verified]
+            licence = [p for p in received if p["event_type"] == "it_license_created"]
+            raw_anywhere = any(LICENCE_KEY.encode() in r.body for r in sink.requests)
             if licence:
                 echo(
                     f"licence key as FA received it: {licence[0].get('license_key')!r}"
                     f" (raw key seen anywhere: {'YES' if raw_anywhere else 'no'})"
                 )
-            echo(f"signatures verified: {sink.verified} of {sink.verified + sink.rejected_signatures}")
+            verified = len(received)
+            echo(f"signatures verified: {verified} of {verified + sink.rejected_signatures}")
             echo(f"metrics: http://127.0.0.1:{daemon.server.port}/metrics")
             daemon.stop()
             await asyncio.wait_for(task, 30)
@@ -238,7 +199,7 @@ async def _run(echo: Callable[[str], None]) -> int:
             server.cleanup()
 
 
-async def _watch(conn: asyncpg.Connection, sink: DemoSink, echo: Callable[[str], None]) -> int:
+async def _watch(conn: asyncpg.Connection, sink: Sink, echo: Callable[[str], None]) -> int:
     """Print each delivery when it settles; 0 once every routed one is delivered."""
     echo(f"{'event':34} {'subscriber':10} {'status':9} {'attempts':>8} {'latency':>9}")
     shown: set[tuple[str, str]] = set()

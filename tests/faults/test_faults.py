@@ -179,9 +179,7 @@ async def test_a_subscriber_down_for_10s_then_back(
         # PF-10 gets all 500 while HR is still down: it is not held up by HR.
         await sink.wait_for(lambda r: len(r) >= 500, within=30)
         await asyncio.sleep(max(0.0, 10 - (time.monotonic() - started)))  # HR stays down 10 s in all
-        back = Sink()
-        back.port = port
-        await _start_on(back, port)
+        back = await Sink().start(port)
         await back.wait_for(lambda r: len({x.headers["webhook-id"] for x in r}) >= 500, within=60)
         assert proc.poll() is None
     finally:
@@ -189,17 +187,6 @@ async def test_a_subscriber_down_for_10s_then_back(
     assert_complete(sink, ids, ("/pf-10",), max_duplicates=0)
     assert {r.headers["webhook-id"] for r in back.requests} == set(ids)
     await back.stop()
-
-
-async def _start_on(sink: Sink, port: int) -> None:
-    """Start a sink on a given port (the subscriber coming back at its old address)."""
-    from aiohttp import web
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", sink._handle)
-    sink._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await sink._runner.setup()
-    await web.TCPSite(sink._runner, "127.0.0.1", port, reuse_address=True).start()
 
 
 async def test_a_hanging_subscriber_does_not_hold_up_the_others(
