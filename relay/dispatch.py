@@ -165,6 +165,89 @@ class OutcomeWriter:
                 slot.release()
 
 
+class Attempts:
+    """One attempt: sign, POST, classify the response; then what the delivery becomes after it."""
+
+    def __init__(self, *, delivery: DeliverySettings, sender: Sender, metrics: Metrics) -> None:
+        self._settings = delivery
+        self._sender = sender
+        self._metrics = metrics
+
+    def decide(self, lane: Lane, item: ClaimedDelivery, last: Attempt, attempts: int) -> DeliveryResult:
+        """The delivery's next state after `last`; counted, and logged unless delivered."""
+        decision = retry.decide(
+            last.outcome,
+            item.failed_rounds,
+            self._settings.retry_schedule_s,
+            retry_after=last.retry_after_s,
+            retry_after_max=self._settings.retry_after_max_s,
+            jitter=self._settings.jitter,
+        )
+        self._observe_circuit(lane, last)
+        lane.outcomes[decision.outcome].inc()
+        if decision.outcome == "delivered":
+            # The hot path: no log line per success (metrics and the delivery log record it).
+            self._metrics.event_latency.observe((datetime.now(UTC) - item.journaled_at).total_seconds())
+        else:
+            fields = {
+                "event_id": str(item.event_id),
+                "event_type": item.event_type,
+                "subscriber": lane.name,
+                "attempt": attempts,
+                "status": last.status,
+                "error": last.error,
+            }
+            if decision.outcome == "retry":
+                log.info("delivery failed, will retry", retry_in_s=round(decision.wait_s or 0, 1), **fields)
+            else:
+                log.warning("delivery dead", **fields)
+        return DeliveryResult(
+            event_id=item.event_id,
+            subscriber=lane.name,
+            status=STATUS_AFTER[decision.outcome],
+            attempts=attempts,
+            failed_rounds=decision.failed_rounds,
+            retry_in_s=decision.wait_s,
+            last_status=last.status,
+            last_error=last.error,
+        )
+
+    def _observe_circuit(self, lane: Lane, last: Attempt) -> None:
+        lane.breaker.record(last.outcome != "retry", time.monotonic())
+        is_open = lane.breaker.state != "closed"  # half-open (probing) is not closed yet
+        if is_open != lane.circuit_reported_open:
+            lane.circuit_reported_open = is_open
+            self._metrics.circuit_open.labels(lane.name).set(1 if is_open else 0)
+            log.warning("circuit " + ("opened: claims paused" if is_open else "closed"), subscriber=lane.name)
+
+    async def attempt(self, lane: Lane, item: ClaimedDelivery, attempt: int) -> Attempt:
+        now = datetime.now(UTC)
+        contract = REGISTRY.get(item.event_type) if lane.cloudevents else None
+        headers = signing.headers(
+            event_id=str(item.event_id),
+            event_type=item.event_type,
+            body=item.body,
+            secrets=lane.secrets,
+            attempt=attempt,
+            at=now,
+            cloudevents=lane.cloudevents,
+            publisher=contract.publisher if contract else "",
+            journaled_at=item.journaled_at,
+        )
+        started = time.perf_counter()
+        try:
+            response = await self._sender.post(lane.url, item.body, headers, lane.timeout_s)
+        except SendError as exc:
+            return Attempt("retry", None, str(exc), None)
+        finally:
+            lane.duration.observe(time.perf_counter() - started)
+        outcome = retry.classify(response.status)
+        if outcome == "delivered":
+            return Attempt(outcome, response.status, None, None)
+        wait = retry.retry_after_s(response.headers, now) if outcome == "retry" else None
+        return Attempt(outcome, response.status, f"HTTP {response.status}", wait)
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -181,8 +264,6 @@ class Dispatcher:
         self._pool = pool
         self._heartbeats = heartbeats or Heartbeats()
         self._settings = delivery
-        self._sender = sender
-        self._metrics = metrics
         self._owner = owner
         self._poll_interval_s = poll_interval_s
         self.lanes = {
@@ -200,6 +281,7 @@ class Dispatcher:
             for name, conf in subscribers.items()
             if conf.enabled
         }
+        self._attempts = Attempts(delivery=delivery, sender=sender, metrics=metrics)
         self._slots = Slots(delivery.concurrency, self.wake)
         self._writer = OutcomeWriter(pool, owner)
         self._tasks: dict[asyncio.Task[None], tuple[UUID, str]] = {}
@@ -318,7 +400,7 @@ class Dispatcher:
         try:
             while True:
                 attempts += 1
-                last = await self._attempt(lane, item, attempts)
+                last = await self._attempts.attempt(lane, item, attempts)
                 retried = attempts - item.attempts - 1
                 if (
                     not last.quick_retry
@@ -327,7 +409,7 @@ class Dispatcher:
                 ):
                     break
                 await asyncio.sleep(self._settings.inprocess_retry_wait_s)
-            self._writer.put(self._decide(lane, item, last, attempts), slot)
+            self._writer.put(self._attempts.decide(lane, item, last, attempts), slot)
         except asyncio.CancelledError:
             if attempts == item.attempts:
                 await self._release_lease(item)
@@ -355,80 +437,6 @@ class Dispatcher:
             # path (a released lease, a bug) it is released here.
             if not slot.queued:
                 slot.release()
-
-    def _decide(self, lane: Lane, item: ClaimedDelivery, last: Attempt, attempts: int) -> DeliveryResult:
-        """The delivery's next state after `last`; counted, and logged unless delivered."""
-        decision = retry.decide(
-            last.outcome,
-            item.failed_rounds,
-            self._settings.retry_schedule_s,
-            retry_after=last.retry_after_s,
-            retry_after_max=self._settings.retry_after_max_s,
-            jitter=self._settings.jitter,
-        )
-        self._observe_circuit(lane, last)
-        lane.outcomes[decision.outcome].inc()
-        if decision.outcome == "delivered":
-            # The hot path: no log line per success (metrics and the delivery log record it).
-            self._metrics.event_latency.observe((datetime.now(UTC) - item.journaled_at).total_seconds())
-        else:
-            fields = {
-                "event_id": str(item.event_id),
-                "event_type": item.event_type,
-                "subscriber": lane.name,
-                "attempt": attempts,
-                "status": last.status,
-                "error": last.error,
-            }
-            if decision.outcome == "retry":
-                log.info("delivery failed, will retry", retry_in_s=round(decision.wait_s or 0, 1), **fields)
-            else:
-                log.warning("delivery dead", **fields)
-        return DeliveryResult(
-            event_id=item.event_id,
-            subscriber=lane.name,
-            status=STATUS_AFTER[decision.outcome],
-            attempts=attempts,
-            failed_rounds=decision.failed_rounds,
-            retry_in_s=decision.wait_s,
-            last_status=last.status,
-            last_error=last.error,
-        )
-
-    def _observe_circuit(self, lane: Lane, last: Attempt) -> None:
-        lane.breaker.record(last.outcome != "retry", time.monotonic())
-        is_open = lane.breaker.state != "closed"  # half-open (probing) is not closed yet
-        if is_open != lane.circuit_reported_open:
-            lane.circuit_reported_open = is_open
-            self._metrics.circuit_open.labels(lane.name).set(1 if is_open else 0)
-            log.warning("circuit " + ("opened: claims paused" if is_open else "closed"), subscriber=lane.name)
-
-    async def _attempt(self, lane: Lane, item: ClaimedDelivery, attempt: int) -> Attempt:
-        now = datetime.now(UTC)
-        contract = REGISTRY.get(item.event_type) if lane.cloudevents else None
-        headers = signing.headers(
-            event_id=str(item.event_id),
-            event_type=item.event_type,
-            body=item.body,
-            secrets=lane.secrets,
-            attempt=attempt,
-            at=now,
-            cloudevents=lane.cloudevents,
-            publisher=contract.publisher if contract else "",
-            journaled_at=item.journaled_at,
-        )
-        started = time.perf_counter()
-        try:
-            response = await self._sender.post(lane.url, item.body, headers, lane.timeout_s)
-        except SendError as exc:
-            return Attempt("retry", None, str(exc), None)
-        finally:
-            lane.duration.observe(time.perf_counter() - started)
-        outcome = retry.classify(response.status)
-        if outcome == "delivered":
-            return Attempt(outcome, response.status, None, None)
-        wait = retry.retry_after_s(response.headers, now) if outcome == "retry" else None
-        return Attempt(outcome, response.status, f"HTTP {response.status}", wait)
 
     async def _release_lease(self, item: ClaimedDelivery) -> None:
         try:
