@@ -94,7 +94,9 @@ class Daemon:
         """Run until stop() or SIGTERM/SIGINT; raises SchemaError if the schema is too old."""
         s = self.settings
         pool = await database.create_pool(s.database)
-        sender = self._sender or make_sender(s.delivery.transport, s.delivery.concurrency)
+        sender = self._sender or make_sender(
+            s.delivery.transport, s.delivery.concurrency, s.delivery.max_response_bytes
+        )
         loop = asyncio.get_running_loop()
         c: Components | None = None
         try:

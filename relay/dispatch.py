@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -396,12 +396,12 @@ class Dispatcher:
     async def _deliver(self, item: ClaimedDelivery, slot: Slot) -> None:
         """Attempt (with quick retries), decide, queue the outcome; the slot goes with it."""
         lane = slot.lane
-        attempts = item.attempts
+        attempts = item.attempts - 1  # the claim counted the first attempt already
         try:
             while True:
                 attempts += 1
                 last = await self._attempts.attempt(lane, item, attempts)
-                retried = attempts - item.attempts - 1
+                retried = attempts - item.attempts
                 if (
                     not last.quick_retry
                     or retried >= self._settings.inprocess_retries
@@ -411,32 +411,41 @@ class Dispatcher:
                 await asyncio.sleep(self._settings.inprocess_retry_wait_s)
             self._writer.put(self._attempts.decide(lane, item, last, attempts), slot)
         except asyncio.CancelledError:
-            if attempts == item.attempts:
+            if attempts < item.attempts:
                 await self._release_lease(item)
             else:
                 # Attempted but unfinished at shutdown: record the attempts, retry at once.
-                self._writer.put(
-                    DeliveryResult(
-                        event_id=item.event_id,
-                        subscriber=lane.name,
-                        status="pending",
-                        attempts=attempts,
-                        failed_rounds=item.failed_rounds,
-                        retry_in_s=0.0,
-                        last_status=None,
-                        last_error="interrupted by shutdown",
-                    ),
-                    slot,
-                )
+                self._writer.put(self._unfinished(item, attempts, 0.0, "interrupted by shutdown"), slot)
             raise
-        except Exception:
-            # A bug, not a delivery outcome: keep the lane going; the lease expires and it is retried.
+        except Exception as exc:
+            # A bug, not a delivery outcome: recorded as a retry with an internal: error, so the
+            # attempt count, the schedule and the operator all see it; the lane goes on.
             log.exception("delivery failed unexpectedly", event_id=str(item.event_id), subscriber=lane.name)
+            wait = self._settings.retry_schedule_s[
+                min(item.failed_rounds, len(self._settings.retry_schedule_s) - 1)
+            ]
+            result = self._unfinished(
+                item, max(attempts, item.attempts), wait, f"internal: {type(exc).__name__}"
+            )
+            self._writer.put(replace(result, failed_rounds=item.failed_rounds + 1), slot)
         finally:
             # Queued with its outcome, the slot is released once that is written; on any other
-            # path (a released lease, a bug) it is released here.
+            # path (a released lease) it is released here.
             if not slot.queued:
                 slot.release()
+
+    @staticmethod
+    def _unfinished(item: ClaimedDelivery, attempts: int, retry_in_s: float, error: str) -> DeliveryResult:
+        return DeliveryResult(
+            event_id=item.event_id,
+            subscriber=item.subscriber,
+            status="pending",
+            attempts=attempts,
+            failed_rounds=item.failed_rounds,
+            retry_in_s=retry_in_s,
+            last_status=None,
+            last_error=error,
+        )
 
     async def _release_lease(self, item: ClaimedDelivery) -> None:
         try:

@@ -84,6 +84,7 @@ class ClaimedDelivery:
     event_id: UUID
     subscriber: str
     event_type: str
+    # The number of the attempt this claim is for (the claim counted it).
     attempts: int
     failed_rounds: int
     body: bytes

@@ -30,13 +30,14 @@ def retry_after_s(headers: Mapping[str, str], now: datetime) -> float | None:
     value = headers.get("retry-after")
     if value is None:
         return None
-    value = value.strip()
-    if value.isdigit():
+    value = value.strip(" \t")  # OWS is spaces and tabs only
+    # RFC 9110: delay-seconds is 1*DIGIT, ASCII only ("²".isdigit() is True in Python).
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None  # not an HTTP-date either: the normal schedule applies
     if when.tzinfo is None:
         return None
     return max(0.0, (when - now).total_seconds())

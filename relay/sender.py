@@ -21,6 +21,9 @@ _USERINFO = re.compile(r"//[^/@\s]+@")
 class Response:
     status: int
     headers: Mapping[str, str]
+    # The start of the body, at most delivery.max_response_bytes: a subscriber cannot make the
+    # relay hold more than that per request, whatever it sends.
+    body: bytes = b""
 
 
 class SendError(RelayError):
@@ -42,8 +45,9 @@ def describe(exc: BaseException) -> str:
 class AiohttpSender:
     """Bare aiohttp: the fastest client measured here (README, Benchmarks), so the default."""
 
-    def __init__(self, max_connections: int = 100) -> None:
+    def __init__(self, max_connections: int = 100, max_response_bytes: int = 65536) -> None:
         self._max_connections = max_connections
+        self._max_response_bytes = max_response_bytes
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
@@ -65,9 +69,12 @@ class AiohttpSender:
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
                 allow_redirects=False,
             ) as response:
-                # Drain what the subscriber sends, so the connection can be reused.
-                await response.read()
-                return Response(response.status, {k.lower(): v for k, v in response.headers.items()})
+                body = await response.content.read(self._max_response_bytes + 1)
+                if len(body) > self._max_response_bytes or not response.content.at_eof():
+                    # More than we keep: drop the rest with the connection rather than read it.
+                    response.close()
+                    body = body[: self._max_response_bytes]
+                return Response(response.status, {k.lower(): v for k, v in response.headers.items()}, body)
         except TimeoutError:
             raise SendError(f"timeout after {timeout_s:g}s") from None
         except (OSError, aiohttp.ClientError) as exc:
@@ -78,16 +85,22 @@ class AiohttpSender:
             await self._session.close()
 
 
-def make_sender(transport: Transport, max_connections: int) -> Sender:
+def make_sender(transport: Transport, max_connections: int, max_response_bytes: int = 65536) -> Sender:
     if transport == "aiohttp":
-        return AiohttpSender(max_connections)
-    return HttpxSender(transport, max_connections)
+        return AiohttpSender(max_connections, max_response_bytes)
+    return HttpxSender(transport, max_connections, max_response_bytes)
 
 
 class HttpxSender:
     """httpx.AsyncClient, over aiohttp (httpx-aiohttp) or httpx's own transport."""
 
-    def __init__(self, transport: Transport = "httpx-aiohttp", max_connections: int = 100) -> None:
+    def __init__(
+        self,
+        transport: Transport = "httpx-aiohttp",
+        max_connections: int = 100,
+        max_response_bytes: int = 65536,
+    ) -> None:
+        self._max_response_bytes = max_response_bytes
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         if transport == "httpx-aiohttp":
             from httpx_aiohttp import AiohttpTransport
@@ -101,10 +114,18 @@ class HttpxSender:
     async def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Response:
         try:
             # httpx's timeout is per phase; the outer one bounds a subscriber that drips bytes.
-            async with asyncio.timeout(timeout_s):
-                response = await self._client.post(
-                    url, content=body, headers=dict(headers), timeout=timeout_s
-                )
+            async with (
+                asyncio.timeout(timeout_s),
+                self._client.stream(
+                    "POST", url, content=body, headers=dict(headers), timeout=timeout_s
+                ) as response,
+            ):
+                kept = bytearray()
+                async for chunk in response.aiter_raw():
+                    kept += chunk[: self._max_response_bytes + 1 - len(kept)]
+                    if len(kept) > self._max_response_bytes:
+                        break  # leaving the block closes the response and its connection
+                status, response_headers = response.status_code, response.headers
         except TimeoutError:
             raise SendError(f"timeout after {timeout_s:g}s") from None
         except httpx.TimeoutException:
@@ -113,7 +134,11 @@ class HttpxSender:
             raise SendError(describe(exc)) from None
         except (OSError, aiohttp.ClientError) as exc:
             raise SendError(describe(exc)) from None
-        return Response(response.status_code, {k.lower(): v for k, v in response.headers.items()})
+        return Response(
+            status,
+            {k.lower(): v for k, v in response_headers.items()},
+            bytes(kept[: self._max_response_bytes]),
+        )
 
     async def aclose(self) -> None:
         await self._client.aclose()

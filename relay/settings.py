@@ -151,6 +151,13 @@ class DeliverySettings(Section):
     circuit_failure_threshold: PositiveInt = 5
     circuit_cooldown_s: PositiveFloat = 30.0
     transport: Literal["aiohttp", "httpx-aiohttp", "httpx"] = "aiohttp"
+    # At most this much of a subscriber's response is read; the rest is discarded with the connection.
+    max_response_bytes: Annotated[int, Field(ge=0, le=16 * 1024 * 1024)] = 65536
+
+    def attempt_budget_s(self, timeout_s: float) -> float:
+        """The longest one claim can take: every quick retry timing out, and the waits between."""
+        retries = self.inprocess_retries
+        return timeout_s * (1 + retries) + self.inprocess_retry_wait_s * retries
 
 
 class RetentionSettings(Section):
@@ -282,6 +289,9 @@ def _is_webhook_secret(secret: str) -> bool:
     return len(key) >= 16
 
 
+# Time to write an outcome after the last attempt of a claim ends.
+_LEASE_MARGIN_S = 1.0
+
 _SUBSCRIBER_KEYS = {re.sub(r"[^0-9a-z]", "", s.lower()): s for s in SUBSCRIBERS}
 
 
@@ -346,6 +356,24 @@ class Settings(BaseSettings):
             else:
                 merged[canonical] = conf
         return merged
+
+    @model_validator(mode="after")
+    def _lease_outlives_attempts(self) -> Settings:
+        # A lease that ends while its request still runs lets another claim send it again, with
+        # the same attempt number: every attempt must end (and be recorded) inside its lease.
+        d = self.delivery
+        timeouts = {"delivery.timeout_s": d.timeout_s} | {
+            f"subscribers.{n}.timeout_s": s.timeout_s for n, s in self.subscribers.items() if s.timeout_s
+        }
+        key, longest = max(timeouts.items(), key=lambda kv: kv[1])
+        needed = d.attempt_budget_s(longest) + _LEASE_MARGIN_S
+        if d.lease_s < needed:
+            raise ValueError(
+                f"delivery.lease_s: {d.lease_s:g} s is shorter than a claim can take ({key} = {longest:g} s, "
+                f"{d.inprocess_retries} quick retries, {_LEASE_MARGIN_S:g} s to record the outcome): "
+                f"use at least {needed:g}"
+            )
+        return self
 
     def as_owner(self, url: str) -> Settings:
         """These settings connecting as another login (the schema owner's, for `db upgrade`)."""

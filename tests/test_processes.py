@@ -112,7 +112,7 @@ async def test_sigkill_mid_run_then_restart_completes_every_delivery(
 ) -> None:
     # Slow answers keep deliveries in flight when the process is killed.
     sink.script("/pf-10", *[Reply(200, delay_s=0.05)] * 400)
-    settings = relay_settings(relay_db, sink, ["PF-10", "HR"], delivery={"lease_s": 2.0})
+    settings = relay_settings(relay_db, sink, ["PF-10", "HR"], delivery={"lease_s": 3.0})
     config = write_config(tmp_path / "relay.toml", settings)
     proc = start_relay_process(config, tmp_path / "relay.log")
     ids = await publish_many(db, 400)

@@ -90,3 +90,18 @@ def test_breaker_opens_after_consecutive_failures_and_probes_after_cooldown() ->
     breaker.record(True, 25)
     assert str(breaker.state) == "closed"
     assert breaker.allowed(25) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["²", "١٢", "1e3", "-5", "5.5", "soon", "Mon, 99 Foo 2026 99:99:99 GMT", "", "0x10", "\u00a012"],
+)
+def test_retry_after_that_is_neither_digits_nor_an_http_date_is_ignored(value: str) -> None:
+    # RFC 9110: delay-seconds is ASCII digits; anything else (Unicode digits included) is not.
+    assert retry_after_s({"retry-after": value}, NOW) is None
+
+
+@given(st.text(max_size=40))
+def test_retry_after_never_raises(value: str) -> None:
+    result = retry_after_s({"retry-after": value}, NOW)
+    assert result is None or result >= 0

@@ -149,3 +149,22 @@ def test_subscriber_names_are_canonical(tmp_path: Path) -> None:
         f"[subscribers.audit]\nurl = 'http://a/'\nsecret = '{SECRET}'\n",
     )
     assert set(load_settings(path).subscribers) == {"FA-04", "Audit"}
+
+
+@pytest.mark.parametrize(
+    ("delivery", "subscriber_timeout", "named"),
+    [
+        ({"lease_s": 1, "timeout_s": 6}, None, "delivery.timeout_s = 6 s"),
+        ({"lease_s": 9, "timeout_s": 4, "inprocess_retries": 1}, None, "use at least 9.2"),
+        ({"lease_s": 30, "timeout_s": 5}, 40, "subscribers.FA.timeout_s = 40 s"),
+    ],
+)
+def test_a_lease_shorter_than_a_claim_can_take_is_refused(
+    delivery: dict[str, float], subscriber_timeout: float | None, named: str
+) -> None:
+    fa = {"url": "https://fa.example/hook", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}
+    if subscriber_timeout is not None:
+        fa["timeout_s"] = subscriber_timeout  # type: ignore[assignment]
+    with pytest.raises(ConfigError, match=r"delivery\.lease_s: .*") as caught:
+        load_settings(None, delivery=delivery, subscribers={"FA": fa})
+    assert named in str(caught.value)

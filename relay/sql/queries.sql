@@ -56,9 +56,11 @@ ON CONFLICT (event_id, subscriber) DO NOTHING;
 
 -- name: claim_deliveries
 -- Due deliveries of one subscriber, leased to this instance. A lease that expired (its instance
--- died) is claimed again. First attempts go out in journal order.
+-- died) is claimed again. First attempts go out in journal order. The claim counts the attempt it
+-- is for, so x-it-delivery-attempt stays true after a crash or an expired lease.
 UPDATE it_relay.deliveries d
-   SET lease_owner = $2, lease_expires_at = clock_timestamp() + make_interval(secs => $4)
+   SET lease_owner = $2, lease_expires_at = clock_timestamp() + make_interval(secs => $4),
+       attempts = d.attempts + 1
   FROM (SELECT event_id, subscriber
           FROM it_relay.deliveries
          WHERE subscriber = $1
@@ -101,9 +103,9 @@ UPDATE it_relay.deliveries d
 RETURNING d.event_id, d.subscriber;
 
 -- name: release_leases
--- Claimed but never attempted (shutdown, open circuit): back to the queue, attempts untouched.
+-- Claimed but never attempted (shutdown): back to the queue, the claim's attempt not counted.
 UPDATE it_relay.deliveries
-   SET lease_owner = NULL, lease_expires_at = NULL
+   SET lease_owner = NULL, lease_expires_at = NULL, attempts = attempts - 1
  WHERE lease_owner = $1 AND status = 'pending'
    AND (event_id, subscriber) IN (SELECT * FROM unnest($2::uuid[], $3::text[]));
 

@@ -60,7 +60,7 @@ def assert_complete(sink: Sink, ids: list[str], paths: tuple[str, ...], max_dupl
 async def test_sigkill_three_times_during_a_5k_event_run(
     tmp_path: Path, relay_db: str, db: asyncpg.Connection, sink: Sink
 ) -> None:
-    settings = relay_settings(relay_db, sink, ["PF-10", "HR"], delivery={"lease_s": 2.0})
+    settings = relay_settings(relay_db, sink, ["PF-10", "HR"], delivery={"lease_s": 3.0})
     config = write_config(tmp_path / "relay.toml", settings)
     rng = random.Random(20261127)
     ids = await publish_many(db, 5000)
@@ -229,7 +229,7 @@ async def test_two_daemons_one_killed(
     tmp_path: Path, relay_db: str, db: asyncpg.Connection, sink: Sink
 ) -> None:
     sink.script("/pf-10", *[Reply(200, delay_s=0.02)] * 3000)
-    settings = relay_settings(relay_db, sink, ["PF-10", "HR"], delivery={"lease_s": 2.0})
+    settings = relay_settings(relay_db, sink, ["PF-10", "HR"], delivery={"lease_s": 3.0})
     config = write_config(tmp_path / "relay.toml", settings)
     procs = [start_relay_process(config, tmp_path / f"relay{i}.log") for i in range(2)]
     try:
