@@ -1,53 +1,91 @@
 """Redaction of `license_key`: in parsed payloads, in raw text that is not JSON, and in log events.
 
-Pure functions, no I/O. Every path that stores, logs or sends data goes through one of these.
+Pure functions, no I/O. Every path that stores, logs or sends data goes through one of these, and
+one rule decides what a licence key is, here and in SQL (`it_relay.fold()` and friends in
+relay/sql/migrations/0004_redaction.sql apply the same steps; a shared corpus test holds them
+together):
+
+- text is *folded*: Unicode NFKD (compatibility forms and accents come apart), ß and ẞ become ss,
+  invisible characters (soft hyphen, combining marks, zero-width and BOM) are dropped, and ASCII
+  letters are lower-cased (never locale-dependent: a C-locale database folds the same way);
+- a mapping key is a licence key when its fold, without anything but [0-9a-z], contains
+  `licensekey` or `licencekey` (so `License-Key`, `licence_key`, `license_keys`,
+  `LİCENSE_KEY`, `licence_key_hash`, fullwidth letters and `lic\u200bense_key` all are);
+- a string value that assigns one (`license_key=...`, `"licence-key": "..."`, JSON inside a
+  string) is replaced whole; prose that only mentions a licence key is kept.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+import unicodedata
 from collections.abc import Mapping, MutableMapping
 from functools import lru_cache
 from typing import Any
 
 REDACTED = "[REDACTED]"
 
-# Key names are compared after lower-casing and dropping everything but letters and digits, so
-# `license_key`, `License-Key`, `LICENSEKEY` and `licenseKey` are all the same sensitive key.
-_SENSITIVE = frozenset({"licensekey"})
+_INVISIBLE = re.compile("[\u00ad\u0300-\u036f\u200b-\u200f\u2060-\u2064\ufeff]")
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
+_KEY_WORD = re.compile(r"licen[cs]ekey")
+# In folded text: the key's letters (a few separators allowed between them), any suffix, an
+# optional closing quote or escape, then ':' or '='. The same expression is in the SQL.
+_S = r"[^0-9a-z]{0,3}"
+# After "key": the rest of the key's name (a suffix, spaces), then quotes, escapes or spaces.
+_REST = r"""[^"'\n:=]{0,32}["'\\\s]{0,4}"""
+_ASSIGNMENT = re.compile(
+    rf"l{_S}i{_S}c{_S}e{_S}n{_S}[cs]{_S}e[^0-9a-z]{{0,8}}k{_S}e{_S}y{_REST}[:=]"
+)
+# Anything that could fold to the start of a licence key: non-ASCII text, escapes, or the
+# letters l, i, c, e, n in order with anything but letters and digits between them. Text without
+# any of these provably holds no licence key by the rules above (a cheap skip, never a guess).
+_MAY_MENTION = re.compile(r"[^\x00-\x7f]|\\|l[^0-9a-z]*i[^0-9a-z]*c[^0-9a-z]*e[^0-9a-z]*n", re.IGNORECASE)
+_MAY_MENTION_BYTES = re.compile(rb"[^\x00-\x7f]|\\|l[^0-9a-z]*i[^0-9a-z]*c[^0-9a-z]*e[^0-9a-z]*n", re.IGNORECASE)
 
-# For text that is not JSON: a key spelled in any of the ways above (or with JSON \u escapes
-# between the words), an optional closing quote, a separator, then the value up to the end of
-# its quoted string (or the end of the text when the quote is never closed) or the next
-# delimiter when unquoted.
+# For text that is not JSON: a key spelled with ASCII letters (any case, separators or JSON \u
+# escapes between the words), an optional closing quote, a separator, then the value up to the end
+# of its quoted string (or of the text when the quote is never closed) or the next delimiter.
 _TEXT_PATTERN = re.compile(
-    r"""(?P<key>license(?:[^0-9a-z"'\n]|\\u[0-9a-f]{4}){0,8}key["']?\s*[:=]\s*)"""
+    r"""(?P<key>licen[cs]e(?:[^0-9a-z"'\n]|\\u[0-9a-f]{4}){0,8}key[^"'\n:=]{0,32}["'\\\s]{0,4}(?:=>|[:=])\s*)"""
     r"""(?P<value>"(?:[^"\\]|\\.)*(?:"|\\?$)|'(?:[^'\\]|\\.)*(?:'|\\?$)|[^\s,;&}\]]+)""",
     re.IGNORECASE | re.DOTALL,
 )
+_SCRUBBED = re.compile(
+    r"""licen[cs]e(?:[^0-9a-z"'\n]|\\u[0-9a-f]{4}){0,8}key[^"'\n:=]{0,32}["'\\\s]{0,4}(?:=>|[:=])\s*"\[REDACTED\]\"""",
+    re.IGNORECASE,
+)
+_JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
+
+
+def fold(text: str) -> str:
+    """The folded form every licence-key rule reads (see the module's docstring)."""
+    text = unicodedata.normalize("NFKD", text).replace("ß", "ss").replace("ẞ", "ss")
+    return _INVISIBLE.sub("", text).translate(_ASCII_LOWER)
 
 
 @lru_cache(maxsize=4096)
 def is_sensitive_key(key: str) -> bool:
-    """True when a mapping key names the licence key in any casing or separator style."""
-    return _NON_ALNUM.sub("", key.lower()) in _SENSITIVE
+    """True when a mapping key names a licence key (either spelling, any suffix, any disguise)."""
+    return _KEY_WORD.search(_NON_ALNUM.sub("", fold(key))) is not None
+
+
+def assigns_key(text: str) -> bool:
+    """True when a string gives a licence key a value (`license_key=...`, embedded JSON, ...)."""
+    return may_mention_licence(text) and _ASSIGNMENT.search(fold(text)) is not None
 
 
 def may_mention_licence(text: str | bytes) -> bool:
-    """Cheap pre-check: text that never spells 'licen' in any case has no licence key to redact.
-
-    JSON can escape letters as \\uXXXX, so a backslash-u also counts as a possible mention.
-    """
+    """Cheap pre-check, implied by the rules: False only for text that cannot hold a licence key."""
     if isinstance(text, bytes):
-        raw = text.lower()
-        return b"licen" in raw or b"\\u" in raw
-    lowered = text.lower()
-    return "licen" in lowered or "\\u" in lowered
+        return _MAY_MENTION_BYTES.search(text) is not None
+    return _MAY_MENTION.search(text) is not None
 
 
 def redact(value: Any) -> Any:
-    """A deep copy of a JSON-like value with every licence key's value replaced by REDACTED."""
+    """A deep copy of a JSON-like value: every licence key's value, and every string assigning
+    one, replaced by REDACTED."""
     if isinstance(value, Mapping):
         return {
             k: (REDACTED if isinstance(k, str) and is_sensitive_key(k) else redact(v))
@@ -55,12 +93,36 @@ def redact(value: Any) -> Any:
         }
     if isinstance(value, list | tuple):
         return [redact(v) for v in value]
+    if isinstance(value, str) and assigns_key(value):
+        return REDACTED
     return value
 
 
 def scrub_text(text: str) -> str:
-    """Replace licence key values in text that may not be valid JSON (logs, rejected payloads)."""
-    return _TEXT_PATTERN.sub(lambda m: f'{m.group("key")}"{REDACTED}"', text)
+    """Text that may not be valid JSON (logs, rejected notifications), licence key values replaced.
+
+    When a licence key might survive the pattern (spelled with characters it does not know), the
+    text is withheld whole: only its length and a hash are kept.
+    """
+    if not may_mention_licence(text):
+        return text
+    scrubbed = _TEXT_PATTERN.sub(lambda m: f'{m.group("key")}"{REDACTED}"', text)
+    residue = _SCRUBBED.sub("", scrubbed)
+    decoded = _JSON_ESCAPE.sub(_decode_escape, residue)
+    if _KEY_WORD.search(_NON_ALNUM.sub("", fold(decoded))) and _ASSIGNMENT.search(fold(decoded)):
+        return withheld(text)
+    return scrubbed
+
+
+def withheld(text: str) -> str:
+    """What is kept of text that cannot be shown: its length and a digest, never its content."""
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"[WITHHELD: {len(text)} characters that may hold a licence key; sha256 {digest}]"
+
+
+def _decode_escape(match: re.Match[str]) -> str:
+    char = chr(int(match.group(1), 16))
+    return char if not 0xD800 <= ord(char) <= 0xDFFF else ""
 
 
 def scrub_bytes(data: bytes) -> str:

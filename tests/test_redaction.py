@@ -115,10 +115,10 @@ def test_exceptions_from_parsing_never_carry_the_key(key: str) -> None:
     assert not _leaks(key, repr(info.value))
 
 
-def test_redact_is_deep_and_leaves_other_keys_alone() -> None:
-    value = {"a": [{"LicenseKey": "s"}, {"license_keys": "kept"}], "b": {"license-key": {"x": 1}}}
+def test_redact_is_deep_and_covers_suffixed_keys() -> None:
+    value = {"a": [{"LicenseKey": "s"}, {"license_keys": "s2"}], "b": {"license-key": {"x": 1}}}
     assert redact(value) == {
-        "a": [{"LicenseKey": REDACTED}, {"license_keys": "kept"}],
+        "a": [{"LicenseKey": REDACTED}, {"license_keys": REDACTED}],
         "b": {"license-key": REDACTED},
     }
     assert is_sensitive_key("LICENSE_KEY") and not is_sensitive_key("license")
