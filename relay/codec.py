@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -21,6 +22,26 @@ EVENT_ID_NAMESPACE = uuid.UUID("6f1d3c52-8a0e-5b0e-9c1e-2d0f4e7a9b31")
 
 class JSONError(RelayError, ValueError):
     """The text is not a JSON document this relay accepts (the message never quotes it)."""
+
+    reason = "not_json"
+
+
+class TooDeep(JSONError):
+    """Containers nested beyond MAX_DEPTH."""
+
+    reason = "too_deep"
+
+
+class TooLarge(JSONError):
+    """A document over MAX_DOCUMENT_BYTES, or a number with more than MAX_NUMBER_DIGITS digits."""
+
+    reason = "too_large"
+
+
+class InvalidText(JSONError):
+    """Not text the relay can keep: invalid UTF-8, a lone surrogate, or NUL."""
+
+    reason = "invalid_text"
 
 
 # Contract payloads are a few levels deep; anything far deeper is hostile, and orjson (the
@@ -50,27 +71,87 @@ def _reject_constant(name: str) -> Any:
 
 
 _INT64 = range(-(2**63), 2**63)
+# An event is a few kilobytes; a megabyte of JSON is hostile, and so is a number longer than
+# PostgreSQL writes any double as (1e308 comes back from jsonb as 309 digits) and shorter than
+# Python's refusal to convert (4,300 digits), which would otherwise surface as a traceback.
+MAX_DOCUMENT_BYTES = 1024 * 1024
+MAX_NUMBER_DIGITS = 4000
+# What could decode to a lone surrogate or NUL: the characters themselves, or their escapes.
+_SUSPECT_TEXT = re.compile(r"[\ud800-\udfff\x00]|\\u(?:[dD][89a-fA-F][0-9a-fA-F]{2}|0000)")
+
+
+def _number(text: str, make: Any) -> Any:
+    if len(text) > MAX_NUMBER_DIGITS:
+        raise TooLarge(f"a number with more than {MAX_NUMBER_DIGITS} digits")
+    return make(text)
 
 
 def _parse_int(text: str) -> int | Decimal:
     # Integers beyond 64 bits stay exact as Decimal, which `dumps` can write (orjson cannot).
-    value = int(text)
+    value = _number(text, int)
     return value if value in _INT64 else Decimal(text)
 
 
+def _parse_float(text: str) -> Decimal:
+    return _number(text, Decimal)  # type: ignore[no-any-return]
+
+
 def loads(data: str | bytes) -> Any:
-    """Parse JSON, keeping non-integer numbers as exact decimals; NaN/Infinity are rejected."""
+    """Parse JSON, keeping non-integer numbers as exact decimals; NaN/Infinity are rejected.
+
+    Raises JSONError, or the subclass saying why: TooDeep, TooLarge, InvalidText.
+    """
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise TooLarge(f"more than {MAX_DOCUMENT_BYTES} bytes")
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidText("not valid UTF-8") from None
     try:
-        return json.loads(data, parse_float=Decimal, parse_int=_parse_int, parse_constant=_reject_constant)
+        value = json.loads(
+            data, parse_float=_parse_float, parse_int=_parse_int, parse_constant=_reject_constant
+        )
     except JSONError:
         raise
     except RecursionError:
-        raise JSONError("nested too deeply") from None
-    except UnicodeDecodeError:
-        raise JSONError("not valid UTF-8") from None
+        raise TooDeep("nested too deeply") from None
     except json.JSONDecodeError as exc:
         # exc.msg is the parser's reason without the document; the position is safe to show.
         raise JSONError(f"{exc.msg.removesuffix(' at')} (position {exc.pos})") from None
+    if _SUSPECT_TEXT.search(data) and not _storable(value):
+        raise InvalidText("a lone surrogate or NUL in a string")
+    return value
+
+
+def _storable(value: Any) -> bool:
+    """No string (key or value) holds a lone surrogate or NUL; only asked when the text hints so."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str) and not _storable_str(item):
+            return False
+    return True
+
+
+def _storable_str(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def storable_text(text: str) -> str:
+    """Text PostgreSQL can hold: lone surrogates and NUL written as escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\u0000")
 
 
 def _default(value: Any) -> Any:

@@ -31,10 +31,10 @@ def classify(raw: str) -> NotifiedEvent | Rejection | None:
     except codec.JSONError:
         result = parse_event(raw)
         assert isinstance(result, Rejection)
-        return replace(result, source="notify", payload=None, raw_text=scrub_text(raw))
+        return replace(result, source="notify", payload=None, raw_text=codec.storable_text(scrub_text(raw)))
     if codec.too_deep(value):
         return Rejection(
-            reason="schema",
+            reason="too_deep",
             errors=(f"$: nested deeper than {codec.MAX_DEPTH} levels",),
             source="notify",
             raw_text=scrub_text(raw[:NOTIFY_LIMIT_BYTES]),
@@ -68,6 +68,17 @@ def unprocessable(raw: str, exc: Exception) -> Rejection:
     return Rejection(
         reason="schema",
         errors=(f"$: could not be processed ({type(exc).__name__})",),
+        source="notify",
+        raw_text=scrub_text(raw[:NOTIFY_LIMIT_BYTES]),
+    )
+
+
+def unknown_stub(raw: str) -> Rejection:
+    """An id-only notification naming no journaled event: there is nothing to deliver."""
+    event_id, _ = announced_id(raw)
+    return Rejection(
+        reason="schema",
+        errors=(f"$: names event {event_id}, which is not in the journal, and carries no payload",),
         source="notify",
         raw_text=scrub_text(raw[:NOTIFY_LIMIT_BYTES]),
     )

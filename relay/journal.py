@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime
@@ -58,10 +59,15 @@ async def record_rejected(conn: asyncpg.Connection, rejections: Sequence[Rejecti
         [r.reason for r in rejections],
         [codec.dumps(list(r.errors)).decode() for r in rejections],
         [None if r.payload is None else codec.dumps(r.payload).decode() for r in rejections],
-        # PostgreSQL text cannot hold NUL; scrubbed text may still carry one from raw bytes.
-        [None if r.raw_text is None else r.raw_text.replace("\x00", "\ufffd") for r in rejections],
+        # PostgreSQL text holds neither NUL nor lone surrogates; they are kept as escapes.
+        [None if r.raw_text is None else codec.storable_text(r.raw_text) for r in rejections],
         [r.source for r in rejections],
     )
+
+
+# What a value the database cannot hold raises: PostgreSQL refusing it (NUL, a number beyond
+# numeric), or the encoders refusing it before it is sent (lone surrogates).
+UNSTORABLE: tuple[type[Exception], ...] = (asyncpg.DataError, TypeError, ValueError)
 
 
 async def record_rejected_safely(conn: asyncpg.Connection, rejection: Rejection) -> None:
@@ -69,9 +75,10 @@ async def record_rejected_safely(conn: asyncpg.Connection, rejection: Rejection)
     try:
         async with conn.transaction():
             await record_rejected(conn, [rejection])
-    except asyncpg.DataError:
+    except UNSTORABLE:
+        # The standard library writes any string (lone surrogates included) as ASCII escapes.
         text = (
-            codec.dumps(rejection.payload).decode()
+            json.dumps(rejection.payload, ensure_ascii=True, default=str)
             if rejection.payload is not None
             else rejection.raw_text or ""
         )

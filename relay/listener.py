@@ -17,7 +17,7 @@ from relay import codec, journal
 from relay.aio import wait_any
 from relay.database import DB_ERRORS
 from relay.health import Heartbeats
-from relay.ingest import announced_id, classify, unprocessable, untrusted
+from relay.ingest import announced_id, classify, unknown_stub, unprocessable, untrusted
 from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.model import BATCH_LIMIT, NOTIFY_LIMIT_BYTES, NotifiedEvent, Rejection
@@ -183,7 +183,7 @@ class Listener:
             try:
                 async with conn.transaction():
                     await journal.journal_notified(conn, [event])
-            except asyncpg.DataError as exc:
+            except journal.UNSTORABLE as exc:
                 unstorable.append(
                     Rejection(
                         reason="schema",
@@ -203,7 +203,6 @@ class Listener:
         batch = self._inbox[:BATCH_LIMIT]
         events: list[NotifiedEvent] = []
         rejections: list[Rejection] = []
-        lanes = False
         announced = [announced_id(raw) for _, raw in batch]
         async with self._pool.acquire() as conn:
             known = await journal.journaled_ids(conn, [i for i, _ in announced if i is not None])
@@ -227,13 +226,13 @@ class Listener:
             elif isinstance(item, Rejection):
                 rejections.append(item)
             else:
-                lanes = True
+                rejections.append(unknown_stub(raw))
         async with self._pool.acquire() as conn:
             try:
                 async with conn.transaction():
                     await journal.journal_notified(conn, events)
                     await journal.record_rejected(conn, rejections)
-            except asyncpg.DataError:
+            except journal.UNSTORABLE:
                 # Something PostgreSQL cannot store (a \u0000 in text, a number beyond numeric):
                 # one poisoned notification must not block the batch, so go one by one.
                 rejections += await self._one_by_one(conn, events, rejections)

@@ -35,14 +35,14 @@ _KEY_WORD = re.compile(r"licen[cs]ekey")
 _S = r"[^0-9a-z]{0,3}"
 # After "key": the rest of the key's name (a suffix, spaces), then quotes, escapes or spaces.
 _REST = r"""[^"'\n:=]{0,32}["'\\\s]{0,4}"""
-_ASSIGNMENT = re.compile(
-    rf"l{_S}i{_S}c{_S}e{_S}n{_S}[cs]{_S}e[^0-9a-z]{{0,8}}k{_S}e{_S}y{_REST}[:=]"
-)
+_ASSIGNMENT = re.compile(rf"l{_S}i{_S}c{_S}e{_S}n{_S}[cs]{_S}e[^0-9a-z]{{0,8}}k{_S}e{_S}y{_REST}[:=]")
 # Anything that could fold to the start of a licence key: non-ASCII text, escapes, or the
 # letters l, i, c, e, n in order with anything but letters and digits between them. Text without
 # any of these provably holds no licence key by the rules above (a cheap skip, never a guess).
 _MAY_MENTION = re.compile(r"[^\x00-\x7f]|\\|l[^0-9a-z]*i[^0-9a-z]*c[^0-9a-z]*e[^0-9a-z]*n", re.IGNORECASE)
-_MAY_MENTION_BYTES = re.compile(rb"[^\x00-\x7f]|\\|l[^0-9a-z]*i[^0-9a-z]*c[^0-9a-z]*e[^0-9a-z]*n", re.IGNORECASE)
+_MAY_MENTION_BYTES = re.compile(
+    rb"[^\x00-\x7f]|\\|l[^0-9a-z]*i[^0-9a-z]*c[^0-9a-z]*e[^0-9a-z]*n", re.IGNORECASE
+)
 
 # For text that is not JSON: a key spelled with ASCII letters (any case, separators or JSON \u
 # escapes between the words), an optional closing quote, a separator, then the value up to the end

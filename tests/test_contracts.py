@@ -189,13 +189,13 @@ def test_unknown_fields_policy() -> None:
 @pytest.mark.parametrize(
     ("raw", "reason"),
     [
-        (b"\xff\xfe not utf-8", "not_json"),
+        (b"\xff\xfe not utf-8", "invalid_text"),
         (b"{not json", "not_json"),
         (b"[1, 2]", "not_an_object"),
         (b'"text"', "not_an_object"),
         (b'{"event_type": "it_coffee_brewed"}', "unknown_event_type"),
         (b'{"no_type": 1}', "schema"),
-        (b"[" * 100_000, "not_json"),
+        (b"[" * 100_000, "too_deep"),
         (b'{"event_type": "it_ticket_created", "x": NaN}', "not_json"),
     ],
 )
@@ -211,3 +211,23 @@ def test_optional_fields_absent_stay_absent_and_nulls_stay_null() -> None:
     payload["serial_number"] = None
     out = orjson.loads(codec.dumps(_accepted(validate(payload)).payload))
     assert "po_number" not in out and out["serial_number"] is None
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('["\\ud800"]', "invalid_text"),  # a lone surrogate, escaped
+        ('{"event_type": "it_ticket_created", "subject": "a\\u0000b"}', "invalid_text"),
+        (b'{"event_type": "\xff"}', "invalid_text"),  # not UTF-8
+        ("[" + "1" * 5000 + "]", "too_large"),  # Python refuses such an int: never a traceback
+        (" " * (1024 * 1024 + 1), "too_large"),
+        ("[" * 300 + "]" * 300, "too_deep"),
+        ("[" * 10_000 + "]" * 10_000, "too_deep"),  # beyond the parser's own recursion
+        ('{"a": 1', "not_json"),
+    ],
+)
+def test_bad_text_has_its_own_reason_and_a_one_line_error(text: str | bytes, reason: str) -> None:
+    result = parse_event(text)
+    assert isinstance(result, Rejected)
+    assert result.reason == reason
+    assert len(result.errors) == 1 and "\n" not in result.errors[0]

@@ -38,7 +38,8 @@ def test_a_given_event_id_is_kept() -> None:
         ('{"license_key": "RAW", oops', "not_json"),
         ("[1, 2]", "not_an_object"),
         ('"just text"', "not_an_object"),
-        ("[" * 100 + "]" * 100, "schema"),  # deeper than the relay walks
+        ("[" * 100 + "]" * 100, "too_deep"),  # deeper than the relay walks
+        ('["\\ud800"]', "invalid_text"),  # a lone surrogate (it once stopped all ingestion)
     ],
 )
 def test_what_is_not_an_event_object_is_a_rejection(raw: str, reason: str) -> None:

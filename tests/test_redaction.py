@@ -64,6 +64,11 @@ def test_key_never_appears_in_rejections(key: str, broken: str) -> None:
     payload = example("it_license_created") | {"license_key": key} | bad
     result = parse_event(codec.dumps(payload))
     assert not isinstance(result, Accepted)
+    if result.reason == "invalid_text":  # a NUL in the key: kept as scrubbed text
+        assert isinstance(result.payload, str)
+        assert '"license_key":"[REDACTED]"' in result.payload
+        assert not _leaks(key, "\n".join(result.errors))
+        return
     text = "\n".join(result.errors) + codec.dumps(result.payload).decode()
     # The key was also put into another field, which the rejection keeps verbatim; only the
     # licence key field must be redacted, and errors must never quote any input.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from uuid import UUID
 
 from pydantic import BaseModel, ValidationError
@@ -51,7 +51,11 @@ def parse_event(raw: str | bytes | Mapping[str, Any], unknown_fields: UnknownFie
             value = codec.loads(raw)
         except codec.JSONError as exc:
             scrubbed = scrub_bytes(raw) if isinstance(raw, bytes) else scrub_text(raw)
-            return Rejection(reason="not_json", errors=(f"$: not valid JSON ({exc})",), payload=scrubbed)
+            reason = cast(RejectionReason, exc.reason)
+            what = "not valid JSON" if reason == "not_json" else reason.replace("_", " ")
+            return Rejection(
+                reason=reason, errors=(f"$: {what} ({exc})",), payload=codec.storable_text(scrubbed)
+            )
         # Text that cannot spell a licence key needs no walk through every value.
         return validate(value, unknown_fields, redacted=not may_mention_licence(raw))
     return validate(raw, unknown_fields)
@@ -61,7 +65,7 @@ def validate(value: Any, unknown_fields: UnknownFields = "keep", *, redacted: bo
     """Validate a decoded JSON value against its contract (by its event_type)."""
     if codec.too_deep(value):
         # Before redact(), which recurses: a hostile depth must not reach any recursive walk.
-        return Rejection(reason="schema", errors=(f"$: nested deeper than {codec.MAX_DEPTH} levels",))
+        return Rejection(reason="too_deep", errors=(f"$: nested deeper than {codec.MAX_DEPTH} levels",))
     if not redacted:
         value = redact(value)
     if not isinstance(value, Mapping):
