@@ -102,21 +102,27 @@ def validate(
     if unknown_fields not in ("keep", "drop", "reject"):
         raise InputError("--unknown-fields must be keep, drop or reject")
     policy: UnknownFields = unknown_fields  # type: ignore[assignment]
+    invalid = _report(list(_documents(_read_input(source))), policy, quiet=False)
+    raise typer.Exit(1 if invalid else 0)
+
+
+def _report(documents: list[Any], policy: UnknownFields, *, quiet: bool) -> int:
+    """Validate each document, print one line per problem (and per valid one unless quiet);
+    returns how many are invalid."""
+    if not documents:
+        raise InputError("no events in the input")
     invalid = 0
-    count = 0
-    for index, document in enumerate(_documents(_read_input(source))):
-        count += 1
+    for index, document in enumerate(documents):
         result = parse_event(document, policy)
         if isinstance(result, Accepted):
-            typer.echo(f"[{index}] ok {result.event_type}")
+            if not quiet:
+                typer.echo(f"[{index}] ok {result.event_type}")
             continue
         invalid += 1
         for error in result.errors:
             typer.echo(f"[{index}] {error}")
-    if count == 0:
-        raise InputError("no events in the input")
-    typer.echo(f"{count - invalid} valid, {invalid} invalid", err=True)
-    raise typer.Exit(1 if invalid else 0)
+    typer.echo(f"{len(documents) - invalid} valid, {invalid} invalid", err=True)
+    return invalid
 
 
 class SchemaFormat(StrEnum):
@@ -255,10 +261,18 @@ def emit(
         str, typer.Argument(metavar="FILE|-", help="Events as JSON, a JSON array or JSON lines.")
     ],
     config: ConfigOption = None,
+    no_validate: Annotated[
+        bool, typer.Option("--no-validate", help="Publish even events the contracts reject.")
+    ] = False,
 ) -> None:
-    """Publish events through it_relay.publish (one transaction); prints their event ids."""
+    """Publish events through it_relay.publish (one transaction); prints their event ids.
+
+    Every event is validated first, as `validate` does: if one is invalid, none is published.
+    """
     settings = _settings(config)
     documents = list(_documents(_read_input(source)))
+    if not no_validate and _report(documents, "keep", quiet=True):
+        raise typer.Exit(1)
     for index, document in enumerate(documents):
         if not isinstance(document, dict):
             raise InputError(f"[{index}] not a JSON object")

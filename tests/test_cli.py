@@ -138,3 +138,30 @@ def test_usage_errors_exit_2_without_traceback(args: list[str]) -> None:
     result = run(*args)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
+
+
+HOSTILE_FILES = {
+    "a 5,000-digit integer": b'{"event_type": "it_ticket_created", "n": ' + b"1" * 5000 + b"}",
+    "a lone surrogate": b'{"event_type": "it_ticket_created", "n": "\\ud800"}',
+    "300-deep nesting": b"[" * 300 + b"]" * 300,
+    "10,000-deep nesting": b"[" * 10_000 + b"]" * 10_000,
+    "invalid UTF-8": b'{"event_type": "\xff\xfe"}',
+    "a NUL": b'{"event_type": "it_ticket_created", "subject": "a\\u0000b"}',
+}
+
+
+@pytest.mark.parametrize("command", ["validate", "emit"])
+@pytest.mark.parametrize("what", sorted(HOSTILE_FILES))
+def test_hostile_files_get_one_line_per_problem_never_a_traceback(
+    tmp_path: Path, command: str, what: str
+) -> None:
+    path = tmp_path / "events.json"
+    path.write_bytes(HOSTILE_FILES[what])
+    # emit validates before it connects: the database in the example config is never reached.
+    extra = ["--config", str(ROOT / "config" / "relay.example.toml")] if command == "emit" else []
+    result = run(command, str(path), *extra)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[0] $: "), lines
+    assert result.stderr.strip() == "0 valid, 1 invalid"

@@ -209,6 +209,21 @@ async def test_emit_publishes_through_the_producer_api(
     assert await db.fetchval("SELECT count(*) FROM it_relay.events WHERE source = 'publish'") == 2
 
 
+async def test_emit_publishes_nothing_when_one_event_is_invalid(
+    tmp_path: Path, relay_db: str, db: asyncpg.Connection, sink: Sink
+) -> None:
+    config = write_config(tmp_path / "relay.toml", relay_settings(relay_db, sink, ["FA"]))
+    events = tmp_path / "events.json"
+    events.write_bytes(codec.dumps([example("it_asset_purchased"), {"event_type": "nope"}]))
+    refused = await cli("emit", str(events), "--config", str(config))
+    assert refused.returncode == 1
+    assert refused.stdout.splitlines() == ["[1] event_type: not an event of the IT contracts"]
+    assert await db.fetchval("SELECT count(*) FROM it_relay.events") == 0
+    forced = await cli("emit", str(events), "--config", str(config), "--no-validate")
+    assert forced.returncode == 0, forced.stderr
+    assert await db.fetchval("SELECT count(*) FROM it_relay.events") == 2
+
+
 async def test_cli_database_errors_are_one_line(tmp_path: Path, sink: Sink) -> None:
     config = write_config(
         tmp_path / "relay.toml", relay_settings("postgresql://nobody@127.0.0.1:1/none", sink, ["FA"])
