@@ -125,6 +125,34 @@ def _decode_escape(match: re.Match[str]) -> str:
     return char if not 0xD800 <= ord(char) <= 0xDFFF else ""
 
 
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"'<>]+")
+MASK = "***"
+
+
+def mask_url(url: str) -> str:
+    """A URL fit to show: the password (or a bare userinfo, often a token) and every query value
+    replaced by ***; scheme, host, path and query names kept."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, tail = rest.partition("/")
+    if "@" in authority:
+        userinfo, _, host = authority.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        authority = f"{user}:{MASK}@{host}" if colon else f"{MASK}@{host}"
+    path, question, query = (slash + tail).partition("?")
+    if question:
+        query, hash_, fragment = query.partition("#")
+        pairs = [p.partition("=") for p in query.split("&")]
+        query = "&".join(f"{k}={MASK}" if eq else k for k, eq, _ in pairs) + hash_ + fragment
+    return f"{scheme}://{authority}{path}{question}{query}"
+
+
+def mask_urls(text: str) -> str:
+    """Every URL in free text (an error message, a log line) passed through mask_url."""
+    return _URL.sub(lambda m: mask_url(m.group(0)), text) if "://" in text else text
+
+
 def scrub_bytes(data: bytes) -> str:
     """Decode bytes that may not be UTF-8 (undecodable bytes become U+FFFD), then scrub them."""
     return scrub_text(data.decode("utf-8", errors="replace"))
@@ -138,7 +166,7 @@ def structlog_processor(
         if is_sensitive_key(key):
             event_dict[key] = REDACTED
         elif isinstance(value, str):
-            event_dict[key] = scrub_text(value)
+            event_dict[key] = mask_urls(scrub_text(value))
         elif isinstance(value, Mapping | list | tuple):
             event_dict[key] = _scrub_nested(redact(value))
     return event_dict
@@ -150,5 +178,5 @@ def _scrub_nested(value: Any) -> Any:
     if isinstance(value, list):
         return [_scrub_nested(v) for v in value]
     if isinstance(value, str):
-        return scrub_text(value)
+        return mask_urls(scrub_text(value))
     return value

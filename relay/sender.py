@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -12,9 +11,9 @@ import aiohttp
 import httpx
 
 from relay.errors import RelayError
+from relay.redaction import mask_urls
 
 Transport = Literal["aiohttp", "httpx-aiohttp", "httpx"]
-_USERINFO = re.compile(r"//[^/@\s]+@")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +36,9 @@ class Sender(Protocol):
 
 
 def describe(exc: BaseException) -> str:
-    """A short reason for last_error: the exception type and message, URL credentials removed."""
+    """A short reason for last_error: the exception type and message, URL secrets masked."""
     text = str(exc) or type(exc).__name__
-    return _USERINFO.sub("//***@", f"{type(exc).__name__}: {text}")[:300]
+    return mask_urls(f"{type(exc).__name__}: {text}")[:300]
 
 
 class AiohttpSender:

@@ -37,6 +37,7 @@ from pydantic_settings import (
 
 from relay.contracts import SUBSCRIBERS, format_errors
 from relay.errors import ConfigError
+from relay.redaction import mask_url
 
 CONFIG_ENV = "IT_RELAY_CONFIG"
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -437,7 +438,7 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
 def masked(settings: Settings) -> dict[str, Any]:
     """The effective configuration as plain data, every secret shown as '**********'."""
     data = settings.model_dump(mode="json")
-    db_url = urlsplit(settings.database.url)
-    if db_url.password:
-        data["database"]["url"] = settings.database.url.replace(f":{db_url.password}@", ":**********@", 1)
+    data["database"]["url"] = mask_url(settings.database.url)
+    for name, subscriber in settings.subscribers.items():
+        data["subscribers"][name]["url"] = mask_url(str(subscriber.url))
     return data

@@ -168,3 +168,17 @@ def test_a_lease_shorter_than_a_claim_can_take_is_refused(
     with pytest.raises(ConfigError, match=r"delivery\.lease_s: .*") as caught:
         load_settings(None, delivery=delivery, subscribers={"FA": fa})
     assert named in str(caught.value)
+
+
+def test_every_secret_in_a_url_is_masked_in_check_config(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "[database]\nurl = 'postgresql://relay:s3cr3t@db:5432/encore?sslpassword=pw2'\n"
+        "[subscribers.FA]\nurl = 'https://tok3n@fa.example/hook?token=abc123&sig=def456'\n"
+        "secret = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'\n",
+    )
+    shown = str(masked(load_settings(path)))
+    for secret in ("s3cr3t", "pw2", "tok3n", "abc123", "def456", "MfKQ9r8"):
+        assert secret not in shown
+    assert "https://***@fa.example/hook?token=***&sig=***" in shown
+    assert "postgresql://relay:***@db:5432/encore?sslpassword=***" in shown
