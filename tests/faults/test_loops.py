@@ -3,6 +3,9 @@ on; a loop that stops coming round makes /readyz say which one, until it comes b
 
 from __future__ import annotations
 
+import json
+import uuid
+
 import asyncpg
 import httpx
 import pytest
@@ -26,6 +29,9 @@ async def test_a_lone_surrogate_is_rejected_and_ingestion_goes_on(
             '{"a": "\\u0000"}',
         ):
             await db.execute("SELECT pg_notify('it_events', $1)", poison)
+        # An id-only notification naming nothing in the journal: nothing to deliver, but recorded.
+        stub = {"event_id": str(uuid.uuid4()), "event_type": "it_asset_assigned"}
+        await db.execute("SELECT pg_notify('it_events', $1)", json.dumps(stub))
         legacy = example("it_asset_assigned") | {"asset_tag": "AFTER-POISON"}
         await db.execute("SELECT pg_notify('it_events', $1)", codec.dumps(legacy).decode())
         await sink.wait_for(lambda r: any(b"AFTER-POISON" in x.body for x in r))
@@ -35,8 +41,15 @@ async def test_a_lone_surrogate_is_rejected_and_ingestion_goes_on(
             lambda v: v == 3,
         )
         assert daemon.readiness() is None
+        await wait_for_rows(
+            db, "SELECT count(*) FROM it_relay.rejected_events WHERE reason = 'schema'", lambda v: v == 1
+        )
     texts = [r[0] for r in await db.fetch("SELECT raw_text FROM it_relay.rejected_events ORDER BY id")]
     assert texts[0] == '["\\ud800"]'  # kept, as escapes PostgreSQL can hold
+    errors = await db.fetchval("SELECT errors FROM it_relay.rejected_events WHERE reason = 'schema'")
+    assert errors == [
+        f"$: names event {stub['event_id']}, which is not in the journal, and carries no payload"
+    ]
 
 
 async def test_readyz_names_a_stalled_loop_until_it_comes_back(
