@@ -266,11 +266,24 @@ async def test_license_renewed_only_when_the_expiry_moves_later(ref: asyncpg.Con
         date(2027, 6, 30),
         date(2028, 6, 30),
     )
+    assert payload["renewal_cost"] == Decimal("799")
     assert (
         await caused(
             ref, lambda: ref.execute("UPDATE it_licenses SET license_count = 12 WHERE id = $1", licence)
         )
         == []
+    )
+
+
+async def test_a_renewal_without_its_cost_is_refused_not_reported_as_the_purchase_total(
+    ref: asyncpg.Connection, org: Org
+) -> None:
+    licence = await make_license(ref, org)
+    with pytest.raises(asyncpg.NotNullViolationError, match="extending expiration_date needs renewal_cost"):
+        await ref.execute("UPDATE it_licenses SET expiration_date = '2028-06-30' WHERE id = $1", licence)
+    assert (
+        await ref.fetchval("SELECT count(*) FROM it_relay.events WHERE event_type = 'it_license_renewed'")
+        == 0
     )
 
 

@@ -103,11 +103,33 @@ def validate(value: Any, unknown_fields: UnknownFields = "keep", *, redacted: bo
         return Rejection(
             reason="schema", errors=errors, payload=value, event_type=event_type, event_id=event_id
         )
-    payload = model.model_dump(mode="python", exclude_unset=True)
+    # The contract's `x?: T` is "absent or T": a null given for an optional field is accepted and
+    # left out, so subscribers see what the contract says.
+    payload = model.model_dump(mode="python", exclude_unset=True, exclude=_nulls(model) or None)
     if extras and unknown_fields == "drop":
         for path in extras:
             _delete(payload, path)
     return Accepted(contract, model.event_id, payload)
+
+
+def _nulls(model: BaseModel) -> dict[Any, Any]:
+    """An exclude spec for model_dump: every declared field given as null, at any depth."""
+    spec: dict[Any, Any] = {}
+    declared = type(model).model_fields
+    for name in model.model_fields_set & declared.keys():
+        value = getattr(model, name)
+        if value is None:
+            spec[name] = True
+        elif isinstance(value, BaseModel):
+            if inner := _nulls(value):
+                spec[name] = inner
+        elif isinstance(value, list):
+            items = {
+                i: inner for i, v in enumerate(value) if isinstance(v, BaseModel) and (inner := _nulls(v))
+            }
+            if items:
+                spec[name] = items
+    return spec
 
 
 def _extra_paths(model: BaseModel, prefix: tuple[str | int, ...]) -> Iterator[tuple[str | int, ...]]:

@@ -26,6 +26,11 @@ from pydantic import (
 )
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+# RFC 3339: a date, T (or a space), a time with optional fraction, and an offset. pydantic alone
+# would also read "20260215", "0" or "-1" as Unix times.
+TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
+DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
+_TIMESTAMP = re.compile(TIMESTAMP_PATTERN)
 
 
 def _is_date_text(value: Any) -> Any:
@@ -39,8 +44,8 @@ def _is_date_text(value: Any) -> Any:
 def _is_timestamp_text(value: Any) -> Any:
     if isinstance(value, datetime):
         return value
-    if not isinstance(value, str):
-        raise ValueError("must be an ISO 8601 timestamp with a UTC offset")
+    if not isinstance(value, str) or not _TIMESTAMP.match(value):
+        raise ValueError("must be an RFC 3339 timestamp with a UTC offset (YYYY-MM-DDThh:mm:ssZ)")
     return value
 
 
@@ -61,12 +66,16 @@ def _is_uuid_text(value: Any) -> Any:
 
 Text = StrictStr
 Uuid = Annotated[UUID, BeforeValidator(_is_uuid_text), WithJsonSchema({"type": "string", "format": "uuid"})]
-Date = Annotated[date, BeforeValidator(_is_date_text), WithJsonSchema({"type": "string", "format": "date"})]
+Date = Annotated[
+    date,
+    BeforeValidator(_is_date_text),
+    WithJsonSchema({"type": "string", "format": "date", "pattern": DATE_PATTERN}),
+]
 # ISO 8601 with an offset; a naive timestamp (no offset) is rejected by AwareDatetime.
 Timestamp = Annotated[
     AwareDatetime,
     BeforeValidator(_is_timestamp_text),
-    WithJsonSchema({"type": "string", "format": "date-time"}),
+    WithJsonSchema({"type": "string", "format": "date-time", "pattern": TIMESTAMP_PATTERN}),
 ]
 Flag = StrictBool
 Count = Annotated[StrictInt, Field(ge=0)]

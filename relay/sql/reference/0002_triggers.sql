@@ -250,12 +250,17 @@ BEGIN
     IF OLD.expiration_date IS NULL OR NEW.expiration_date IS NULL OR NEW.expiration_date <= OLD.expiration_date THEN
         RETURN NULL;
     END IF;
+    -- Finance books renewal_cost as the renewal expense: the purchase total is not a stand-in.
+    IF NEW.renewal_cost IS NULL THEN
+        RAISE EXCEPTION 'it_licenses: extending expiration_date needs renewal_cost (it_license_renewed tells Finance the renewal expense)'
+            USING ERRCODE = 'not_null_violation', COLUMN = 'renewal_cost', TABLE = 'it_licenses';
+    END IF;
     PERFORM it_publish(jsonb_build_object(
         'event_type', 'it_license_renewed',
         'license_id', NEW.id, 'software_name', NEW.software_name, 'software_vendor', NEW.software_vendor,
         'old_expiration_date', OLD.expiration_date, 'new_expiration_date', NEW.expiration_date,
         'renewal_date', coalesce(NEW.renewal_date, current_date),
-        'renewal_cost', coalesce(NEW.renewal_cost, NEW.total_cost),
+        'renewal_cost', NEW.renewal_cost,
         'renewed_by', it_actor(NEW.updated_by), 'organization_id', NEW.organization_id));
     RETURN NULL;
 END;
