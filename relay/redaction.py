@@ -85,10 +85,10 @@ def may_mention_licence(text: str | bytes) -> bool:
 
 def redact(value: Any) -> Any:
     """A deep copy of a JSON-like value: every licence key's value, and every string assigning
-    one, replaced by REDACTED."""
+    one, replaced (REDACTED for strings; see _redacted for the rest)."""
     if isinstance(value, Mapping):
         return {
-            k: (REDACTED if isinstance(k, str) and is_sensitive_key(k) else redact(v))
+            k: (_redacted(v) if isinstance(k, str) and is_sensitive_key(k) else redact(v))
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):
@@ -96,6 +96,26 @@ def redact(value: Any) -> Any:
     if isinstance(value, str) and assigns_key(value):
         return REDACTED
     return value
+
+
+def _redacted(value: Any) -> Any:
+    """What a licence key's value becomes: REDACTED for a string, null stays null (an absent key),
+    and anything else a marker of its JSON type, so `license_key: 12345` still fails validation."""
+    if isinstance(value, str):
+        return REDACTED
+    if value is None:
+        return None
+    return {"redacted": _json_type(value)}
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, Mapping):
+        return "object"
+    if isinstance(value, list | tuple):
+        return "array"
+    return "number"
 
 
 def scrub_text(text: str) -> str:

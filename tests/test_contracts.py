@@ -250,3 +250,15 @@ def test_null_for_an_optional_field_is_accepted_and_left_out() -> None:
     # A required field is not optional: null is a schema error naming it.
     rejected = _rejected(validate(example("it_ticket_created") | {"subject": None}))
     assert rejected.errors == ("subject: Input should be a valid string",)
+
+
+@pytest.mark.parametrize("key", [12345, {"k": "v"}, ["A", "B"], True])
+def test_a_licence_key_that_is_not_a_string_is_a_schema_error_that_quotes_nothing(key: object) -> None:
+    rejected = _rejected(validate(example("it_license_created") | {"license_key": key}))
+    assert rejected.errors == ("license_key: Input should be a valid string",)
+    assert "12345" not in str(rejected.payload) and "'v'" not in str(rejected.payload)
+
+
+def test_a_null_licence_key_is_no_key_at_all() -> None:
+    accepted = _accepted(validate(example("it_license_created") | {"license_key": None}))
+    assert "license_key" not in accepted.payload

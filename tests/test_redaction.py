@@ -124,7 +124,7 @@ def test_redact_is_deep_and_covers_suffixed_keys() -> None:
     value = {"a": [{"LicenseKey": "s"}, {"license_keys": "s2"}], "b": {"license-key": {"x": 1}}}
     assert redact(value) == {
         "a": [{"LicenseKey": REDACTED}, {"license_keys": REDACTED}],
-        "b": {"license-key": REDACTED},
+        "b": {"license-key": {"redacted": "object"}},  # not a string: still fails validation
     }
     assert is_sensitive_key("LICENSE_KEY") and not is_sensitive_key("license")
 

@@ -61,8 +61,12 @@ BEGIN
     WHEN 'object' THEN
         SELECT coalesce(jsonb_object_agg(
                    key,
-                   CASE WHEN it_relay.is_licence_key(key) THEN to_jsonb('[REDACTED]'::text)
-                        ELSE it_relay.redact(item) END), '{}'::jsonb)
+                   CASE WHEN NOT it_relay.is_licence_key(key) THEN it_relay.redact(item)
+                        -- A string becomes [REDACTED], null stays null (absent), anything else a
+                        -- marker of its type, so a non-string key still fails validation.
+                        WHEN jsonb_typeof(item) = 'string' THEN to_jsonb('[REDACTED]'::text)
+                        WHEN jsonb_typeof(item) = 'null' THEN item
+                        ELSE jsonb_build_object('redacted', jsonb_typeof(item)) END), '{}'::jsonb)
           INTO result
           FROM jsonb_each(value) AS e(key, item);
         RETURN result;
