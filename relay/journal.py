@@ -260,15 +260,16 @@ async def try_lead(conn: asyncpg.Connection, lock: int) -> bool:
 
 
 async def due_work(
-    conn: asyncpg.Connection, today: date, horizon_days: int, under_utilized_percent: float
+    conn: asyncpg.Connection, now: datetime, today: date, horizon_days: int, under_utilized_percent: float
 ) -> DueWork:
+    """What is due at the pass's time `now` (`today` in the scheduler's time zone)."""
     async with conn.transaction(readonly=True):
         await conn.execute(query("compliance_threshold"), str(under_utilized_percent))
         return DueWork(
             contracts=await conn.fetch(query("contract_expirations"), today, horizon_days),
             licences=await conn.fetch(query("license_expirations"), today, horizon_days),
             patches=await conn.fetch(query("patch_backlog"), today),
-            tickets=await conn.fetch(query("ticket_clocks")),
+            tickets=await conn.fetch(query("ticket_clocks"), now),
             compliance=await conn.fetch(query("license_compliance")),
             states={
                 r["license_id"]: (r["state"], r["episode"])

@@ -94,7 +94,7 @@ class Scheduler:
         s = self._settings
         today = now.astimezone(self._zone).date()
         due = await journal.due_work(
-            conn, today, max(s.expiry_milestones_days), s.compliance.under_utilized_percent
+            conn, now, today, max(s.expiry_milestones_days), s.compliance.under_utilized_percent
         )
         plan = plan_compliance(
             due.compliance, due.states, now, s.compliance.warning_percent, s.compliance.critical_percent

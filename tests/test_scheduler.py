@@ -350,3 +350,24 @@ async def test_expiry_marks_are_pruned_once_they_cannot_fire_again(
         r[0] for r in await ref.fetch("SELECT kind || ':' || milestone FROM it_relay.scheduler_marks")
     )
     assert left == [f"contract_expiring:{date.today() + timedelta(days=7)}:7", "patch_overdue:2020-01-01:30"]
+
+
+@pytest.mark.parametrize("days_from_wall_clock", [-90, -31, 0, 45])
+async def test_a_ticket_resolved_late_is_reported_whatever_the_pass_time(
+    ref_db: str, ref: asyncpg.Connection, org: Org, days_from_wall_clock: int
+) -> None:
+    # Critical: resolve within 4 h. Resolved after 8 h; the pass runs 2 h after the resolution,
+    # at a time far from the database's clock (`scheduler run-once --now`, or a long outage).
+    ticket, _ = await _ticket(ref, org, "T-LATE", priority="critical")
+    created = datetime.now(UTC).replace(microsecond=0) + timedelta(days=days_from_wall_clock)
+    await ref.execute("UPDATE it_tickets SET status = 'in_progress' WHERE id = $1", ticket)
+    await ref.execute("UPDATE it_tickets SET status = 'resolved' WHERE id = $1", ticket)
+    await ref.execute(
+        "UPDATE it_tickets SET created_at = $2::timestamptz, first_response_at = $2::timestamptz + interval '10 minutes',"
+        " resolved_at = $2::timestamptz + interval '8 hours' WHERE id = $1",
+        ticket,
+        created,
+    )
+    emitted_now = await scheduler(ref_db).run_once(ref, created + timedelta(hours=10))
+    assert [(e.payload["sla_type"], e.payload["actual_hours"]) for e in emitted_now] == [("resolution", 8)]
+    assert emitted_now[0].payload["breach_time"] == created + timedelta(hours=4)

@@ -210,9 +210,13 @@ SELECT patch_id, patch_name, severity, target_date, affected_asset_ids, affected
  WHERE target_date < $1::date;
 
 -- name: ticket_clocks
+-- Tickets whose clocks may still matter at the pass's time $1: open ones, and ones resolved in
+-- the 30 days before it (a ticket resolved late is a breach the scheduler may not have reported).
+-- Created after $1 they did not exist yet.
 SELECT ticket_id, ticket_number, priority, status, assigned_to_id, organization_id, created_at,
        first_response_at, resolved_at, pending_since, pending_seconds
-  FROM it_relay.ticket_clocks;
+  FROM it_relay.ticket_clocks
+ WHERE created_at <= $1 AND (resolved_at IS NULL OR resolved_at > $1 - interval '30 days');
 
 -- name: license_compliance
 SELECT license_id, software_name, license_count, usage_count, compliance_status, variance,

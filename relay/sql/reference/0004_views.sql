@@ -31,13 +31,12 @@ SELECT p.id AS patch_id, p.patch_name, p.severity, p.target_date,
   JOIN public.it_patch_deployments d ON d.patch_id = p.id AND d.status <> 'deployed'
  GROUP BY p.id;
 
--- Tickets whose SLA clocks may still matter: not resolved, or resolved in the last 30 days
--- (a ticket resolved late is still a breach the scheduler may not have reported yet).
+-- Every ticket's SLA clocks. Which still matter is decided by the scheduler's query against the
+-- pass's own time ($now), never the database's clock here, so --now can replay any time.
 CREATE OR REPLACE VIEW it_relay.ticket_clocks AS
 SELECT t.id AS ticket_id, t.ticket_number, t.priority, t.status, t.assigned_to_id, t.organization_id,
        t.created_at, t.first_response_at, t.resolved_at, t.pending_since, t.pending_seconds
-  FROM public.it_tickets t
- WHERE t.resolved_at IS NULL OR t.resolved_at > now() - interval '30 days';
+  FROM public.it_tickets t;
 
 REVOKE ALL ON it_relay.contract_expirations, it_relay.license_expirations, it_relay.patch_backlog,
               it_relay.ticket_clocks FROM PUBLIC;
