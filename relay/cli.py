@@ -6,7 +6,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -20,6 +20,7 @@ from relay.contracts import Accepted, UnknownFields, parse_event, routed_subscri
 from relay.daemon import Daemon
 from relay.errors import InputError, UserError
 from relay.metrics import Metrics
+from relay.planning import Emission
 from relay.redaction import redact
 from relay.scheduler import Scheduler
 from relay.schemas import asyncapi, json_schemas
@@ -202,16 +203,27 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
-LogLevel = Annotated[str | None, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
-LogFormat = Annotated[str | None, typer.Option("--log-format", help="json or console (default: auto).")]
+class Level(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+class Format(StrEnum):
+    json = "json"
+    console = "console"
+    auto = "auto"
+
+
+LogLevel = Annotated[Level | None, typer.Option("--log-level", case_sensitive=False, help="The log level.")]
+LogFormat = Annotated[Format | None, typer.Option("--log-format", help="The log format (default: auto).")]
 
 
 @app.command()
 def run(config: ConfigOption = None, log_level: LogLevel = None, log_format: LogFormat = None) -> None:
     """Run the relay daemon until SIGTERM or SIGINT."""
-    if log_format not in (None, "json", "console", "auto"):
-        raise InputError("--log-format must be json or console")
-    settings = _settings(config, log_level, log_format)
+    settings = _settings(config, log_level and log_level.value, log_format and log_format.value)
     _run(Daemon(settings).run())
 
 
@@ -372,6 +384,9 @@ def scheduler_run_once(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print what would be emitted; write nothing.")
     ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Emit even at a --now later than the database's clock.")
+    ] = False,
 ) -> None:
     """One scheduler pass: emit every time-based event due at --now that was not emitted yet."""
     settings = _settings(config)
@@ -382,11 +397,19 @@ def scheduler_run_once(
         connect=lambda: database.connect(settings.database, database.SCHEDULER_APPLICATION),
     )
 
-    emissions = _with_db(
-        settings,
-        lambda conn: scheduler.run_once(conn, when, dry_run=dry_run),
-        application=database.SCHEDULER_APPLICATION,
-    )
+    async def run_once(conn: asyncpg.Connection) -> list[Emission]:
+        if not (dry_run or force):
+            db_now = await journal.database_now(conn)
+            # A pass in the future writes events dated then and uses up their milestones for good.
+            if when > db_now + timedelta(minutes=1):
+                raise InputError(
+                    f"--now {when.isoformat()} is later than the database's clock ({db_now.isoformat()}): "
+                    "the events would be dated in the future and their milestones used up; "
+                    "add --dry-run to look, or --force"
+                )
+        return await scheduler.run_once(conn, when, dry_run=dry_run)
+
+    emissions = _with_db(settings, run_once, application=database.SCHEDULER_APPLICATION)
     verb = "would emit" if dry_run else "emitted"
     for e in emissions:
         typer.echo(f"{verb} {e.event_type} {e.entity_id} ({e.milestone})")

@@ -254,6 +254,11 @@ class DueWork:
     states: dict[UUID, tuple[str, int]]
 
 
+async def database_now(conn: asyncpg.Connection) -> datetime:
+    now: datetime = await conn.fetchval(query("database_now"))
+    return now
+
+
 async def try_lead(conn: asyncpg.Connection, lock: int) -> bool:
     """Take the scheduler's session advisory lock if it is free."""
     return bool(await conn.fetchval(query("scheduler_try_lead"), lock))

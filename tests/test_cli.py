@@ -165,3 +165,10 @@ def test_hostile_files_get_one_line_per_problem_never_a_traceback(
     lines = result.stdout.splitlines()
     assert len(lines) == 1 and lines[0].startswith("[0] $: "), lines
     assert result.stderr.strip() == "0 valid, 1 invalid"
+
+
+def test_a_bad_log_level_is_a_usage_error_not_a_traceback() -> None:
+    result = run("run", "--log-level", "verbose")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "'verbose' is not one of" in " ".join(result.stderr.split())

@@ -224,6 +224,24 @@ async def test_emit_publishes_nothing_when_one_event_is_invalid(
     assert await db.fetchval("SELECT count(*) FROM it_relay.events") == 2
 
 
+async def test_a_scheduler_pass_in_the_future_needs_dry_run_or_force(
+    tmp_path: Path, ref_db: str, sink: Sink
+) -> None:
+    config = write_config(tmp_path / "relay.toml", relay_settings(ref_db, sink, ["PF-10"]))
+    refused = await cli("scheduler", "run-once", "--config", str(config), "--now", "2099-01-01T00:00:00Z")
+    assert refused.returncode == 2
+    assert "is later than the database's clock" in refused.stderr and "--dry-run" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    looked = await cli(
+        "scheduler", "run-once", "--config", str(config), "--now", "2099-01-01T00:00:00Z", "--dry-run"
+    )
+    assert looked.returncode == 0, looked.stderr
+    forced = await cli(
+        "scheduler", "run-once", "--config", str(config), "--now", "2099-01-01T00:00:00Z", "--force"
+    )
+    assert forced.returncode == 0, forced.stderr
+
+
 async def test_cli_database_errors_are_one_line(tmp_path: Path, sink: Sink) -> None:
     config = write_config(
         tmp_path / "relay.toml", relay_settings("postgresql://nobody@127.0.0.1:1/none", sink, ["FA"])

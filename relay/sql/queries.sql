@@ -253,3 +253,6 @@ INSERT INTO it_relay.schema_version (version, name) VALUES ($1, $2);
 
 -- name: probe
 SELECT 1;
+
+-- name: database_now
+SELECT clock_timestamp();
