@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
+import json
 import os
 import re
 import tomllib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -20,6 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import (
     AnyHttpUrl,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -29,6 +33,7 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
@@ -128,10 +133,25 @@ class ServerSettings(Section):
         return int(self.listen.rpartition(":")[2])
 
 
+def _list_text(value: Any) -> Any:
+    """A list given as text (an environment variable): JSON (`[5, 30]`) or comma-separated (`5,30`)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            raise ValueError("must be a JSON list ([5, 30]) or comma-separated values (5,30)") from None
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 class DeliverySettings(Section):
     timeout_s: PositiveFloat = 10.0
     concurrency: PositiveInt = 64
-    retry_schedule_s: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1)] = [
+    retry_schedule_s: Annotated[
+        list[Annotated[float, Field(ge=0)]], Field(min_length=1), NoDecode, BeforeValidator(_list_text)
+    ] = [
         5,
         30,
         120,
@@ -218,8 +238,8 @@ def _positive_days(values: list[int]) -> list[int]:
 class SchedulerSettings(Section):
     enabled: bool = True
     interval_s: PositiveFloat = 60.0
-    expiry_milestones_days: list[int] = [90, 60, 30, 14, 7]
-    patch_overdue_days: list[int] = [1, 3, 7, 14, 30]
+    expiry_milestones_days: Annotated[list[int], NoDecode, BeforeValidator(_list_text)] = [90, 60, 30, 14, 7]
+    patch_overdue_days: Annotated[list[int], NoDecode, BeforeValidator(_list_text)] = [1, 3, 7, 14, 30]
     timezone: str = "UTC"
     sla_hours: dict[TicketPriority, SlaTarget] = Field(default_factory=_default_sla)
     compliance: ComplianceSettings = ComplianceSettings()
@@ -300,7 +320,7 @@ class IngestSettings(Section):
     # Full-payload NOTIFYs from legacy producers (it_relay.publish() notifies only ids).
     legacy: bool = True
     # Roles whose legacy NOTIFYs are trusted, checked by the sending backend's pid; [] = any role.
-    legacy_senders: list[str] = []
+    legacy_senders: Annotated[list[str], NoDecode, BeforeValidator(_list_text)] = []
 
     @field_validator("legacy_senders")
     @classmethod
@@ -425,14 +445,80 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
             "FileSettings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": config_path}}
         )
     )
+    _check_environment()
     try:
         return cls(**overrides)
     except ValidationError as exc:
-        errors = format_errors(exc.errors())
+        # A mistyped key explains the "field required" that follows it: report it first.
+        details = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        errors = [_did_you_mean(e, text) for e, text in zip(details, format_errors(details), strict=True)]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise ConfigError(f"config error: {errors[0]}{more}") from None
     except SettingsError as exc:
         raise ConfigError(f"config error: {exc}") from None
+
+
+# IT_RELAY_CONFIG names the file; IT_RELAY_TEST_* belong to the test suite, never the daemon.
+_NOT_SETTINGS = ("IT_RELAY_CONFIG", "IT_RELAY_TEST_")
+
+
+def _check_environment() -> None:
+    """Every IT_RELAY_* variable must name a setting: a typo is an error, never silently ignored."""
+    for name in sorted(os.environ):
+        upper = name.upper()
+        if not upper.startswith("IT_RELAY_") or upper.startswith(_NOT_SETTINGS):
+            continue
+        problem = _unknown_path(Settings, name[len("IT_RELAY_") :].lower().split("__"))
+        if problem is not None:
+            raise ConfigError(f"environment variable {name}: {problem}")
+
+
+def _unknown_path(model: type[BaseModel], parts: list[str]) -> str | None:
+    """What is wrong with a setting's path (section, key, ...), or None when it names one."""
+    fields = model.model_fields
+    head, rest = parts[0], parts[1:]
+    if head not in fields:
+        return _unknown(head, list(fields))
+    if not rest:
+        return None
+    annotation = fields[head].annotation
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _unknown_path(annotation, rest)
+    if typing.get_origin(annotation) is dict:
+        key_type, value_type = typing.get_args(annotation)
+        key = rest[0]
+        if head == "subscribers" and re.sub(r"[^0-9a-z]", "", key) not in _SUBSCRIBER_KEYS:
+            return _unknown(key, list(SUBSCRIBERS), "subscriber")
+        if typing.get_origin(key_type) is Literal and key not in typing.get_args(key_type):
+            return _unknown(key, list(typing.get_args(key_type)))
+        if len(rest) > 1 and isinstance(value_type, type) and issubclass(value_type, BaseModel):
+            return _unknown_path(value_type, rest[1:])
+        return None
+    return f"{head} is a value, not a section"
+
+
+def _unknown(name: str, known: list[str], what: str = "setting") -> str:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}?" if close else f"expected one of {', '.join(known)}"
+    return f"unknown {what} {name!r}; {hint}"
+
+
+def _did_you_mean(error: Any, text: str) -> str:
+    """An unknown key's message, with the nearest known key of its section."""
+    loc = tuple(error.get("loc", ()))
+    if error.get("type") != "extra_forbidden" or not loc:
+        return text
+    model: Any = Settings
+    parts = list(loc[:-1])
+    while parts:
+        field = getattr(model, "model_fields", {}).get(parts.pop(0))
+        model = field.annotation if field is not None else None
+        if typing.get_origin(model) is dict:
+            model = typing.get_args(model)[1]  # the next part is a key of the mapping (FA)
+            parts = parts[1:]
+    known = list(getattr(model, "model_fields", {}))
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+    return f"{text} (did you mean {close[0]}?)" if close else text
 
 
 def masked(settings: Settings) -> dict[str, Any]:

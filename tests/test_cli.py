@@ -123,7 +123,9 @@ def test_check_config_names_a_bad_key(tmp_path: Path) -> None:
     path.write_text("[delivery]\nconcurency = 3\n")
     result = run("check-config", "--config", str(path))
     assert result.returncode == 2
-    assert result.stderr.strip() == "it-relay: error: config error: delivery.concurency: unknown key"
+    assert result.stderr.strip() == (
+        "it-relay: error: config error: delivery.concurency: unknown key (did you mean concurrency?)"
+    )
 
 
 def test_check_config_names_a_bad_environment_override() -> None:

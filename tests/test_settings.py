@@ -182,3 +182,48 @@ def test_every_secret_in_a_url_is_masked_in_check_config(tmp_path: Path) -> None
         assert secret not in shown
     assert "https://***@fa.example/hook?token=***&sig=***" in shown
     assert "postgresql://relay:***@db:5432/encore?sslpassword=***" in shown
+
+
+@pytest.mark.parametrize(
+    ("variable", "message"),
+    [
+        ("IT_RELAY_DELIVRY__CONCURRENCY", "unknown setting 'delivry'; did you mean delivery?"),
+        ("IT_RELAY_DELIVERY__CONCURENCY", "unknown setting 'concurency'; did you mean concurrency?"),
+        ("IT_RELAY_SUBSCRIBERS__PF11X__URL", "unknown subscriber 'pf11x'; expected one of PF-10"),
+        ("IT_RELAY_SUBSCRIBERS__PF_10__ULR", "unknown setting 'ulr'; did you mean url?"),
+        ("IT_RELAY_DELIVERY__TIMEOUT_S__X", "timeout_s is a value, not a section"),
+    ],
+)
+def test_a_mistyped_environment_variable_is_named_with_a_suggestion(
+    monkeypatch: pytest.MonkeyPatch, variable: str, message: str
+) -> None:
+    monkeypatch.setenv(variable, "3")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None)
+    assert str(caught.value).startswith(f"environment variable {variable}: {message}")
+
+
+@pytest.mark.parametrize("value", ["5,30", "[5, 30]", " 5 , 30 "])
+def test_lists_from_the_environment_are_json_or_comma_separated(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("IT_RELAY_DELIVERY__RETRY_SCHEDULE_S", value)
+    assert load_settings(None).delivery.retry_schedule_s == [5, 30]
+
+
+def test_a_mistyped_key_is_reported_before_the_field_it_left_missing(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "[subscribers.FA]\nulr = 'https://fa.example/hook'\nsecret = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'\n",
+    )
+    with pytest.raises(ConfigError, match=r"subscribers\.FA\.ulr: unknown key \(did you mean url\?\)"):
+        load_settings(path)
+
+
+def test_url_errors_say_what_is_expected(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "[subscribers.FA]\nurl = 'ftp://fa.example/hook'\nsecret = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'\n",
+    )
+    with pytest.raises(ConfigError, match=r"subscribers\.FA\.url: URL scheme should be 'http' or 'https'"):
+        load_settings(path)

@@ -179,6 +179,9 @@ _SAFE_CTX = frozenset(
         "expected_version",
         "tz_expected",
         "class_name",
+        # The schemes and limits a URL must meet: the field's rule, never the input.
+        "expected_schemes",
+        "max_length_url",
     }
 )
 # value_error's {error} is the message of one of this project's own validators.
