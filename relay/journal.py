@@ -228,14 +228,18 @@ async def prune(
 ) -> int:
     """One bounded batch of each retention rule; returns rows deleted (call again while > 0)."""
     total = 0
-    for name, args in (
+    rules: list[tuple[str, tuple[Any, ...]]] = [
         ("prune_deliveries", (delivered_s, dead_s, batch)),
         ("prune_events", (delivered_s, rejected_s, batch)),
         ("prune_rejected", (rejected_s, batch)),
-    ):
+        ("prune_marks", (batch,)),
+    ]
+    # A relay without the scheduler's views (no reference schema) has only expiry marks to judge.
+    if await conn.fetchval(query("scheduler_views_exist")):
+        rules.append(("prune_closed_marks", (batch,)))
+    for name, args in rules:
         status = await conn.execute(query(name), *args)
         total += int(status.split()[-1])
-    await conn.execute(query("prune_marks"))
     return total
 
 

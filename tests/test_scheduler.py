@@ -342,14 +342,58 @@ async def test_expiry_marks_are_pruned_once_they_cannot_fire_again(
     await ref.execute(
         "INSERT INTO it_relay.scheduler_marks VALUES ('contract_expiring', gen_random_uuid(), '2020-01-01:7', gen_random_uuid())"
     )
-    await ref.execute(
-        "INSERT INTO it_relay.scheduler_marks VALUES ('patch_overdue', gen_random_uuid(), '2020-01-01:30', gen_random_uuid())"
-    )
     await journal.prune(ref, 86400, 86400, 86400)
     left = sorted(
         r[0] for r in await ref.fetch("SELECT kind || ':' || milestone FROM it_relay.scheduler_marks")
     )
-    assert left == [f"contract_expiring:{date.today() + timedelta(days=7)}:7", "patch_overdue:2020-01-01:30"]
+    assert left == [f"contract_expiring:{date.today() + timedelta(days=7)}:7"]
+
+
+async def test_marks_of_closed_tickets_and_patches_go_open_ones_stay_and_nothing_fires_twice(
+    ref_db: str, ref: asyncpg.Connection, org: Org
+) -> None:
+    from relay import journal
+
+    s = scheduler(ref_db)
+    old = datetime.now(UTC) - timedelta(days=40)
+    closed, _ = await _ticket(ref, org, "T-CLOSED", priority="critical")
+    still_open, _ = await _ticket(ref, org, "T-OPEN", priority="critical")
+    await ref.execute("UPDATE it_tickets SET status = 'resolved' WHERE id = $1", closed)
+    await ref.execute(
+        "UPDATE it_tickets SET created_at = $1::timestamptz, resolved_at = $1::timestamptz + interval '9 hours'"
+        " WHERE id = $2",
+        old,
+        closed,
+    )
+    await ref.execute("UPDATE it_tickets SET created_at = $1 WHERE id = $2", old, still_open)
+    assets = [await make_asset(ref, org, f"PM-{i}") for i in range(2)]
+    patches: list[Any] = []
+    for name in ("done", "waiting"):
+        patch = await ref.fetchval(
+            "INSERT INTO it_patches (organization_id, patch_name, severity, target_date)"
+            " VALUES ($1, $2, 'high', current_date - 10) RETURNING id",
+            org.id,
+            name,
+        )
+        await ref.execute(
+            "INSERT INTO it_patch_deployments (patch_id, asset_id, organization_id, status)"
+            " VALUES ($1, $2, $3, 'pending')",
+            patch,
+            assets[len(patches)],
+            org.id,
+        )
+        patches.append(patch)
+    # The closed ticket's breach was reported 40 days ago, when it still counted.
+    assert {e.entity_id for e in await s.run_once(ref, old + timedelta(hours=10))} == {closed, still_open}
+    before_now = await s.run_once(ref, datetime.now(UTC))
+    assert {e.entity_id for e in before_now} == set(patches)
+    await ref.execute("UPDATE it_patch_deployments SET status = 'deployed' WHERE patch_id = $1", patches[0])
+    while await journal.prune(ref, 86400, 86400, 86400):
+        pass
+    marked = {r[0] for r in await ref.fetch("SELECT DISTINCT entity_id FROM it_relay.scheduler_marks")}
+    assert marked == {still_open, patches[1]}
+    # Pruning never makes anything due again.
+    assert await s.run_once(ref, datetime.now(UTC)) == []
 
 
 @pytest.mark.parametrize("days_from_wall_clock", [-90, -31, 0, 45])

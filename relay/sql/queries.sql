@@ -238,11 +238,33 @@ ON CONFLICT (license_id) DO UPDATE SET state = excluded.state, episode = exclude
        IS DISTINCT FROM (excluded.state, excluded.episode);
 
 -- name: prune_marks
--- Expiry marks whose date has passed can never fire again (nothing is emitted once expired).
--- Other marks stay: a patch still undeployed, or a ticket still open, would otherwise re-emit.
-DELETE FROM it_relay.scheduler_marks
- WHERE kind IN ('contract_expiring', 'license_expiring')
-   AND split_part(milestone, ':', 1)::date < current_date - 30;
+-- Expiry marks more than 30 days past their date, in a bounded batch: nothing is emitted once
+-- expired, so they can never fire again.
+DELETE FROM it_relay.scheduler_marks m
+ USING (SELECT kind, entity_id, milestone FROM it_relay.scheduler_marks
+         WHERE kind IN ('contract_expiring', 'license_expiring')
+           AND split_part(milestone, ':', 1)::date < current_date - 30
+         LIMIT $1) d
+ WHERE (m.kind, m.entity_id, m.milestone) = (d.kind, d.entity_id, d.milestone);
+
+-- name: prune_closed_marks
+-- Marks of entities the scheduler's views say can never emit again, in a bounded batch: SLA marks
+-- of tickets resolved more than 30 days ago, or gone (their clocks stopped; the scheduler no
+-- longer reads them); patch marks of patches no asset still waits for, or gone. Marks of open
+-- tickets and of patches still undeployed stay: without them those would be emitted again.
+DELETE FROM it_relay.scheduler_marks m
+ USING (SELECT kind, entity_id, milestone FROM it_relay.scheduler_marks s
+         WHERE (s.kind = 'sla_breached' AND NOT EXISTS (
+                    SELECT FROM it_relay.ticket_clocks t
+                     WHERE t.ticket_id = s.entity_id
+                       AND (t.resolved_at IS NULL OR t.resolved_at > clock_timestamp() - interval '30 days')))
+            OR (s.kind = 'patch_overdue' AND NOT EXISTS (
+                    SELECT FROM it_relay.patch_backlog p WHERE p.patch_id = s.entity_id))
+         LIMIT $1) d
+ WHERE (m.kind, m.entity_id, m.milestone) = (d.kind, d.entity_id, d.milestone);
+
+-- name: scheduler_views_exist
+SELECT to_regclass('it_relay.ticket_clocks') IS NOT NULL AND to_regclass('it_relay.patch_backlog') IS NOT NULL;
 
 -- name: migration_lock
 -- Two instances upgrading at once: the second waits here, then finds nothing to do.
