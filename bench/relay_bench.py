@@ -467,7 +467,7 @@ def main() -> None:
             indent=2,
         )
     )
-    print(f"wrote {out.relative_to(ROOT)}")
+    print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     if args.docs:
         _chart(ceilings, runs, ROOT / "docs" / "benchmarks.png")
         doc = ROOT / "docs" / "benchmarks.md"
