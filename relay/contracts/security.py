@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
-from pydantic import Field
+from typing import Literal
 
 from relay.contracts.types import (
     Count,
     Date,
     EventModel,
     Flag,
-    Number,
+    Score,
     Severity,
     Text,
     Timestamp,
@@ -47,7 +45,7 @@ class CriticalVulnerabilityDetected(EventModel):
     vulnerability_name: Text
     severity: Severity
     # CVSS v3 scores run from 0.0 to 10.0.
-    cvss_score: Annotated[Number, Field(ge=0, le=10)] | None = None
+    cvss_score: Score | None = None
     affected_asset_ids: UuidList
     affected_asset_count: Count
     remediation_available: Flag

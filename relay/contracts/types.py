@@ -31,6 +31,10 @@ _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
 DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 _TIMESTAMP = re.compile(TIMESTAMP_PATTERN)
+# The canonical 8-4-4-4-12 form, as JSON Schema's "uuid" format requires (pydantic alone would
+# also take 32 bare hex digits or braces).
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_UUID = re.compile(UUID_PATTERN)
 
 
 def _is_date_text(value: Any) -> Any:
@@ -61,11 +65,17 @@ def _is_uuid_text(value: Any) -> Any:
         return value
     if not isinstance(value, str):
         raise ValueError("must be a UUID string")
+    if not _UUID.match(value):
+        raise ValueError("must be a UUID in the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx")
     return value
 
 
 Text = StrictStr
-Uuid = Annotated[UUID, BeforeValidator(_is_uuid_text), WithJsonSchema({"type": "string", "format": "uuid"})]
+Uuid = Annotated[
+    UUID,
+    BeforeValidator(_is_uuid_text),
+    WithJsonSchema({"type": "string", "format": "uuid", "pattern": UUID_PATTERN}),
+]
 Date = Annotated[
     date,
     BeforeValidator(_is_date_text),
@@ -82,8 +92,20 @@ Count = Annotated[StrictInt, Field(ge=0)]
 SignedInt = StrictInt
 # Exact decimals: 1999.99 stays 1999.99 on the way out (relay.codec writes Decimal verbatim).
 _NUMBER_SCHEMA = WithJsonSchema({"type": "number"})
-Money = Annotated[Decimal, BeforeValidator(_is_number), Field(ge=0, allow_inf_nan=False), _NUMBER_SCHEMA]
+Money = Annotated[
+    Decimal,
+    BeforeValidator(_is_number),
+    Field(ge=0, allow_inf_nan=False),
+    WithJsonSchema({"type": "number", "minimum": 0}),
+]
 Number = Annotated[Decimal, BeforeValidator(_is_number), Field(allow_inf_nan=False), _NUMBER_SCHEMA]
+# A CVSS base score: 0 to 10.
+Score = Annotated[
+    Decimal,
+    BeforeValidator(_is_number),
+    Field(ge=0, le=10, allow_inf_nan=False),
+    WithJsonSchema({"type": "number", "minimum": 0, "maximum": 10}),
+]
 UuidList = list[Uuid]
 
 Priority = Literal["low", "medium", "high", "critical"]
