@@ -267,6 +267,28 @@ def db_upgrade(
     typer.echo("applied: " + ", ".join(applied) if applied else "schema is up to date")
 
 
+@db_app.command("status")
+def db_status(config: ConfigOption = None) -> None:
+    """The relay's and the reference schema's versions, and what `db upgrade` would apply."""
+    settings = _settings(config)
+    st = _with_db(settings, migrate.status, check=False)
+    relay = "not installed" if st.relay == 0 else f"version {st.relay}"
+    typer.echo(f"relay schema: {relay} (this it-relay: {st.relay_code})")
+    if st.reference_unversioned:
+        reference = "installed before versioning (no version recorded)"
+    else:
+        reference = "not installed" if st.reference == 0 else f"version {st.reference}"
+    typer.echo(f"reference schema: {reference} (this it-relay: {st.reference_code})")
+    # A database without the reference schema gets it only when asked (--reference-schema).
+    reference_due = st.reference_pending if (st.reference or st.reference_unversioned) else []
+    if st.relay_pending:
+        typer.echo("db upgrade would apply: " + ", ".join(st.relay_pending))
+    if reference_due:
+        typer.echo("db upgrade --reference-schema would apply: " + ", ".join(reference_due))
+    if not st.relay_pending and not reference_due:
+        typer.echo("nothing to apply")
+
+
 @app.command()
 def emit(
     source: Annotated[

@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import asyncpg
 
 from relay.errors import SchemaError
 from relay.sql import migrations, query
 
+# The relay migration that created it_relay.reference_version.
+_REFERENCE_VERSIONING = 5
+
 # pg_advisory_xact_lock key for migrations ("itrelay" in ASCII); any constant unique to it-relay.
 _MIGRATION_LOCK = 0x6974_7265_6C61_79
 
 
-__all__ = ["SchemaError", "check", "check_channel", "code_version", "schema_version", "upgrade"]
+__all__ = [
+    "SchemaError",
+    "Status",
+    "check",
+    "check_channel",
+    "code_version",
+    "reference_version",
+    "schema_version",
+    "status",
+    "upgrade",
+]
 
 
 def code_version() -> int:
@@ -45,10 +60,51 @@ async def upgrade(
         if channel is not None and await conn.fetchval(query("set_channel"), channel) is not None:
             applied.append(f"channel {channel}")
         if reference:
+            done = await reference_version(conn)
             for script in migrations("reference"):
+                if script.version <= done:
+                    continue
                 await conn.execute(script.sql)
+                await conn.execute(query("record_reference_migration"), script.version, script.name)
                 applied.append(f"reference/{script.version:04d}_{script.name}")
     return applied
+
+
+async def reference_version(conn: asyncpg.Connection) -> int:
+    """The reference schema's recorded version (0: not installed, or installed before versioning)."""
+    if await schema_version(conn) < _REFERENCE_VERSIONING:
+        return 0
+    version: int = await conn.fetchval(query("reference_version"))
+    return version
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Where a database stands against this code, and what `db upgrade` would apply."""
+
+    relay: int
+    relay_code: int
+    relay_pending: list[str]
+    reference: int
+    reference_code: int
+    reference_pending: list[str]
+    reference_unversioned: bool  # the IT tables exist, no version recorded (before versioning)
+
+
+async def status(conn: asyncpg.Connection) -> Status:
+    relay = await schema_version(conn)
+    reference = await reference_version(conn)
+    return Status(
+        relay=relay,
+        relay_code=code_version(),
+        relay_pending=[f"{m.version:04d}_{m.name}" for m in migrations() if m.version > relay],
+        reference=reference,
+        reference_code=migrations("reference")[-1].version,
+        reference_pending=[
+            f"reference/{m.version:04d}_{m.name}" for m in migrations("reference") if m.version > reference
+        ],
+        reference_unversioned=reference == 0 and bool(await conn.fetchval(query("reference_installed"))),
+    )
 
 
 async def check_channel(conn: asyncpg.Connection, channel: str) -> None:

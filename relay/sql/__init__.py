@@ -26,12 +26,22 @@ class Migration:
 
 
 def migrations(directory: str = "migrations") -> list[Migration]:
-    """The migrations in a directory of this package, ordered by their number prefix."""
+    """The migrations in a directory of this package, ordered by their number prefix.
+
+    A migration is a file `NNNN_name.sql`, or a directory `NNNN_name/` whose .sql files are
+    applied together, in name order (the reference schema's baseline is one such version).
+    """
     out = []
     for entry in resources.files(__package__).joinpath(directory).iterdir():
-        match = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
-        if match:
-            out.append(Migration(int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8")))
+        match = re.fullmatch(r"(\d{4})_(\w+?)(\.sql)?", entry.name)
+        if match is None or (match.group(3) is None) == entry.is_file():
+            continue
+        if entry.is_file():
+            sql = entry.read_text(encoding="utf-8")
+        else:
+            parts = sorted((f for f in entry.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
+            sql = "\n".join(f.read_text(encoding="utf-8") for f in parts)
+        out.append(Migration(int(match.group(1)), match.group(2), sql))
     return sorted(out, key=lambda m: m.version)
 
 

@@ -278,3 +278,14 @@ SELECT 1;
 
 -- name: database_now
 SELECT clock_timestamp();
+
+-- name: reference_version
+SELECT coalesce(max(version), 0) FROM it_relay.reference_version;
+
+-- name: record_reference_migration
+INSERT INTO it_relay.reference_version (version, name) VALUES ($1, $2);
+
+-- name: reference_installed
+-- The reference schema's tables, with or without a recorded version.
+SELECT to_regclass('public.it_assets') IS NOT NULL;
+
