@@ -10,22 +10,27 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 import typer
 
 from relay import __version__, codec, database, journal, logs, migrate
-from relay.contracts import Accepted, UnknownFields, parse_event, routed_subscribers
+from relay.contracts import REGISTRY, SUBSCRIBERS, Accepted, UnknownFields, parse_event, routed_subscribers
+from relay.contracts.examples import example
 from relay.daemon import Daemon
+from relay.dispatch import SendTestResult
+from relay.dispatch import send_test as send_one
 from relay.errors import InputError, UserError
+from relay.ingest import route
 from relay.metrics import Metrics
+from relay.model import RoutedEvent
 from relay.planning import Emission
 from relay.redaction import redact
 from relay.scheduler import Scheduler
 from relay.schemas import asyncapi, json_schemas
-from relay.sender import describe
-from relay.settings import Settings, load_settings, masked
+from relay.sender import describe, make_sender
+from relay.settings import Settings, canonical_subscriber, load_settings, masked
 
 T = TypeVar("T")
 
@@ -447,6 +452,48 @@ def _event_id(value: str | None) -> UUID | None:
         return UUID(value)
     except ValueError:
         raise InputError("--event-id must be a UUID") from None
+
+
+@app.command("send-test")
+def send_test(
+    subscriber: Annotated[str, typer.Option("--subscriber", help="The subscriber to test, e.g. PF-10.")],
+    event_type: Annotated[
+        str | None, typer.Option("--event-type", help="An event type routed to it (default: the first).")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Send one signed example event (x-it-test: true, a fresh event_id); exit 0 on 2xx."""
+    settings = _settings(config)
+    name = canonical_subscriber(subscriber)
+    if name is None:
+        raise InputError(
+            f"--subscriber {subscriber!r}: not a subscriber of the contracts ({', '.join(SUBSCRIBERS)})"
+        )
+    conf = settings.subscribers.get(name)
+    if conf is None:
+        raise InputError(
+            f"--subscriber {name}: not configured here (no [subscribers.{name}] in the configuration)"
+        )
+    routed = [t for t, c in REGISTRY.items() if name in c.subscribers]
+    chosen = event_type or routed[0]
+    if chosen not in routed:
+        raise InputError(f"--event-type {chosen!r}: not routed to {name} (routed: {', '.join(routed)})")
+    routed_event = route(uuid4(), codec.dumps(example(chosen)).decode(), settings.validation.unknown_fields)
+    assert isinstance(routed_event, RoutedEvent), "a contract example must validate"
+
+    async def send() -> SendTestResult:
+        sender = make_sender(settings.delivery.transport, 1, settings.delivery.max_response_bytes)
+        try:
+            return await send_one(sender, conf, settings.delivery, routed_event.body, chosen)
+        finally:
+            await sender.aclose()
+
+    result = _run(send())
+    outcome = "no response" if result.status is None else f"HTTP {result.status}"
+    typer.echo(f"{name} <- {chosen} {result.event_id}: {outcome} in {result.elapsed_s * 1000:.0f} ms")
+    if result.excerpt:
+        typer.echo(result.excerpt)
+    raise typer.Exit(0 if result.status is not None and 200 <= result.status < 300 else 1)
 
 
 @app.command("check-config")

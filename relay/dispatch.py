@@ -23,7 +23,7 @@ from uuid import UUID
 import asyncpg
 from prometheus_client import Counter, Histogram
 
-from relay import journal, retry, signing
+from relay import codec, journal, retry, signing
 from relay.aio import sleep_unless, wait_any
 from relay.circuit import CircuitBreaker
 from relay.contracts import REGISTRY
@@ -32,6 +32,7 @@ from relay.health import Heartbeats
 from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.model import BATCH_LIMIT, OUTCOMES, STATUS_AFTER, ClaimedDelivery, DeliveryResult, Outcome
+from relay.redaction import mask_urls, scrub_text
 from relay.sender import Sender, SendError
 from relay.settings import DeliverySettings, SubscriberSettings
 
@@ -453,3 +454,42 @@ class Dispatcher:
                 await journal.release_leases(conn, self._owner, [(item.event_id, item.subscriber)])
         except DB_ERRORS:
             pass  # the lease expires on its own
+
+
+@dataclass(frozen=True, slots=True)
+class SendTestResult:
+    """What `send-test` saw: the HTTP status (None when no response), the time, an excerpt."""
+
+    event_id: UUID
+    status: int | None
+    elapsed_s: float
+    excerpt: str
+
+
+async def send_test(
+    sender: Sender, subscriber: SubscriberSettings, delivery: DeliverySettings, body: bytes, event_type: str
+) -> SendTestResult:
+    """One signed request, as a real first attempt is sent, marked `x-it-test: true`."""
+    event_id = UUID(str(codec.loads(body)["event_id"]))
+    contract = REGISTRY.get(event_type)
+    headers = signing.headers(
+        event_id=str(event_id),
+        event_type=event_type,
+        body=body,
+        secrets=subscriber.signing_secrets(),
+        attempt=1,
+        at=datetime.now(UTC),
+        cloudevents=subscriber.format == "cloudevents",
+        publisher=contract.publisher if contract else "",
+    ) | {"x-it-test": "true"}
+    started = time.perf_counter()
+    try:
+        response = await sender.post(
+            str(subscriber.url), body, headers, subscriber.timeout_s or delivery.timeout_s
+        )
+    except SendError as exc:
+        return SendTestResult(event_id, None, time.perf_counter() - started, str(exc))
+    excerpt = response.body[:1024].decode("utf-8", "replace")
+    return SendTestResult(
+        event_id, response.status, time.perf_counter() - started, mask_urls(scrub_text(excerpt))
+    )

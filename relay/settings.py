@@ -316,6 +316,11 @@ _LEASE_MARGIN_S = 1.0
 _SUBSCRIBER_KEYS = {re.sub(r"[^0-9a-z]", "", s.lower()): s for s in SUBSCRIBERS}
 
 
+def canonical_subscriber(name: str) -> str | None:
+    """The contract's name for a subscriber given in any case or separator style (pf_10: PF-10)."""
+    return _SUBSCRIBER_KEYS.get(re.sub(r"[^0-9a-z]", "", name.lower()))
+
+
 class IngestSettings(Section):
     # Full-payload NOTIFYs from legacy producers (it_relay.publish() notifies only ids).
     legacy: bool = True

@@ -267,3 +267,35 @@ async def test_a_busy_metrics_port_is_named(tmp_path: Path, relay_db: str, sink:
     assert result.returncode == 1
     assert f"it-relay: error: server.listen 127.0.0.1:{port}: " in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_send_test_signs_an_example_through_the_delivery_path(tmp_path: Path, sink: Sink) -> None:
+    from standardwebhooks import Webhook
+
+    from tests.support.relay import SECRET
+
+    sink.script("/fa", Reply(200, body=b'{"ok": true, "license_key": "RAW-ECHO"}'), Reply(503, body=b"down"))
+    config = write_config(
+        tmp_path / "relay.toml", relay_settings("postgresql://nobody@127.0.0.1:1/none", sink, ["FA"])
+    )
+    ok = await cli("send-test", "--subscriber", "fa", "--config", str(config))
+    assert ok.returncode == 0, ok.stderr
+    first_line, excerpt = ok.stdout.splitlines()[:2]
+    assert first_line.startswith("FA <- it_asset_purchased ") and ": HTTP 200 in " in first_line
+    assert "RAW-ECHO" not in excerpt and '"ok": true' in excerpt
+    request = sink.requests[0]
+    assert request.headers["x-it-test"] == "true"
+    assert Webhook(SECRET).verify(request.body, request.headers)["event_type"] == "it_asset_purchased"
+    failed = await cli(
+        "send-test", "--subscriber", "FA", "--event-type", "it_license_created", "--config", str(config)
+    )
+    assert failed.returncode == 1
+    assert ": HTTP 503 in " in failed.stdout
+    for args, message in [
+        (["--subscriber", "XX"], "not a subscriber of the contracts"),
+        (["--subscriber", "HR"], "HR: not configured here"),
+        (["--subscriber", "FA", "--event-type", "it_ticket_created"], "not routed to FA"),
+    ]:
+        refused = await cli("send-test", *args, "--config", str(config))
+        assert refused.returncode == 2, refused.stderr
+        assert message in refused.stderr and "Traceback" not in refused.stderr
