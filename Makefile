@@ -14,6 +14,13 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,embedded]'
 	touch $(STAMP)
 
+# The demo needs only the package and the embedded PostgreSQL, not the test and lint tools.
+DEMO_STAMP := $(VENV)/.installed-demo
+
+$(DEMO_STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[embedded]'
+	touch $(DEMO_STAMP)
+
 install: $(STAMP)
 
 lint: $(STAMP)
@@ -31,5 +38,5 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,embedded,bench]'
 	$(BIN)/python bench/relay_bench.py $(BENCH_ARGS)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/it-relay demo
