@@ -778,3 +778,72 @@ async def test_an_insert_on_the_tickets_table_reaches_the_pf10_webhook(
     body = Webhook(SECRET).verify(request.body, request.headers)
     assert (body["event_type"], body["ticket_id"]) == ("it_ticket_created", str(ticket))
     assert request.path == "/pf-10"
+
+
+# ─── One fact, one event; no event the relay must reject ────────────────────────────────────
+
+
+async def test_a_vulnerability_escalated_in_its_own_transaction_is_one_event(
+    ref: asyncpg.Connection, org: Org
+) -> None:
+    async def insert_then_escalate() -> None:
+        async with ref.transaction():
+            vuln = await ref.fetchval(
+                "INSERT INTO it_vulnerabilities (organization_id, cve_id, vulnerability_name, severity, cvss_score,"
+                " remediation_available) VALUES ($1, 'CVE-2026-2', 'VPN RCE', 'high', 9.8, true) RETURNING id",
+                org.id,
+            )
+            await ref.execute("UPDATE it_vulnerabilities SET severity = 'critical' WHERE id = $1", vuln)
+
+    fired = await caused(ref, insert_then_escalate)
+    assert types(fired) == ["it_critical_vulnerability_detected"]
+    accepted(fired[0])
+
+
+async def test_a_purchase_request_received_in_its_own_transaction_is_one_event(
+    ref: asyncpg.Connection, org: Org
+) -> None:
+    async def insert_then_receive() -> None:
+        async with ref.transaction():
+            request = await _request(ref, org, "approved")
+            await ref.execute(
+                "UPDATE it_purchase_requests SET received_date = '2026-11-27', received_by = $2 WHERE id = $1",
+                request,
+                org.alice,
+            )
+
+    fired = await caused(ref, insert_then_receive)
+    received = [p for p in fired if p["event_type"] == "it_purchase_request_received"]
+    assert len(received) == 1  # (inserted as approved, it also fires it_purchase_request_approved)
+    accepted(received[0])
+
+
+async def test_an_asset_bought_before_its_vendor_is_set_fires_once_the_vendor_is_known(
+    ref: asyncpg.Connection, org: Org
+) -> None:
+    bought = await caused(
+        ref,
+        lambda: make_asset(
+            ref, org, "NO-VENDOR", vendor_id=None, purchase_cost=999, purchase_date=date(2026, 11, 1)
+        ),
+    )
+    assert bought == []  # the event would lack vendor_id and vendor_name: it waits
+    asset = await ref.fetchval("SELECT id FROM it_assets WHERE asset_tag = 'NO-VENDOR'")
+    fired = await caused(
+        ref, lambda: ref.execute("UPDATE it_assets SET vendor_id = $2 WHERE id = $1", asset, org.vendor)
+    )
+    assert types(fired) == ["it_asset_purchased"]
+    assert accepted(fired[0]).payload["vendor_name"] == "Lenovo"
+    again = await caused(
+        ref, lambda: ref.execute("UPDATE it_assets SET purchase_cost = 1000 WHERE id = $1", asset)
+    )
+    assert again == []
+
+
+async def test_a_disposal_without_its_method_is_refused_naming_the_field(
+    ref: asyncpg.Connection, org: Org
+) -> None:
+    asset = await make_asset(ref, org, "OLD-1")
+    with pytest.raises(asyncpg.NotNullViolationError, match="needs disposal_method"):
+        await ref.execute("UPDATE it_assets SET status = 'disposed' WHERE id = $1", asset)
+    assert await ref.fetchval("SELECT status FROM it_assets WHERE id = $1", asset) != "disposed"

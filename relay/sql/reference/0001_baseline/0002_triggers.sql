@@ -19,18 +19,36 @@ CREATE OR REPLACE FUNCTION it_actor(p_id uuid) RETURNS uuid
 LANGUAGE sql STABLE SET search_path = public, pg_temp
 AS $$ SELECT coalesce(p_id, nullif(current_setting('app.user_id', true), '')::uuid) $$;
 
+-- Deferred (at-commit) triggers run once per queued row event: true only for the first call for
+-- this (fact, row) in the current transaction, so one fact gives one event.
+CREATE OR REPLACE FUNCTION it_first_in_transaction(p_fact text, p_id uuid) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    flag text := 'it_fired.' || p_fact || '_' || replace(p_id::text, '-', '');
+BEGIN
+    IF coalesce(current_setting(flag, true), '') = 'yes' THEN
+        RETURN false;
+    END IF;
+    PERFORM set_config(flag, 'yes', true);
+    RETURN true;
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION it_publish(p_payload jsonb) RETURNS void
 LANGUAGE sql VOLATILE SET search_path = public, pg_temp
 AS $$ SELECT it_relay.publish(jsonb_strip_nulls(p_payload || jsonb_build_object('timestamp', now()))) $$;
 
 -- ─── IT-01 assets ───────────────────────────────────────────────────────────────────────────
 
--- BEFORE: stamps purchase_recorded_at the first time cost and date are both known.
+-- BEFORE: stamps purchase_recorded_at the first time cost, date and vendor are all known (the
+-- event needs all three; stamped earlier, it would fire without a vendor and never again).
 CREATE OR REPLACE FUNCTION it_mark_asset_purchase() RETURNS trigger
 LANGUAGE plpgsql SET search_path = public, pg_temp
 AS $$
 BEGIN
-    IF NEW.purchase_cost IS NOT NULL AND NEW.purchase_date IS NOT NULL AND NEW.purchase_recorded_at IS NULL THEN
+    IF NEW.purchase_cost IS NOT NULL AND NEW.purchase_date IS NOT NULL AND NEW.vendor_id IS NOT NULL
+       AND NEW.purchase_recorded_at IS NULL THEN
         NEW.purchase_recorded_at := now();
     END IF;
     IF TG_OP = 'UPDATE' AND OLD.purchase_recorded_at IS NOT NULL THEN
@@ -48,7 +66,7 @@ CREATE OR REPLACE FUNCTION it_notify_asset_purchased() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp
 AS $$
 BEGIN
-    -- Fires when purchase_cost and purchase_date are first set (insert or update, never twice).
+    -- Fires when purchase_cost, purchase_date and vendor_id are first all set (never twice).
     IF NEW.purchase_recorded_at IS NULL OR (TG_OP = 'UPDATE' AND OLD.purchase_recorded_at IS NOT NULL) THEN
         RETURN NULL;
     END IF;
@@ -75,6 +93,11 @@ BEGIN
     -- Fires when status changes to 'disposed'.
     IF NEW.status <> 'disposed' OR OLD.status = 'disposed' THEN
         RETURN NULL;
+    END IF;
+    -- The event needs the method (FA and GR act on it): refuse the write rather than lose the fact.
+    IF NEW.disposal_method IS NULL THEN
+        RAISE EXCEPTION 'it_assets: disposing of an asset needs disposal_method (recycled, sold, donated or destroyed)'
+            USING ERRCODE = 'not_null_violation', COLUMN = 'disposal_method', TABLE = 'it_assets';
     END IF;
     PERFORM it_publish(jsonb_build_object(
         'event_type', 'it_asset_disposed',
@@ -305,6 +328,11 @@ BEGIN
     IF v.severity <> 'critical' OR (TG_OP = 'UPDATE' AND OLD.severity = 'critical') THEN
         RETURN NULL;
     END IF;
+    -- At commit, an INSERT and an UPDATE of the same row in one transaction are two queued
+    -- trigger events seeing the same final row: one fact, one event.
+    IF NOT it_first_in_transaction('critical_vulnerability', v.id) THEN
+        RETURN NULL;
+    END IF;
     SELECT coalesce(array_agg(asset_id ORDER BY asset_id), '{}') INTO assets
       FROM it_vulnerability_assets WHERE vulnerability_id = v.id;
     PERFORM it_publish(jsonb_build_object(
@@ -365,6 +393,9 @@ BEGIN
     -- Fires when the request is received: received_date is first set.
     SELECT * INTO r FROM it_purchase_requests WHERE id = NEW.id;
     IF r.received_date IS NULL OR (TG_OP = 'UPDATE' AND OLD.received_date IS NOT NULL) THEN
+        RETURN NULL;
+    END IF;
+    IF NOT it_first_in_transaction('purchase_request_received', r.id) THEN
         RETURN NULL;
     END IF;
     PERFORM it_publish(jsonb_build_object(
