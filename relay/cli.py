@@ -337,6 +337,9 @@ def deliveries_list(
     event_id: Annotated[str | None, typer.Option("--event-id", help="One event.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=100000)] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines, for scripts.")] = False,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="The whole last error, not cut to the column.")
+    ] = False,
 ) -> None:
     """List deliveries, newest first."""
     if status not in (None, "pending", "delivered", "dead"):
@@ -358,11 +361,17 @@ def deliveries_list(
         f"{'event_id':36}  {'event_type':34} {'subscriber':10} {'status':9} {'att':>3}  {'last':14} updated"
     )
     for r in rows:
-        last = str(r["last_status"]) if r["last_status"] is not None else (r["last_error"] or "")
-        typer.echo(
+        last = r["last_error"] or (str(r["last_status"]) if r["last_status"] is not None else "")
+        line = (
             f"{r['event_id']!s:36}  {r['event_type']:34} {r['subscriber']:10} {r['status']:9} "
-            f"{r['attempts']:>3}  {last[:14]:14} {r['updated_at']:%Y-%m-%d %H:%M:%S}"
+            f"{r['attempts']:>3}  {'' if wide else _cut(last, 14):14} {r['updated_at']:%Y-%m-%d %H:%M:%S}"
         )
+        typer.echo(f"{line}  {last}" if wide else line)
+
+
+def _cut(text: str, width: int) -> str:
+    """Text cut to a column, marked as cut (the whole of it: --wide or --json)."""
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 @app.command()

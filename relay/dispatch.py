@@ -187,8 +187,18 @@ class Attempts:
         self._observe_circuit(lane, last)
         lane.outcomes[decision.outcome].inc()
         if decision.outcome == "delivered":
-            # The hot path: no log line per success (metrics and the delivery log record it).
-            self._metrics.event_latency.observe((datetime.now(UTC) - item.journaled_at).total_seconds())
+            latency = (datetime.now(UTC) - item.journaled_at).total_seconds()
+            self._metrics.event_latency.observe(latency)
+            # DEBUG only: at INFO the filtering logger drops it before any formatting.
+            log.debug(
+                "delivered",
+                event_id=str(item.event_id),
+                event_type=item.event_type,
+                subscriber=lane.name,
+                attempt=attempts,
+                status=last.status,
+                latency_ms=round(latency * 1000, 1),
+            )
         else:
             fields = {
                 "event_id": str(item.event_id),

@@ -299,3 +299,56 @@ async def test_send_test_signs_an_example_through_the_delivery_path(tmp_path: Pa
         refused = await cli("send-test", *args, "--config", str(config))
         assert refused.returncode == 2, refused.stderr
         assert message in refused.stderr and "Traceback" not in refused.stderr
+
+
+async def test_deliveries_list_shows_the_whole_error_when_asked(
+    tmp_path: Path, relay_db: str, db: asyncpg.Connection, sink: Sink
+) -> None:
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    settings = relay_settings(
+        relay_db,
+        sink,
+        ["FA"],
+        subscriber_overrides={"FA": {"url": f"http://127.0.0.1:{port}/fa?token=s3cr3t"}},
+        delivery={"retry_schedule_s": [60]},
+    )
+    config = write_config(tmp_path / "relay.toml", settings)
+    async with running(settings):
+        await journal.publish(db, example("it_asset_purchased"))
+        error = await wait_for_rows(
+            db, "SELECT last_error FROM it_relay.deliveries WHERE attempts > 0", lambda v: v is not None
+        )
+    assert len(error) > 14 and "s3cr3t" not in error
+    narrow = await cli("deliveries", "list", "--config", str(config))
+    wide = await cli("deliveries", "list", "--config", str(config), "--wide")
+    assert narrow.returncode == wide.returncode == 0
+    assert error not in narrow.stdout and "…" in narrow.stdout
+    assert wide.stdout.splitlines()[1].endswith(error)
+
+
+async def test_a_delivered_event_is_one_debug_line_with_its_latency(
+    tmp_path: Path, relay_db: str, db: asyncpg.Connection, sink: Sink
+) -> None:
+    config = write_config(tmp_path / "relay.toml", relay_settings(relay_db, sink, ["FA"]))
+    log_path = tmp_path / "relay.log"
+    proc = start_relay_process(config, log_path, log_level="DEBUG")
+    try:
+        event_id = str(await journal.publish(db, example("it_asset_purchased")))
+        await wait_for_rows(
+            db, "SELECT status FROM it_relay.deliveries", lambda v: v == "delivered", within=30
+        )
+    finally:
+        assert await stop_process(proc) == 0
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    delivered = [line for line in lines if line.get("event") == "delivered"]
+    assert len(delivered) == 1
+    assert (delivered[0]["event_id"], delivered[0]["subscriber"], delivered[0]["level"]) == (
+        event_id,
+        "FA",
+        "debug",
+    )
+    assert delivered[0]["latency_ms"] >= 0

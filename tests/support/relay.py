@@ -164,7 +164,7 @@ async def cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def start_relay_process(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
+def start_relay_process(config: Path, log_path: Path, log_level: str = "INFO") -> subprocess.Popen[bytes]:
     """`python -m relay run` as a real process (for SIGKILL and several-instance tests)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IT_RELAY_")}
     log = log_path.open("ab")
@@ -179,7 +179,7 @@ def start_relay_process(config: Path, log_path: Path) -> subprocess.Popen[bytes]
             "--log-format",
             "json",
             "--log-level",
-            "INFO",
+            log_level,
         ],
         stdout=log,
         stderr=log,
