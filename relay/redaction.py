@@ -39,23 +39,23 @@ _ASSIGNMENT = re.compile(rf"l{_S}i{_S}c{_S}e{_S}n{_S}[cs]{_S}e[^0-9a-z]{{0,8}}k{
 # Anything that could fold to the start of a licence key: non-ASCII text, escapes, or the
 # letters l, i, c, e, n in order with anything but letters and digits between them. Text without
 # any of these provably holds no licence key by the rules above (a cheap skip, never a guess).
-_MAY_MENTION = re.compile(r"[^\x00-\x7f]|\\|l[^0-9a-z]*i[^0-9a-z]*c[^0-9a-z]*e[^0-9a-z]*n", re.IGNORECASE)
-_MAY_MENTION_BYTES = re.compile(
-    rb"[^\x00-\x7f]|\\|l[^0-9a-z]*i[^0-9a-z]*c[^0-9a-z]*e[^0-9a-z]*n", re.IGNORECASE
-)
+_MAY_MENTION_TEXT = r"[^\x00-\x7f]|\\|l[^0-9a-z]*i[^0-9a-z]*c[^0-9a-z]*e[^0-9a-z]*n"
+_MAY_MENTION = re.compile(_MAY_MENTION_TEXT, re.IGNORECASE)
+_MAY_MENTION_BYTES = re.compile(_MAY_MENTION_TEXT.encode(), re.IGNORECASE)
 
 # For text that is not JSON: a key spelled with ASCII letters (any case, separators or JSON \u
 # escapes between the words), an optional closing quote, a separator, then the value up to the end
 # of its quoted string (or of the text when the quote is never closed) or the next delimiter.
+_TEXT_KEY = (
+    r"""licen[cs]e(?:[^0-9a-z"'\n]|\\u[0-9a-f]{4}){0,8}key[^"'\n:=]{0,32}["'\\\s]{0,4}(?:=>|[:=])\s*"""
+)
 _TEXT_PATTERN = re.compile(
-    r"""(?P<key>licen[cs]e(?:[^0-9a-z"'\n]|\\u[0-9a-f]{4}){0,8}key[^"'\n:=]{0,32}["'\\\s]{0,4}(?:=>|[:=])\s*)"""
+    f"(?P<key>{_TEXT_KEY})"
     r"""(?P<value>"(?:[^"\\]|\\.)*(?:"|\\?$)|'(?:[^'\\]|\\.)*(?:'|\\?$)|[^\s,;&}\]]+)""",
     re.IGNORECASE | re.DOTALL,
 )
-_SCRUBBED = re.compile(
-    r"""licen[cs]e(?:[^0-9a-z"'\n]|\\u[0-9a-f]{4}){0,8}key[^"'\n:=]{0,32}["'\\\s]{0,4}(?:=>|[:=])\s*"\[REDACTED\]\"""",
-    re.IGNORECASE,
-)
+# What the pattern leaves behind for each key it scrubbed.
+_SCRUBBED = re.compile(_TEXT_KEY + r'"\[REDACTED\]"', re.IGNORECASE)
 _JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
 
 
@@ -128,8 +128,8 @@ def scrub_text(text: str) -> str:
         return text
     scrubbed = _TEXT_PATTERN.sub(lambda m: f'{m.group("key")}"{REDACTED}"', text)
     residue = _SCRUBBED.sub("", scrubbed)
-    decoded = _JSON_ESCAPE.sub(_decode_escape, residue)
-    if _KEY_WORD.search(_NON_ALNUM.sub("", fold(decoded))) and _ASSIGNMENT.search(fold(decoded)):
+    folded = fold(_JSON_ESCAPE.sub(_decode_escape, residue))
+    if _KEY_WORD.search(_NON_ALNUM.sub("", folded)) and _ASSIGNMENT.search(folded):
         return withheld(text)
     return scrubbed
 
