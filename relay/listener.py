@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Awaitable, Callable, Iterable
 
 import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
-from relay import codec, journal
+from relay import journal
 from relay.aio import wait_any
 from relay.database import DB_ERRORS
 from relay.health import Heartbeats
@@ -190,7 +191,11 @@ class Listener:
                         errors=(f"$: cannot be stored ({type(exc).__name__})",),
                         source="notify",
                         event_id=event.event_id,
-                        raw_text=scrub_text(codec.dumps(event.payload).decode()[:NOTIFY_LIMIT_BYTES]),
+                        # The standard library writes any string as ASCII escapes: this text is
+                        # storable even when the payload (the reason we are here) is not.
+                        raw_text=scrub_text(
+                            json.dumps(event.payload, ensure_ascii=True, default=str)[:NOTIFY_LIMIT_BYTES]
+                        ),
                     )
                 )
         for rejection in [*rejections, *unstorable]:
