@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
-from uuid import UUID, uuid4
+from typing import Annotated, Any, NoReturn
+from uuid import uuid4
 
 import asyncpg
 import typer
 
-from relay import __version__, codec, database, journal, logs, migrate
+from relay import __version__, cli_common, codec, database, journal, migrate
+from relay.cli_common import ConfigOption, LogFormat, LogLevel
+from relay.cli_operate import register as register_operator_commands
 from relay.contracts import REGISTRY, SUBSCRIBERS, Accepted, UnknownFields, parse_event, routed_subscribers
 from relay.contracts.examples import example
 from relay.daemon import Daemon
@@ -29,10 +30,8 @@ from relay.planning import Emission
 from relay.redaction import redact
 from relay.scheduler import Scheduler
 from relay.schemas import asyncapi, json_schemas
-from relay.sender import describe, make_sender
-from relay.settings import Settings, canonical_subscriber, load_settings, masked
-
-T = TypeVar("T")
+from relay.sender import make_sender
+from relay.settings import canonical_subscriber, load_settings, masked
 
 app = typer.Typer(
     name="it-relay",
@@ -43,11 +42,6 @@ app = typer.Typer(
 )
 schemas_app = typer.Typer(help="Export the event contracts.", no_args_is_help=True)
 app.add_typer(schemas_app, name="schemas")
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="TOML config file (default: $IT_RELAY_CONFIG)."),
-]
 
 
 def _version(value: bool) -> None:
@@ -160,76 +154,11 @@ def schemas_export(
     typer.echo(f"wrote {len(documents)} file(s) to {out}", err=True)
 
 
-def _settings(config: Path | None, log_level: str | None = None, log_format: str | None = None) -> Settings:
-    settings = load_settings(config)
-    logs.configure(
-        (log_level or settings.logging.level).upper(),
-        log_format or settings.logging.format,  # type: ignore[arg-type]
-    )
-    return settings
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    try:
-        # uvloop when installed (Linux, a dependency): measured faster for the relay's socket I/O.
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(coro)
-    except database.DB_ERRORS as exc:
-        raise UserError(f"database: {describe(exc)}") from None
-
-
-def _with_db(
-    settings: Settings,
-    work: Callable[[asyncpg.Connection], Awaitable[T]],
-    *,
-    application: str = database.APPLICATION,
-    check: bool = True,
-) -> T:
-    """Run `work` on one connection (after the schema check), then close it; errors are one line."""
-
-    async def go() -> T:
-        conn = await database.connect(settings.database, application)
-        try:
-            if check:
-                await migrate.check(conn)
-            return await work(conn)
-        finally:
-            await conn.close()
-
-    return _run(go())
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
-
-
-class Level(StrEnum):
-    DEBUG = "DEBUG"
-    INFO = "INFO"
-    WARNING = "WARNING"
-    ERROR = "ERROR"
-
-
-class Format(StrEnum):
-    json = "json"
-    console = "console"
-    auto = "auto"
-
-
-LogLevel = Annotated[Level | None, typer.Option("--log-level", case_sensitive=False, help="The log level.")]
-LogFormat = Annotated[Format | None, typer.Option("--log-format", help="The log format (default: auto).")]
-
-
 @app.command()
 def run(config: ConfigOption = None, log_level: LogLevel = None, log_format: LogFormat = None) -> None:
     """Run the relay daemon until SIGTERM or SIGINT."""
-    settings = _settings(config, log_level and log_level.value, log_format and log_format.value)
-    _run(Daemon(settings).run())
+    settings = cli_common.load(config, log_level and log_level.value, log_format and log_format.value)
+    cli_common.run_async(Daemon(settings).run())
 
 
 @app.command()
@@ -260,11 +189,11 @@ def db_upgrade(
     ] = None,
 ) -> None:
     """Create or migrate the it_relay schema (idempotent; safe with several instances)."""
-    settings = _settings(config)
+    settings = cli_common.load(config)
     if database_url is not None:
         settings = settings.as_owner(database_url)
     channel = settings.database.channel
-    applied = _with_db(
+    applied = cli_common.with_db(
         settings,
         lambda conn: migrate.upgrade(conn, reference=reference_schema, channel=channel),
         check=False,
@@ -275,8 +204,8 @@ def db_upgrade(
 @db_app.command("status")
 def db_status(config: ConfigOption = None) -> None:
     """The relay's and the reference schema's versions, and what `db upgrade` would apply."""
-    settings = _settings(config)
-    st = _with_db(settings, migrate.status, check=False)
+    settings = cli_common.load(config)
+    st = cli_common.with_db(settings, migrate.status, check=False)
     relay = "not installed" if st.relay == 0 else f"version {st.relay}"
     typer.echo(f"relay schema: {relay} (this it-relay: {st.relay_code})")
     if st.reference_unversioned:
@@ -308,7 +237,7 @@ def emit(
 
     Every event is validated first, as `validate` does: if one is invalid, none is published.
     """
-    settings = _settings(config)
+    settings = cli_common.load(config)
     documents = list(_documents(_read_input(source)))
     if not no_validate and _report(documents, "keep", quiet=True):
         raise typer.Exit(1)
@@ -320,91 +249,8 @@ def emit(
         async with conn.transaction():
             return [str(await journal.publish(conn, d)) for d in documents]
 
-    for event_id in _with_db(settings, publish_all):
+    for event_id in cli_common.with_db(settings, publish_all):
         typer.echo(event_id)
-
-
-deliveries_app = typer.Typer(help="The delivery log.", no_args_is_help=True)
-app.add_typer(deliveries_app, name="deliveries")
-
-
-@deliveries_app.command("list")
-def deliveries_list(
-    config: ConfigOption = None,
-    status: Annotated[str | None, typer.Option(help="pending, delivered or dead.")] = None,
-    subscriber: Annotated[str | None, typer.Option(help="A subscriber, e.g. PF-10.")] = None,
-    event_type: Annotated[str | None, typer.Option("--event-type", help="An event type.")] = None,
-    event_id: Annotated[str | None, typer.Option("--event-id", help="One event.")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=100000)] = 50,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON lines, for scripts.")] = False,
-    wide: Annotated[
-        bool, typer.Option("--wide", help="The whole last error, not cut to the column.")
-    ] = False,
-) -> None:
-    """List deliveries, newest first."""
-    if status not in (None, "pending", "delivered", "dead"):
-        raise InputError("--status must be pending, delivered or dead")
-    settings = _settings(config)
-    wanted = _event_id(event_id)
-
-    rows = _with_db(
-        settings,
-        lambda conn: journal.list_deliveries(
-            conn, status=status, subscriber=subscriber, event_type=event_type, event_id=wanted, limit=limit
-        ),
-    )
-    if as_json:
-        for row in rows:
-            typer.echo(codec.dumps(dict(row)).decode())
-        return
-    typer.echo(
-        f"{'event_id':36}  {'event_type':34} {'subscriber':10} {'status':9} {'att':>3}  {'last':14} updated"
-    )
-    for r in rows:
-        last = r["last_error"] or (str(r["last_status"]) if r["last_status"] is not None else "")
-        line = (
-            f"{r['event_id']!s:36}  {r['event_type']:34} {r['subscriber']:10} {r['status']:9} "
-            f"{r['attempts']:>3}  {'' if wide else _cut(last, 14):14} {r['updated_at']:%Y-%m-%d %H:%M:%S}"
-        )
-        typer.echo(f"{line}  {last}" if wide else line)
-
-
-def _cut(text: str, width: int) -> str:
-    """Text cut to a column, marked as cut (the whole of it: --wide or --json)."""
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-@app.command()
-def replay(
-    config: ConfigOption = None,
-    event_id: Annotated[
-        str | None, typer.Option("--event-id", help="Replay this event's deliveries.")
-    ] = None,
-    subscriber: Annotated[str | None, typer.Option(help="Only this subscriber's deliveries.")] = None,
-    status: Annotated[str | None, typer.Option(help="With --subscriber: deliveries in this status.")] = None,
-    since: Annotated[
-        datetime | None, typer.Option(help="With --status: last changed at or after this time.")
-    ] = None,
-) -> None:
-    """Re-queue deliveries; they go out again with the same event_id (webhook-id)."""
-    if event_id is None and (subscriber is None or status is None):
-        raise InputError("give --event-id ID, or --subscriber X --status S")
-    if status not in (None, "pending", "delivered", "dead"):
-        raise InputError("--status must be pending, delivered or dead")
-    settings = _settings(config)
-    wanted = _event_id(event_id)
-    when = since.replace(tzinfo=since.tzinfo or UTC) if since else None
-
-    rows = _with_db(
-        settings,
-        lambda conn: journal.replay(
-            conn, settings.database.channel, event_id=wanted, subscriber=subscriber, status=status, since=when
-        ),
-    )
-    if not rows:
-        raise UserError("nothing to replay: no delivery matches")
-    for r in rows:
-        typer.echo(f"re-queued {r['event_id']} {r['event_type']} -> {r['subscriber']}")
 
 
 scheduler_app = typer.Typer(help="The scheduler of time-based events.", no_args_is_help=True)
@@ -425,7 +271,7 @@ def scheduler_run_once(
     ] = False,
 ) -> None:
     """One scheduler pass: emit every time-based event due at --now that was not emitted yet."""
-    settings = _settings(config)
+    settings = cli_common.load(config)
     when = (now.replace(tzinfo=now.tzinfo or UTC)) if now else datetime.now(UTC)
     scheduler = Scheduler(
         settings.scheduler,
@@ -445,22 +291,13 @@ def scheduler_run_once(
                 )
         return await scheduler.run_once(conn, when, dry_run=dry_run)
 
-    emissions = _with_db(settings, run_once, application=database.SCHEDULER_APPLICATION)
+    emissions = cli_common.with_db(settings, run_once, application=database.SCHEDULER_APPLICATION)
     verb = "would emit" if dry_run else "emitted"
     for e in emissions:
         typer.echo(f"{verb} {e.event_type} {e.entity_id} ({e.milestone})")
         if dry_run:
             typer.echo("  " + codec.dumps(redact(e.payload)).decode())
     typer.echo(f"{len(emissions)} event(s) {verb} at {when.isoformat()}", err=True)
-
-
-def _event_id(value: str | None) -> UUID | None:
-    if value is None:
-        return None
-    try:
-        return UUID(value)
-    except ValueError:
-        raise InputError("--event-id must be a UUID") from None
 
 
 @app.command("send-test")
@@ -472,7 +309,7 @@ def send_test(
     config: ConfigOption = None,
 ) -> None:
     """Send one signed example event (x-it-test: true, a fresh event_id); exit 0 on 2xx."""
-    settings = _settings(config)
+    settings = cli_common.load(config)
     name = canonical_subscriber(subscriber)
     if name is None:
         raise InputError(
@@ -497,7 +334,7 @@ def send_test(
         finally:
             await sender.aclose()
 
-    result = _run(send())
+    result = cli_common.run_async(send())
     outcome = "no response" if result.status is None else f"HTTP {result.status}"
     typer.echo(f"{name} <- {chosen} {result.event_id}: {outcome} in {result.elapsed_s * 1000:.0f} ms")
     if result.excerpt:
@@ -514,12 +351,14 @@ def check_config(config: ConfigOption = None) -> None:
     disabled = sorted(n for n, s in settings.subscribers.items() if not s.enabled)
     if missing:
         typer.echo(
-            f"warning: routed subscribers without config (their deliveries wait, counted as "
-            f"unconfigured): {', '.join(missing)}",
+            f"note: not served here (no deliveries are created for them): {', '.join(missing)}",
             err=True,
         )
     if disabled:
-        typer.echo(f"warning: disabled subscribers (deliveries wait): {', '.join(disabled)}", err=True)
+        typer.echo(
+            f"note: paused by enabled = false (deliveries are created and held): {', '.join(disabled)}",
+            err=True,
+        )
     if settings.ingest.legacy and not settings.ingest.legacy_senders:
         typer.echo(
             "warning: full-payload notifications are accepted from any role that can NOTIFY "
@@ -531,6 +370,9 @@ def check_config(config: ConfigOption = None) -> None:
 def _fail(message: str, code: int) -> NoReturn:
     typer.echo(f"it-relay: error: {message}", err=True)
     sys.exit(code)
+
+
+register_operator_commands(app)
 
 
 def main() -> None:

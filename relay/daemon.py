@@ -287,7 +287,11 @@ class Daemon:
                     deleted = -1
                     while deleted != 0 and not stopping.is_set():
                         deleted = await journal.prune(
-                            conn, r.delivered_days * _DAY_S, r.dead_days * _DAY_S, r.rejected_days * _DAY_S
+                            conn,
+                            r.delivered_days * _DAY_S,
+                            r.dead_days * _DAY_S,
+                            r.rejected_days * _DAY_S,
+                            served=self.components.dispatcher.lanes,
                         )
                         beat()
             except DB_ERRORS as exc:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from uuid import UUID
@@ -31,8 +31,17 @@ from relay.database import DB_ERRORS
 from relay.health import Heartbeats
 from relay.logs import get_logger
 from relay.metrics import Metrics
-from relay.model import BATCH_LIMIT, OUTCOMES, STATUS_AFTER, ClaimedDelivery, DeliveryResult, Outcome
-from relay.redaction import mask_urls, scrub_text
+from relay.model import (
+    BATCH_LIMIT,
+    EXCERPT_BYTES,
+    OUTCOMES,
+    STATUS_AFTER,
+    AttemptRecord,
+    ClaimedDelivery,
+    DeliveryResult,
+    Outcome,
+)
+from relay.redaction import excerpt
 from relay.sender import Sender, SendError
 from relay.settings import DeliverySettings, SubscriberSettings
 
@@ -45,6 +54,7 @@ class Attempt:
     status: int | None
     error: str | None
     retry_after_s: float | None
+    record: AttemptRecord | None = None
 
     @property
     def quick_retry(self) -> bool:
@@ -65,6 +75,10 @@ class Lane:
     duration: Histogram
     outcomes: dict[Outcome, Counter]
     circuit_reported_open: bool = False
+    # Held by `enabled = false` or `it-relay subscribers pause` (read from the database).
+    enabled: bool = True
+    paused: bool = False
+    circuit_shared_open: bool = False
     in_flight: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -174,8 +188,11 @@ class Attempts:
         self._sender = sender
         self._metrics = metrics
 
-    def decide(self, lane: Lane, item: ClaimedDelivery, last: Attempt, attempts: int) -> DeliveryResult:
-        """The delivery's next state after `last`; counted, and logged unless delivered."""
+    def decide(
+        self, lane: Lane, item: ClaimedDelivery, tried: Sequence[Attempt], attempts: int
+    ) -> DeliveryResult:
+        """The delivery's next state after the attempts `tried`; counted, and logged unless delivered."""
+        last = tried[-1]
         decision = retry.decide(
             last.outcome,
             item.failed_rounds,
@@ -221,6 +238,7 @@ class Attempts:
             retry_in_s=decision.wait_s,
             last_status=last.status,
             last_error=last.error,
+            history=[a.record for a in tried if a.record is not None],
         )
 
     def _observe_circuit(self, lane: Lane, last: Attempt) -> None:
@@ -249,14 +267,39 @@ class Attempts:
         try:
             response = await self._sender.post(lane.url, item.body, headers, lane.timeout_s)
         except SendError as exc:
-            return Attempt("retry", None, str(exc), None)
-        finally:
-            lane.duration.observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            lane.duration.observe(elapsed)
+            return Attempt(
+                "retry", None, str(exc), None, self._record(lane, attempt, now, elapsed, None, str(exc))
+            )
+        elapsed = time.perf_counter() - started
+        lane.duration.observe(elapsed)
         outcome = retry.classify(response.status)
-        if outcome == "delivered":
-            return Attempt(outcome, response.status, None, None)
+        error = None if outcome == "delivered" else f"HTTP {response.status}"
         wait = retry.retry_after_s(response.headers, now) if outcome == "retry" else None
-        return Attempt(outcome, response.status, f"HTTP {response.status}", wait)
+        record = self._record(lane, attempt, now, elapsed, response.status, error, response.body)
+        return Attempt(outcome, response.status, error, wait, record)
+
+    def _record(
+        self,
+        lane: Lane,
+        attempt: int,
+        at: datetime,
+        elapsed_s: float,
+        status: int | None,
+        error: str | None,
+        body: bytes = b"",
+    ) -> AttemptRecord | None:
+        if not self._settings.record_attempts:
+            return None
+        return AttemptRecord(
+            attempt=attempt,
+            at=at,
+            http_status=status,
+            error=error,
+            duration_ms=round(elapsed_s * 1000, 3),
+            excerpt=excerpt(body, EXCERPT_BYTES, lane.secrets) if body else None,
+        )
 
 
 class Dispatcher:
@@ -288,10 +331,12 @@ class Dispatcher:
                 breaker=CircuitBreaker(delivery.circuit_failure_threshold, delivery.circuit_cooldown_s),
                 duration=metrics.delivery_duration.labels(name),
                 outcomes={o: metrics.deliveries.labels(name, o) for o in OUTCOMES},
+                enabled=conf.enabled,
+                paused=not conf.enabled,
             )
             for name, conf in subscribers.items()
-            if conf.enabled
         }
+        self._metrics = metrics
         self._attempts = Attempts(delivery=delivery, sender=sender, metrics=metrics)
         self._slots = Slots(delivery.concurrency, self.wake)
         self._writer = OutcomeWriter(pool, owner)
@@ -320,6 +365,11 @@ class Dispatcher:
             )
             for lane in self.lanes.values()
         ]
+        # Paused subscribers are known before any lane claims (when the database answers).
+        with contextlib.suppress(*DB_ERRORS):
+            await self._sync_states()
+        states_beat = self._heartbeats.register("subscriber-states", self._poll_interval_s)
+        states = asyncio.create_task(self._states_loop(stopping, states_beat), name="subscriber-states")
         writer_beat = self._heartbeats.register("outcome-writer", self._poll_interval_s)
         writer = asyncio.create_task(
             self._writer.run(writer_beat, self._poll_interval_s), name="outcome-writer"
@@ -328,14 +378,46 @@ class Dispatcher:
             await stopping.wait()
         finally:
             self._stopping.set()
-            for task in lanes:
+            for task in [*lanes, states]:
                 task.cancel()
-            await asyncio.gather(*lanes, return_exceptions=True)
+            await asyncio.gather(*lanes, states, return_exceptions=True)
             await self._drain()
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
             await self._writer.flush(deadline=time.monotonic() + 10)
+
+    async def _states_loop(self, stopping: asyncio.Event, beat: Callable[[], None]) -> None:
+        """Every poll interval: pauses set by operators in, circuit changes out (for `status`)."""
+        while not stopping.is_set():
+            beat()
+            try:
+                await self._sync_states()
+            except DB_ERRORS as exc:
+                log.warning("reading subscriber states failed, will retry", error=type(exc).__name__)
+            except Exception:
+                log.exception("reading subscriber states failed unexpectedly, will retry")
+            await sleep_unless(stopping, self._poll_interval_s)
+
+    async def _sync_states(self) -> None:
+        async with self._pool.acquire() as conn:
+            states = await journal.subscriber_states(conn)
+            for lane in self.lanes.values():
+                if lane.circuit_reported_open != lane.circuit_shared_open:
+                    await journal.set_circuit(
+                        conn, lane.name, "open" if lane.circuit_reported_open else "closed"
+                    )
+                    lane.circuit_shared_open = lane.circuit_reported_open
+        for lane in self.lanes.values():
+            shared = states.get(lane.name)
+            paused = shared.paused if shared is not None and shared.paused is not None else not lane.enabled
+            if paused != lane.paused:
+                lane.paused = paused
+                log.info(
+                    "subscriber " + ("paused: deliveries held" if paused else "resumed"), subscriber=lane.name
+                )
+                lane.wake.set()
+            self._metrics.paused.labels(lane.name).set(1 if paused else 0)
 
     async def _drain(self) -> None:
         if self._tasks:
@@ -360,6 +442,8 @@ class Dispatcher:
 
     def _claim_limit(self, lane: Lane, now: float) -> tuple[int, int | None]:
         """How many rows the lane may claim now, and what the circuit allows (None: closed)."""
+        if lane.paused:
+            return 0, None
         allowed = lane.breaker.allowed(now)
         limit = min(self._slots.available(lane), self._settings.batch_size)
         return (limit if allowed is None else min(limit, allowed)), allowed
@@ -408,10 +492,12 @@ class Dispatcher:
         """Attempt (with quick retries), decide, queue the outcome; the slot goes with it."""
         lane = slot.lane
         attempts = item.attempts - 1  # the claim counted the first attempt already
+        tried: list[Attempt] = []
         try:
             while True:
                 attempts += 1
                 last = await self._attempts.attempt(lane, item, attempts)
+                tried.append(last)
                 retried = attempts - item.attempts
                 if (
                     not last.quick_retry
@@ -420,13 +506,14 @@ class Dispatcher:
                 ):
                     break
                 await asyncio.sleep(self._settings.inprocess_retry_wait_s)
-            self._writer.put(self._attempts.decide(lane, item, last, attempts), slot)
+            self._writer.put(self._attempts.decide(lane, item, tried, attempts), slot)
         except asyncio.CancelledError:
             if attempts < item.attempts:
                 await self._release_lease(item)
             else:
                 # Attempted but unfinished at shutdown: record the attempts, retry at once.
-                self._writer.put(self._unfinished(item, attempts, 0.0, "interrupted by shutdown"), slot)
+                result = self._unfinished(item, attempts, 0.0, "interrupted by shutdown")
+                self._writer.put(replace(result, history=self._history(tried)), slot)
             raise
         except Exception as exc:
             # A bug, not a delivery outcome: recorded as a retry with an internal: error, so the
@@ -438,12 +525,18 @@ class Dispatcher:
             result = self._unfinished(
                 item, max(attempts, item.attempts), wait, f"internal: {type(exc).__name__}"
             )
-            self._writer.put(replace(result, failed_rounds=item.failed_rounds + 1), slot)
+            self._writer.put(
+                replace(result, failed_rounds=item.failed_rounds + 1, history=self._history(tried)), slot
+            )
         finally:
             # Queued with its outcome, the slot is released once that is written; on any other
             # path (a released lease) it is released here.
             if not slot.queued:
                 slot.release()
+
+    @staticmethod
+    def _history(tried: Sequence[Attempt]) -> list[AttemptRecord]:
+        return [a.record for a in tried if a.record is not None]
 
     @staticmethod
     def _unfinished(item: ClaimedDelivery, attempts: int, retry_in_s: float, error: str) -> DeliveryResult:
@@ -499,7 +592,5 @@ async def send_test(
         )
     except SendError as exc:
         return SendTestResult(event_id, None, time.perf_counter() - started, str(exc))
-    excerpt = response.body[:1024].decode("utf-8", "replace")
-    return SendTestResult(
-        event_id, response.status, time.perf_counter() - started, mask_urls(scrub_text(excerpt))
-    )
+    shown = excerpt(response.body, EXCERPT_BYTES, subscriber.signing_secrets())
+    return SendTestResult(event_id, response.status, time.perf_counter() - started, shown)

@@ -145,6 +145,7 @@ async def write_results(conn: asyncpg.Connection, results: Sequence[DeliveryResu
     """Write outcomes in one round trip; returns how many rows this instance still held."""
     if not results:
         return 0
+    tried = [(r, a) for r in results for a in r.history]
     rows = await conn.fetch(
         query("write_results"),
         [r.event_id for r in results],
@@ -156,6 +157,14 @@ async def write_results(conn: asyncpg.Connection, results: Sequence[DeliveryResu
         [r.last_status for r in results],
         [r.last_error for r in results],
         owner,
+        [r.event_id for r, _ in tried],
+        [r.subscriber for r, _ in tried],
+        [a.attempt for _, a in tried],
+        [a.at for _, a in tried],
+        [a.http_status for _, a in tried],
+        [a.error for _, a in tried],
+        [a.duration_ms for _, a in tried],
+        [a.excerpt for _, a in tried],
     )
     return len(rows)
 
@@ -165,24 +174,163 @@ async def release_leases(conn: asyncpg.Connection, owner: str, keys: Sequence[tu
         await conn.execute(query("release_leases"), owner, [k[0] for k in keys], [k[1] for k in keys])
 
 
-async def replay(
-    conn: asyncpg.Connection,
-    channel: str,
-    *,
-    event_id: UUID | None = None,
-    subscriber: str | None = None,
-    status: str | None = None,
-    since: datetime | None = None,
-) -> list[asyncpg.Record]:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Selection:
+    """Which deliveries a replay takes (None: any)."""
+
+    event_id: UUID | None = None
+    subscribers: Sequence[str] | None = None
+    status: str | None = None
+    event_type: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def args(self) -> tuple[Any, ...]:
+        subs = None if self.subscribers is None else list(self.subscribers)
+        return (self.event_id, subs, self.status, self.event_type, self.since, self.until)
+
+
+async def replay_preview(conn: asyncpg.Connection, selection: Selection) -> dict[str, int]:
+    """How many deliveries `replay` would re-queue, per subscriber."""
+    return {r["subscriber"]: r["n"] for r in await conn.fetch(query("replay_preview"), *selection.args())}
+
+
+async def replay(conn: asyncpg.Connection, channel: str, selection: Selection) -> list[asyncpg.Record]:
     """Re-queue deliveries (same event_id), then wake every relay instance."""
     async with conn.transaction():
-        if event_id is not None:
-            rows: list[asyncpg.Record] = await conn.fetch(query("replay_event"), event_id, subscriber)
-        else:
-            rows = await conn.fetch(query("replay_subscriber"), subscriber, status, since)
+        rows: list[asyncpg.Record] = await conn.fetch(query("replay"), *selection.args())
         if rows:
             await wake(conn, channel, rows[0]["event_id"], rows[0]["event_type"])
     return rows
+
+
+async def backfill(
+    conn: asyncpg.Connection,
+    channel: str,
+    *,
+    subscriber: str,
+    event_types: Sequence[str],
+    since: datetime,
+    until: datetime | None,
+    dry_run: bool,
+) -> dict[str, int]:
+    """Deliveries from the journal for a subscriber added later, counted per event type."""
+    async with conn.transaction():
+        rows = await conn.fetch(query("backfill"), subscriber, list(event_types), since, until, dry_run)
+        counts = {r["event_type"]: r["n"] for r in rows}
+        if counts and not dry_run:
+            await conn.execute(
+                query("wake"),
+                channel,
+                codec.dumps({"event_id": UUID(int=0), "event_type": "", "wake": "deliveries"}).decode(),
+            )
+    return counts
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubscriberState:
+    """What every instance shares about a subscriber: paused by an operator, the last circuit seen."""
+
+    paused: bool | None
+    changed_at: datetime | None
+    changed_by: str | None
+    circuit: str
+    circuit_changed_at: datetime | None
+
+
+async def subscriber_states(conn: asyncpg.Connection) -> dict[str, SubscriberState]:
+    return {
+        r["subscriber"]: SubscriberState(
+            paused=r["paused"],
+            changed_at=r["changed_at"],
+            changed_by=r["changed_by"],
+            circuit=r["circuit"],
+            circuit_changed_at=r["circuit_changed_at"],
+        )
+        for r in await conn.fetch(query("subscriber_states"))
+    }
+
+
+async def set_paused(conn: asyncpg.Connection, subscriber: str, paused: bool, by: str) -> None:
+    await conn.execute(query("set_paused"), subscriber, paused, by)
+
+
+async def set_circuit(conn: asyncpg.Connection, subscriber: str, state: str) -> None:
+    await conn.execute(query("set_circuit"), subscriber, state)
+
+
+async def subscriber_stats(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(query("subscriber_stats"))
+    return rows
+
+
+async def event_journey(
+    conn: asyncpg.Connection, event_id: UUID
+) -> tuple[asyncpg.Record | None, list[asyncpg.Record], list[asyncpg.Record], asyncpg.Record | None]:
+    """One event: its journal row, its deliveries, every attempt, and its rejection if any."""
+    event = await conn.fetchrow(query("event_journey"), event_id)
+    deliveries = await list_deliveries(conn, event_id=event_id, limit=1000)
+    attempts = await conn.fetch(query("event_attempts"), event_id)
+    rejection = await conn.fetchrow(query("rejection"), -1, event_id)
+    return event, deliveries, attempts, rejection
+
+
+async def follow_deliveries(
+    conn: asyncpg.Connection,
+    after: datetime,
+    *,
+    status: str | None,
+    subscriber: str | None,
+    event_type: str | None,
+) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        query("follow_deliveries"), after, status, subscriber, event_type
+    )
+    return rows
+
+
+async def list_rejections(
+    conn: asyncpg.Connection,
+    *,
+    reason: str | None,
+    event_type: str | None,
+    since: datetime | None,
+    resolved: bool,
+    limit: int,
+) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        query("list_rejections"), reason, event_type, since, resolved, limit
+    )
+    return rows
+
+
+async def rejection(
+    conn: asyncpg.Connection, rejection_id: int, event_id: UUID | None
+) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(query("rejection"), rejection_id, event_id)
+    return row
+
+
+async def republish(conn: asyncpg.Connection, channel: str, rejection_id: int, event: NotifiedEvent) -> bool:
+    """Journal a corrected event under its id and mark the rejection resolved; False if that id
+    was already routed (it would be delivered twice)."""
+    async with conn.transaction():
+        written = await conn.fetchval(
+            query("republish"),
+            event.event_id,
+            event.event_type,
+            codec.dumps(event.payload).decode(),
+            event.organization_id,
+        )
+        if written is None:
+            return False
+        await conn.execute(query("resolve_rejection"), rejection_id, event.event_id)
+        await conn.execute(
+            query("wake"),
+            channel,
+            codec.dumps({"event_id": event.event_id, "event_type": event.event_type}).decode(),
+        )
+    return True
 
 
 async def probe(conn: asyncpg.Connection) -> None:
@@ -224,7 +372,12 @@ async def backlog(conn: asyncpg.Connection) -> dict[str, int]:
 
 
 async def prune(
-    conn: asyncpg.Connection, delivered_s: float, dead_s: float, rejected_s: float, batch: int = 5000
+    conn: asyncpg.Connection,
+    delivered_s: float,
+    dead_s: float,
+    rejected_s: float,
+    batch: int = 5000,
+    served: Iterable[str] | None = None,
 ) -> int:
     """One bounded batch of each retention rule; returns rows deleted (call again while > 0)."""
     total = 0
@@ -234,6 +387,8 @@ async def prune(
         ("prune_rejected", (rejected_s, batch)),
         ("prune_marks", (batch,)),
     ]
+    if served is not None:
+        rules.append(("prune_unserved", (list(served), dead_s, batch)))
     # A relay without the scheduler's views (no reference schema) has only expiry marks to judge.
     if await conn.fetchval(query("scheduler_views_exist")):
         rules.append(("prune_closed_marks", (batch,)))

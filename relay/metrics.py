@@ -65,7 +65,13 @@ class Metrics:
         )
         self.unconfigured = Counter(
             "it_relay_unconfigured_deliveries",
-            "Deliveries routed to a subscriber that has no config (they wait until it is configured).",
+            "Events routed to a subscriber not served here (no config): no delivery is created.",
+            ["subscriber"],
+            registry=r,
+        )
+        self.paused = Gauge(
+            "it_relay_subscriber_paused",
+            "1 while a subscriber is paused (its deliveries are held; the backlog alert ignores it).",
             ["subscriber"],
             registry=r,
         )
@@ -97,6 +103,7 @@ class Metrics:
             self.delivery_duration.labels(name)
             self.backlog.labels(name)
             self.circuit_open.labels(name)
+            self.paused.labels(name)
         for event_type, contract in REGISTRY.items():
             if contract.emitter == "scheduler":
                 self.scheduler_emitted.labels(event_type)

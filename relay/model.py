@@ -12,6 +12,8 @@ from uuid import UUID
 NOTIFY_LIMIT_BYTES: Final = 8000
 # Rows per round trip: notifications journaled, outcomes written.
 BATCH_LIMIT: Final = 1000
+# The start of a subscriber's response kept per attempt (scrubbed), for `deliveries show`.
+EXCERPT_BYTES: Final = 1024
 
 EventStatus = Literal["pending", "routed", "rejected"]
 DeliveryStatus = Literal["pending", "delivered", "dead"]
@@ -92,6 +94,18 @@ class ClaimedDelivery:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptRecord:
+    """One HTTP attempt as the attempts history keeps it (excerpt already scrubbed)."""
+
+    attempt: int
+    at: datetime
+    http_status: int | None
+    error: str | None
+    duration_ms: float
+    excerpt: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DeliveryResult:
     """What an attempt (or a round of quick retries) left a delivery as."""
 
@@ -104,3 +118,5 @@ class DeliveryResult:
     retry_in_s: float | None
     last_status: int | None
     last_error: str | None
+    # The HTTP attempts this claim made (quick retries included), oldest first.
+    history: Sequence[AttemptRecord] = ()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from functools import lru_cache
 from typing import Any
 
@@ -171,6 +171,18 @@ def mask_url(url: str) -> str:
 def mask_urls(text: str) -> str:
     """Every URL in free text (an error message, a log line) passed through mask_url."""
     return _URL.sub(lambda m: mask_url(m.group(0)), text) if "://" in text else text
+
+
+def excerpt(body: bytes, limit: int, secrets: Iterable[str] = ()) -> str:
+    """The start of a response body fit to store and show: the caller's secrets, URL secrets
+    and licence keys masked; NUL (which PostgreSQL text cannot hold) replaced."""
+    text = body[:limit].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+    for secret in secrets:
+        # A signing secret echoed back, whole or without its whsec_ prefix.
+        for form in (secret, secret.removeprefix("whsec_")):
+            if len(form) >= 8:
+                text = text.replace(form, MASK)
+    return mask_urls(scrub_text(text))
 
 
 def scrub_bytes(data: bytes) -> str:

@@ -1,4 +1,4 @@
-"""Route journaled events: validate, redact, and write one delivery row per subscriber.
+"""Route journaled events: validate, redact, and write one delivery row per served subscriber.
 
 A batch of pending events is claimed FOR UPDATE SKIP LOCKED; its routing (deliveries, the
 validated payload, rejections) commits in that same transaction, so a crash leaves the events
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from uuid import UUID
 
 import asyncpg
@@ -64,6 +65,23 @@ class Router:
                 continue
             await wait_any(self._wake, stopping, within=self._poll_interval_s)
 
+    def _served_only(self, event: RoutedEvent) -> RoutedEvent:
+        """The event with only the subscribers served here: one not configured gets no delivery row
+        (a row nobody delivers would wait, and keep its event, forever)."""
+        unserved = [s for s in event.subscribers if s not in self._configured]
+        if not unserved:
+            return event
+        for name in unserved:
+            self._metrics.unconfigured.labels(name).inc()
+            if name not in self._warned:
+                self._warned.add(name)
+                log.warning(
+                    "subscriber not served here: its events are journaled but not delivered to it "
+                    "(configure it, then `it-relay backfill`)",
+                    subscriber=name,
+                )
+        return replace(event, subscribers=[s for s in event.subscribers if s in self._configured])
+
     async def route_batch(self) -> int:
         """Route one batch; returns how many events it took."""
         async with self._pool.acquire() as conn, conn.transaction():
@@ -81,16 +99,13 @@ class Router:
                     outcome = unroutable(row["event_id"], exc)
                 self._metrics.events_received.labels(row["source"]).inc()
                 if isinstance(outcome, RoutedEvent):
-                    routed.append(outcome)
+                    routed.append(self._served_only(outcome))
                 else:
                     rejected.append((row["event_id"], outcome))
             await journal.write_routing(conn, routed, rejected)
         subscribers: set[str] = set()
         for event in routed:
             subscribers.update(event.subscribers)
-            for name in event.subscribers:
-                if name not in self._configured:
-                    self._metrics.unconfigured.labels(name).inc()
         for event_id, rejection in rejected:
             self._metrics.events_rejected.labels(rejection.reason).inc()
             log.warning(
@@ -99,12 +114,6 @@ class Router:
                 event_type=rejection.event_type,
                 reason=rejection.reason,
                 errors=list(rejection.errors)[:10],
-            )
-        for name in subscribers - self._configured - self._warned:
-            self._warned.add(name)
-            log.warning(
-                "deliveries routed to a subscriber without config wait until it is configured",
-                subscriber=name,
             )
         if subscribers:
             self._on_routed(subscribers)

@@ -174,6 +174,8 @@ class DeliverySettings(Section):
     transport: Literal["aiohttp", "httpx-aiohttp", "httpx"] = "aiohttp"
     # At most this much of a subscriber's response is read; the rest is discarded with the connection.
     max_response_bytes: Annotated[int, Field(ge=0, le=16 * 1024 * 1024)] = 65536
+    # One row per HTTP attempt in it_relay.attempts (time, status or error, duration, excerpt).
+    record_attempts: bool = True
 
     def attempt_budget_s(self, timeout_s: float) -> float:
         """The longest one claim can take: every quick retry timing out, and the waits between."""

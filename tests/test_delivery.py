@@ -287,25 +287,6 @@ async def test_bad_notifications_are_rejected_and_the_relay_goes_on(
     assert any(e.startswith("priority: Input should be") for e in errors)
 
 
-async def test_unconfigured_subscribers_wait_and_are_counted(
-    relay_db: str, db: asyncpg.Connection, sink: Sink
-) -> None:
-    async with running(relay_settings(relay_db, sink, ["PF-10"])) as daemon:
-        await publish(db, example("it_asset_assigned"))
-        await sink.wait_for(lambda r: len(r) == 1)
-        await wait_for_rows(
-            db, "SELECT status FROM it_relay.deliveries WHERE subscriber = 'HR'", lambda v: v == "pending"
-        )
-        value = daemon.metrics.registry.get_sample_value(
-            "it_relay_unconfigured_deliveries_total", {"subscriber": "HR"}
-        )
-    assert value == 1
-    # Configuring HR later delivers what waited.
-    async with running(relay_settings(relay_db, sink, ["PF-10", "HR"])):
-        await sink.wait_for(lambda r: len(r) == 2)
-    assert sink.requests[1].path == "/hr"
-
-
 async def test_unknown_fields_policy_applies_to_delivery(
     relay_db: str, db: asyncpg.Connection, sink: Sink
 ) -> None:

@@ -83,24 +83,36 @@ SELECT extract(epoch FROM min(greatest(next_attempt_at, coalesce(lease_expires_a
  WHERE subscriber = $1 AND status = 'pending';
 
 -- name: write_results
--- Outcomes of many attempts in one round trip. Only the lease holder may write: a lease that
--- expired and was claimed by another instance is theirs now.
-UPDATE it_relay.deliveries d
-   SET status = r.status,
-       attempts = r.attempts,
-       failed_rounds = r.failed_rounds,
-       next_attempt_at = CASE WHEN r.retry_in_s IS NULL THEN d.next_attempt_at
-                              ELSE clock_timestamp() + make_interval(secs => r.retry_in_s) END,
-       last_status = r.last_status,
-       last_error = r.last_error,
-       delivered_at = CASE WHEN r.status = 'delivered' THEN clock_timestamp() END,
-       updated_at = clock_timestamp(),
-       lease_owner = NULL,
-       lease_expires_at = NULL
-  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::int[], $6::float8[], $7::int[], $8::text[])
-       AS r(event_id, subscriber, status, attempts, failed_rounds, retry_in_s, last_status, last_error)
- WHERE d.event_id = r.event_id AND d.subscriber = r.subscriber AND d.lease_owner = $9
-RETURNING d.event_id, d.subscriber;
+-- Outcomes of many attempts, and the attempts' history, in one round trip. Only the lease holder
+-- may write: a lease that expired and was claimed by another instance is theirs now (and so is
+-- the history of an attempt whose outcome is not written).
+WITH written AS (
+    UPDATE it_relay.deliveries d
+       SET status = r.status,
+           attempts = r.attempts,
+           failed_rounds = r.failed_rounds,
+           next_attempt_at = CASE WHEN r.retry_in_s IS NULL THEN d.next_attempt_at
+                                  ELSE clock_timestamp() + make_interval(secs => r.retry_in_s) END,
+           last_status = r.last_status,
+           last_error = r.last_error,
+           delivered_at = CASE WHEN r.status = 'delivered' THEN clock_timestamp() END,
+           updated_at = clock_timestamp(),
+           lease_owner = NULL,
+           lease_expires_at = NULL
+      FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::int[], $6::float8[], $7::int[], $8::text[])
+           AS r(event_id, subscriber, status, attempts, failed_rounds, retry_in_s, last_status, last_error)
+     WHERE d.event_id = r.event_id AND d.subscriber = r.subscriber AND d.lease_owner = $9
+    RETURNING d.event_id, d.subscriber
+), history AS (
+    INSERT INTO it_relay.attempts (event_id, subscriber, attempt, attempted_at, http_status, error,
+                                   duration_ms, response_excerpt)
+    SELECT a.event_id, a.subscriber, a.attempt, a.attempted_at, a.http_status, a.error, a.duration_ms, a.excerpt
+      FROM unnest($10::uuid[], $11::text[], $12::int[], $13::timestamptz[], $14::int[], $15::text[],
+                  $16::float8[], $17::text[])
+           AS a(event_id, subscriber, attempt, attempted_at, http_status, error, duration_ms, excerpt)
+      JOIN written w ON w.event_id = a.event_id AND w.subscriber = a.subscriber
+)
+SELECT event_id, subscriber FROM written;
 
 -- name: release_leases
 -- Claimed but never attempted (shutdown): back to the queue, the claim's attempt not counted.
@@ -109,19 +121,183 @@ UPDATE it_relay.deliveries
  WHERE lease_owner = $1 AND status = 'pending'
    AND (event_id, subscriber) IN (SELECT * FROM unnest($2::uuid[], $3::text[]));
 
--- name: replay_event
+-- name: replay_preview
+-- What `replay` would re-queue, counted per subscriber (the same filters as replay).
+SELECT subscriber, count(*) AS n
+  FROM it_relay.deliveries
+ WHERE ($1::uuid IS NULL OR event_id = $1)
+   AND ($2::text[] IS NULL OR subscriber = ANY($2))
+   AND ($3::text IS NULL OR status = $3)
+   AND ($4::text IS NULL OR event_type = $4)
+   AND ($5::timestamptz IS NULL OR created_at >= $5)
+   AND ($6::timestamptz IS NULL OR created_at < $6)
+ GROUP BY subscriber
+ ORDER BY subscriber;
+
+-- name: replay
+-- Back to pending, due now, with a fresh retry schedule; the same event_id (webhook-id).
 UPDATE it_relay.deliveries
    SET status = 'pending', next_attempt_at = clock_timestamp(), failed_rounds = 0,
        lease_owner = NULL, lease_expires_at = NULL, delivered_at = NULL, updated_at = clock_timestamp()
- WHERE event_id = $1 AND ($2::text IS NULL OR subscriber = $2)
+ WHERE ($1::uuid IS NULL OR event_id = $1)
+   AND ($2::text[] IS NULL OR subscriber = ANY($2))
+   AND ($3::text IS NULL OR status = $3)
+   AND ($4::text IS NULL OR event_type = $4)
+   AND ($5::timestamptz IS NULL OR created_at >= $5)
+   AND ($6::timestamptz IS NULL OR created_at < $6)
 RETURNING event_id, subscriber, event_type;
 
--- name: replay_subscriber
-UPDATE it_relay.deliveries
-   SET status = 'pending', next_attempt_at = clock_timestamp(), failed_rounds = 0,
-       lease_owner = NULL, lease_expires_at = NULL, delivered_at = NULL, updated_at = clock_timestamp()
- WHERE subscriber = $1 AND status = $2 AND ($3::timestamptz IS NULL OR updated_at >= $3)
-RETURNING event_id, subscriber, event_type;
+-- name: backfill
+-- Deliveries for a subscriber added later: routed events of its types journaled in [$3, $4)
+-- that it has no delivery for. Dry run: the same rows, counted, nothing written ($5).
+WITH wanted AS (
+    SELECT e.event_id, e.event_type
+      FROM it_relay.events e
+     WHERE e.status = 'routed' AND e.event_type = ANY($2::text[])
+       AND e.created_at >= $3 AND ($4::timestamptz IS NULL OR e.created_at < $4)
+       AND NOT EXISTS (SELECT FROM it_relay.deliveries d WHERE d.event_id = e.event_id AND d.subscriber = $1)
+), added AS (
+    INSERT INTO it_relay.deliveries (event_id, subscriber, event_type)
+    SELECT event_id, $1, event_type FROM wanted WHERE NOT $5::bool
+    ON CONFLICT (event_id, subscriber) DO NOTHING
+    RETURNING event_id, event_type
+)
+SELECT event_type, count(*) AS n
+  FROM (SELECT event_type FROM wanted WHERE $5::bool UNION ALL SELECT event_type FROM added) x
+ GROUP BY event_type
+ ORDER BY event_type;
+
+-- name: subscriber_states
+SELECT subscriber, paused, changed_at, changed_by, circuit, circuit_changed_at
+  FROM it_relay.subscriber_state;
+
+-- name: set_paused
+-- `subscribers pause|resume`: every instance reads it within database.poll_interval_s.
+INSERT INTO it_relay.subscriber_state (subscriber, paused, changed_at, changed_by)
+VALUES ($1, $2, clock_timestamp(), $3)
+ON CONFLICT (subscriber) DO UPDATE
+   SET paused = excluded.paused, changed_at = excluded.changed_at, changed_by = excluded.changed_by;
+
+-- name: set_circuit
+INSERT INTO it_relay.subscriber_state (subscriber, circuit, circuit_changed_at)
+VALUES ($1, $2, clock_timestamp())
+ON CONFLICT (subscriber) DO UPDATE
+   SET circuit = excluded.circuit, circuit_changed_at = excluded.circuit_changed_at
+ WHERE it_relay.subscriber_state.circuit <> excluded.circuit;
+
+-- name: subscriber_stats
+-- Per subscriber, for `status`: backlog and its oldest row; attempts that succeeded or failed in
+-- the last 5 and 60 minutes; journal-to-delivered latency of the last hour; the last success and
+-- the last error.
+WITH pending AS (
+    SELECT subscriber, count(*) AS backlog, min(created_at) AS oldest_pending
+      FROM it_relay.deliveries WHERE status = 'pending' GROUP BY subscriber
+), tried AS (
+    SELECT subscriber,
+           count(*) FILTER (WHERE ok AND attempted_at > clock_timestamp() - interval '5 minutes') AS ok_5m,
+           count(*) FILTER (WHERE NOT ok AND attempted_at > clock_timestamp() - interval '5 minutes') AS failed_5m,
+           count(*) FILTER (WHERE ok) AS ok_60m,
+           count(*) FILTER (WHERE NOT ok) AS failed_60m
+      FROM (SELECT subscriber, attempted_at, coalesce(http_status BETWEEN 200 AND 299, false) AS ok
+              FROM it_relay.attempts
+             WHERE attempted_at > clock_timestamp() - interval '60 minutes') a
+     GROUP BY subscriber
+), delivered AS (
+    SELECT d.subscriber,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM d.delivered_at - e.created_at)) AS p50_s,
+           percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM d.delivered_at - e.created_at)) AS p99_s
+      FROM it_relay.deliveries d JOIN it_relay.events e USING (event_id)
+     WHERE d.status = 'delivered' AND d.updated_at > clock_timestamp() - interval '60 minutes'
+     GROUP BY d.subscriber
+), last_ok AS (
+    SELECT subscriber, max(updated_at) AS last_success
+      FROM it_relay.deliveries WHERE status = 'delivered' GROUP BY subscriber
+), last_error AS (
+    SELECT DISTINCT ON (subscriber) subscriber, last_error, updated_at AS last_error_at
+      FROM it_relay.deliveries
+     WHERE last_error IS NOT NULL
+     ORDER BY subscriber, updated_at DESC
+), names AS (
+    SELECT subscriber FROM pending UNION SELECT subscriber FROM tried UNION SELECT subscriber FROM last_ok
+    UNION SELECT subscriber FROM last_error UNION SELECT subscriber FROM it_relay.subscriber_state
+)
+SELECT n.subscriber, coalesce(p.backlog, 0) AS backlog, p.oldest_pending,
+       coalesce(t.ok_5m, 0) AS delivered_5m, coalesce(t.failed_5m, 0) AS failed_5m,
+       coalesce(t.ok_60m, 0) AS delivered_60m, coalesce(t.failed_60m, 0) AS failed_60m,
+       dl.p50_s, dl.p99_s, o.last_success, le.last_error, le.last_error_at,
+       s.paused, s.circuit, s.circuit_changed_at, clock_timestamp() AS now
+  FROM names n
+  LEFT JOIN pending p USING (subscriber)
+  LEFT JOIN tried t USING (subscriber)
+  LEFT JOIN delivered dl USING (subscriber)
+  LEFT JOIN last_ok o USING (subscriber)
+  LEFT JOIN last_error le USING (subscriber)
+  LEFT JOIN it_relay.subscriber_state s USING (subscriber);
+
+-- name: event_journey
+SELECT event_id, event_type, status, source, payload, created_at, routed_at
+  FROM it_relay.events WHERE event_id = $1;
+
+-- name: event_attempts
+SELECT subscriber, attempt, attempted_at, http_status, error, duration_ms, response_excerpt
+  FROM it_relay.attempts WHERE event_id = $1
+ ORDER BY subscriber, attempted_at, id;
+
+-- name: follow_deliveries
+-- Outcomes written after $1 (the last one seen), oldest first, for `deliveries list --follow`.
+SELECT d.event_id, d.event_type, d.subscriber, d.status, d.attempts, d.last_status, d.last_error,
+       d.created_at, d.updated_at, d.next_attempt_at, d.delivered_at
+  FROM it_relay.deliveries d
+ WHERE d.updated_at > $1
+   AND ($2::text IS NULL OR d.status = $2)
+   AND ($3::text IS NULL OR d.subscriber = $3)
+   AND ($4::text IS NULL OR d.event_type = $4)
+   AND d.updated_at < clock_timestamp() - interval '50 milliseconds'
+ ORDER BY d.updated_at, d.event_id, d.subscriber
+ LIMIT 1000;
+
+-- name: list_rejections
+SELECT id, event_id, event_type, reason, errors, source, received_at, resolved_at, resolved_event_id
+  FROM it_relay.rejected_events
+ WHERE ($1::text IS NULL OR reason = $1)
+   AND ($2::text IS NULL OR event_type = $2)
+   AND ($3::timestamptz IS NULL OR received_at >= $3)
+   AND ($4::bool OR resolved_at IS NULL)
+ ORDER BY received_at DESC, id DESC
+ LIMIT $5;
+
+-- name: rejection
+SELECT id, event_id, event_type, reason, errors, source, received_at, resolved_at, resolved_event_id,
+       payload, raw_text
+  FROM it_relay.rejected_events
+ WHERE id = $1 OR ($2::uuid IS NOT NULL AND event_id = $2)
+ ORDER BY id
+ LIMIT 1;
+
+-- name: republish
+-- A corrected event journaled again under its event_id: a new row, or the rejected row made
+-- pending with the corrected payload (the router validates it once more). An event already
+-- routed is left alone (no row back): republishing it would deliver it twice.
+INSERT INTO it_relay.events (event_id, event_type, payload, source, organization_id)
+VALUES ($1, $2, $3::jsonb, 'publish', $4)
+ON CONFLICT (event_id) DO UPDATE
+   SET event_type = excluded.event_type, payload = excluded.payload, status = 'pending',
+       organization_id = excluded.organization_id, routed_at = NULL
+ WHERE it_relay.events.status = 'rejected'
+RETURNING event_id;
+
+-- name: resolve_rejection
+UPDATE it_relay.rejected_events SET resolved_at = clock_timestamp(), resolved_event_id = $2 WHERE id = $1;
+
+-- name: prune_unserved
+-- Pending deliveries of subscribers no longer served (removed from the configuration), once older
+-- than the dead-letter retention: nobody will deliver them, and they would keep their events.
+DELETE FROM it_relay.deliveries
+ WHERE ctid = ANY(ARRAY(
+       SELECT ctid FROM it_relay.deliveries
+        WHERE status = 'pending' AND NOT (subscriber = ANY($1::text[]))
+          AND created_at < clock_timestamp() - make_interval(secs => $2)
+        LIMIT $3));
 
 -- name: wake
 SELECT pg_notify($1, $2);

@@ -1,0 +1,104 @@
+"""What every it-relay command shares: loading settings, one database connection, one-line errors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+from uuid import UUID
+
+import asyncpg
+import typer
+
+from relay import database, logs, migrate
+from relay.errors import InputError, UserError
+from relay.sender import describe
+from relay.settings import Settings, load_settings
+
+T = TypeVar("T")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML config file (default: $IT_RELAY_CONFIG)."),
+]
+
+
+def load(config: Path | None, log_level: str | None = None, log_format: str | None = None) -> Settings:
+    settings = load_settings(config)
+    logs.configure(
+        (log_level or settings.logging.level).upper(),
+        log_format or settings.logging.format,  # type: ignore[arg-type]
+    )
+    return settings
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        # uvloop when installed (Linux, a dependency): measured faster for the relay's socket I/O.
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            return runner.run(coro)
+    except database.DB_ERRORS as exc:
+        raise UserError(f"database: {describe(exc)}") from None
+
+
+def with_db(
+    settings: Settings,
+    work: Callable[[asyncpg.Connection], Awaitable[T]],
+    *,
+    application: str = database.APPLICATION,
+    check: bool = True,
+) -> T:
+    """Run `work` on one connection (after the schema check), then close it; errors are one line."""
+
+    async def go() -> T:
+        conn = await database.connect(settings.database, application)
+        try:
+            if check:
+                await migrate.check(conn)
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    return run_async(go())
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+class Level(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+class Format(StrEnum):
+    json = "json"
+    console = "console"
+    auto = "auto"
+
+
+LogLevel = Annotated[Level | None, typer.Option("--log-level", case_sensitive=False, help="The log level.")]
+LogFormat = Annotated[Format | None, typer.Option("--log-format", help="The log format (default: auto).")]
+
+
+def event_id_option(value: str | None) -> UUID | None:
+    if value is None:
+        return None
+    try:
+        return UUID(value)
+    except ValueError:
+        raise InputError("--event-id must be a UUID") from None
+
+
+def cut(text: str, width: int) -> str:
+    """Text cut to a column, marked as cut (the whole of it: --wide or --json)."""
+    return text if len(text) <= width else text[: width - 1] + "…"
