@@ -74,7 +74,7 @@ def _get(port: int, path: str) -> Any:
         return json.loads(response.read())
 
 
-def _config(path: Path, dsn: str, port: int) -> Path:
+def _config(path: Path, dsn: str, port: int, record_attempts: bool = True) -> Path:
     lines = [
         "[database]",
         f'url = "{dsn}"',
@@ -82,6 +82,7 @@ def _config(path: Path, dsn: str, port: int) -> Path:
         "[delivery]",
         "concurrency = 64",
         "batch_size = 500",
+        f"record_attempts = {'true' if record_attempts else 'false'}",
         "[scheduler]",
         "enabled = false",
         "[server]",
@@ -175,7 +176,9 @@ def _percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 1000) - 1]
 
 
-def _start(system: str, dsn: str, port: int, workdir: Path, label: str) -> subprocess.Popen[bytes]:
+def _start(
+    system: str, dsn: str, port: int, workdir: Path, label: str, record_attempts: bool = True
+) -> subprocess.Popen[bytes]:
     if system == "it-relay":
         command = [
             sys.executable,
@@ -183,7 +186,7 @@ def _start(system: str, dsn: str, port: int, workdir: Path, label: str) -> subpr
             "relay",
             "run",
             "--config",
-            str(_config(workdir / "relay.toml", dsn, port)),
+            str(_config(workdir / f"{label}.toml", dsn, port, record_attempts)),
         ]
         if PROFILE_DIR is not None:
             # py-spy samples the relay; collapsed stacks, one file per scenario (CPU figures are then py-spy's).
@@ -282,7 +285,9 @@ async def throughput(
     }
 
 
-async def backlog(admin_dsn: str, port: int, n: int, workdir: Path) -> dict[str, Any]:
+async def backlog(
+    admin_dsn: str, port: int, n: int, workdir: Path, record_attempts: bool = True
+) -> dict[str, Any]:
     """n events journaled with no relay running (one statement), then the relay drains them."""
     dsn = await _fresh_database(admin_dsn, "it-relay")
     conn = await asyncpg.connect(dsn)
@@ -297,7 +302,11 @@ async def backlog(admin_dsn: str, port: int, n: int, workdir: Path) -> dict[str,
         )
     await conn.close()
     before = _get(port, "/count")
-    procs = [_start("it-relay", dsn, port, workdir, f"it-relay-backlog-{i}") for i in range(INSTANCES)]
+    tag = "" if record_attempts else "-no-history"
+    procs = [
+        _start("it-relay", dsn, port, workdir, f"it-relay-backlog{tag}-{i}", record_attempts)
+        for i in range(INSTANCES)
+    ]
     try:
         t0 = time.monotonic()
         await _await_sink(port, before + n * len(SUBSCRIBERS), procs)
@@ -309,7 +318,7 @@ async def backlog(admin_dsn: str, port: int, n: int, workdir: Path) -> dict[str,
             _stop(proc)
     return {
         "system": _label("it-relay"),
-        "scenario": "backlog",
+        "scenario": "backlog" if record_attempts else "backlog, no attempt history",
         "events": n,
         "elapsed_s": elapsed,
         "events_per_s": n / elapsed,
@@ -317,6 +326,15 @@ async def backlog(admin_dsn: str, port: int, n: int, workdir: Path) -> dict[str,
         "cpu_s_per_1k_deliveries": cpu / (n * len(SUBSCRIBERS)) * 1000,
         "peak_rss_mb": rss,
     }
+
+
+def _history_cost(by: dict[tuple[str, str], dict[str, Any]]) -> float | None:
+    """How much slower the backlog drains with the attempts history than without it."""
+    with_it = by.get((_label("it-relay"), "backlog"))
+    without = by.get((_label("it-relay"), "backlog, no attempt history"))
+    if not with_it or not without:
+        return None
+    return 1 - with_it["deliveries_per_s"] / without["deliveries_per_s"]
 
 
 def _table(ceilings: dict[str, float | None], runs: list[dict[str, Any]], header: str) -> str:
@@ -428,6 +446,8 @@ def main() -> None:
             )
         )
         runs.append(asyncio.run(backlog(dsn, args.port, args.backlog, workdir)))
+        # The attempts history's cost, in the same run: the same drain without it.
+        runs.append(asyncio.run(backlog(dsn, args.port, args.backlog, workdir, record_attempts=False)))
     finally:
         sink_proc.terminate()
         if server is not None:
@@ -447,8 +467,11 @@ def main() -> None:
         if relay
         else None,
         "relay_vs_pgqueuer": relay["deliveries_per_s"] / pgq["deliveries_per_s"] if relay and pgq else None,
+        "attempt_history_cost": _history_cost(by),
     }
     print(f"\nit-relay / bare aiohttp POST ceiling: {summary['relay_vs_aiohttp_post']:.0%}")
+    if summary["attempt_history_cost"] is not None:
+        print(f"attempt history: drain {summary['attempt_history_cost']:.1%} slower than without it")
     if summary["relay_vs_pgqueuer"]:
         print(f"it-relay / PgQueuer relay: {summary['relay_vs_pgqueuer']:.2f}x")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -361,9 +361,38 @@ async def test_retention_prunes_old_delivered_and_dead(
     remaining = {str(r["event_id"]) for r in await db.fetch("SELECT event_id FROM it_relay.events")}
     assert remaining == {dead}
     assert done not in remaining
+    # The attempts history goes with its delivery.
+    tried = "SELECT array_agg(DISTINCT event_id::text) FROM it_relay.attempts"
+    assert await db.fetchval(tried) == [dead]
     await db.execute("UPDATE it_relay.deliveries SET updated_at = now() - interval '31 days'")
     while await journal.prune(db, 7 * 86400, 30 * 86400, 30 * 86400):
         pass
+    assert await db.fetchval("SELECT count(*) FROM it_relay.events") == 0
+    assert await db.fetchval("SELECT count(*) FROM it_relay.attempts") == 0
+
+
+async def test_retention_drops_pending_deliveries_of_a_subscriber_no_longer_served(
+    relay_db: str, db: asyncpg.Connection, sink: Sink
+) -> None:
+    sink.script("/hr", Reply(503))
+    async with running(
+        relay_settings(relay_db, sink, ["PF-10", "HR"], delivery={"retry_schedule_s": [3600]})
+    ):
+        await publish(db, example("it_asset_assigned"))
+        await wait_for_rows(
+            db, "SELECT count(*) FROM it_relay.deliveries WHERE status = 'delivered'", lambda v: v == 1
+        )
+    await db.execute("UPDATE it_relay.deliveries SET created_at = now() - interval '31 days'")
+    await db.execute("UPDATE it_relay.events SET routed_at = now() - interval '31 days'")
+    # HR is still served: its pending delivery (and so its event) stays.
+    while await journal.prune(db, 7 * 86400, 30 * 86400, 30 * 86400, served=["PF-10", "HR"]):
+        pass
+    assert await db.fetchval("SELECT count(*) FROM it_relay.deliveries WHERE status = 'pending'") == 1
+    # HR removed from the configuration: past the dead-letter retention nobody will deliver it.
+    await db.execute("UPDATE it_relay.deliveries SET updated_at = now() - interval '8 days'")
+    while await journal.prune(db, 7 * 86400, 30 * 86400, 30 * 86400, served=["PF-10"]):
+        pass
+    assert await db.fetchval("SELECT count(*) FROM it_relay.deliveries") == 0
     assert await db.fetchval("SELECT count(*) FROM it_relay.events") == 0
 
 
