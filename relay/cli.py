@@ -377,10 +377,25 @@ register_operator_commands(app)
 
 def main() -> None:
     """Console entry point."""
-    # Typer's standalone mode handles usage errors (exit 2) and exits via SystemExit.
     try:
-        app()
+        code = app(standalone_mode=False)
     except UserError as exc:
         _fail(str(exc), exc.exit_code)
+    except typer.TyperException as exc:
+        _usage_error(exc)
+    except typer.Abort:
+        _fail("aborted", 1)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(exc: typer.TyperException) -> NoReturn:
+    """Click's usage errors as one line (its own format is a usage block and a framed message)."""
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        # A group run without a command: typer has shown its help already; exit 2 as click does.
+        sys.exit(2)
+    message = exc.format_message()
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    _fail(" ".join(message.split()) + hint, exc.exit_code)

@@ -252,7 +252,10 @@ class Daemon:
                 self._notifier.notify(f"STATUS=degraded: loop stalled: {', '.join(stalled)}")
             else:
                 in_flight = self.components.dispatcher.in_flight if self.components else 0
-                status = f"relaying: {in_flight} in flight" if reason is None else f"degraded: {reason}"
+                if reason is None:
+                    status = f"relaying: {in_flight} in flight"
+                else:
+                    status = f"{'degraded' if sent_ready else 'starting'}: {reason}"
                 self._notifier.notify("WATCHDOG=1", f"STATUS={status}")
             await sleep_unless(stopping, interval if sent_ready else 0.2)
 

@@ -247,7 +247,10 @@ class Attempts:
         if is_open != lane.circuit_reported_open:
             lane.circuit_reported_open = is_open
             self._metrics.circuit_open.labels(lane.name).set(1 if is_open else 0)
-            log.warning("circuit " + ("opened: claims paused" if is_open else "closed"), subscriber=lane.name)
+            if is_open:
+                log.warning("circuit opened: claims paused", subscriber=lane.name)
+            else:
+                log.info("circuit closed: claims resumed", subscriber=lane.name)
 
     async def attempt(self, lane: Lane, item: ClaimedDelivery, attempt: int) -> Attempt:
         now = datetime.now(UTC)

@@ -238,3 +238,15 @@ async def test_demo_runs_the_mission_and_exits_0() -> None:
     assert "it_asset_purchased                 FA         delivered        2" in result.stdout
     assert "it_contract_expiring" in result.stdout
     assert "Traceback" not in result.stderr
+    # Each event with the table change that caused it; nothing printed once the server has gone.
+    lines = result.stdout.splitlines()
+    assert "  INSERT it_tickets TKT-1042" in "\n".join(lines)
+    delivered = [line for line in lines if " delivered " in line]
+    assert delivered and all(
+        ("INSERT " in line or "UPDATE " in line or "scheduler" in line) for line in delivered
+    )
+    assert any(
+        line.startswith("it_ticket_created") and "INSERT it_tickets TKT-1042" in line for line in lines
+    )
+    assert any(line.startswith("it_contract_expiring") and "the scheduler" in line for line in lines)
+    assert lines[-1].startswith("done in ") and "metrics" not in lines[-1]
