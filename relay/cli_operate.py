@@ -9,6 +9,7 @@ import socket
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,7 +33,18 @@ subscribers_app = typer.Typer(
 )
 rejections_app = typer.Typer(help="Rejected events: inspect, correct, publish again.", no_args_is_help=True)
 
-Status = Annotated[str | None, typer.Option(help="pending, delivered or dead.")]
+
+class DeliveryState(StrEnum):
+    """The delivery statuses, as stored and shown everywhere (a retry waits as pending)."""
+
+    pending = "pending"
+    delivered = "delivered"
+    dead = "dead"
+
+
+Reason = StrEnum("Reason", {r: r for r in REJECTION_REASONS})  # type: ignore[misc]
+
+Status = Annotated[DeliveryState | None, typer.Option(help="The delivery status.")]
 Since = Annotated[datetime | None, typer.Option(help="From this time (UTC if no offset).")]
 Until = Annotated[datetime | None, typer.Option(help="Before this time (UTC if no offset).")]
 AsJson = Annotated[bool, typer.Option("--json", help="JSON, for scripts.")]
@@ -48,10 +60,8 @@ def register(app: typer.Typer) -> None:
     app.command()(status)
 
 
-def _status(value: str | None) -> str | None:
-    if value not in (None, "pending", "delivered", "dead"):
-        raise InputError(f"--status {value!r}: must be pending, delivered or dead")
-    return value
+def _status(value: DeliveryState | None) -> str | None:
+    return None if value is None else value.value
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -271,7 +281,7 @@ def _replay_selection(
     event_id: str | None,
     subscriber: str | None,
     all_subscribers: bool,
-    status: str | None,
+    status: DeliveryState | None,
     event_type: str | None,
     since: datetime | None,
     until: datetime | None,
@@ -508,7 +518,7 @@ def _rejection_dict(r: asyncpg.Record) -> dict[str, Any]:
 @rejections_app.command("list")
 def rejections_list(
     config: ConfigOption = None,
-    reason: Annotated[str | None, typer.Option(help=f"One of: {', '.join(REJECTION_REASONS)}.")] = None,
+    reason: Annotated[Reason | None, typer.Option(help="The rejection reason.")] = None,
     event_type: Annotated[str | None, typer.Option("--event-type", help="An event type.")] = None,
     since: Since = None,
     resolved: Annotated[bool, typer.Option("--resolved", help="Also those already republished.")] = False,
@@ -516,13 +526,16 @@ def rejections_list(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines, for scripts.")] = False,
 ) -> None:
     """Rejected events, newest first (unresolved only, unless --resolved)."""
-    if reason is not None and reason not in REJECTION_REASONS:
-        raise InputError(f"--reason {reason!r}: must be one of {', '.join(REJECTION_REASONS)}")
     settings = load(config)
     rows = with_db(
         settings,
         lambda conn: journal.list_rejections(
-            conn, reason=reason, event_type=event_type, since=_utc(since), resolved=resolved, limit=limit
+            conn,
+            reason=reason and reason.value,
+            event_type=_event_type(event_type),
+            since=_utc(since),
+            resolved=resolved,
+            limit=limit,
         ),
     )
     if not as_json:

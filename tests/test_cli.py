@@ -6,10 +6,14 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
+import typer
+from typer.core import TyperOption
 
 from relay import codec
 from relay.contracts import EVENT_TYPES
@@ -135,11 +139,59 @@ def test_check_config_names_a_bad_environment_override() -> None:
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("args", [["bogus"], ["validate"], ["schemas", "export", "--format", "yaml"]])
-def test_usage_errors_exit_2_without_traceback(args: list[str]) -> None:
-    result = run(*args)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
+def _commands() -> list[tuple[list[str], Any]]:
+    """Every leaf command of the CLI, with its path (from the real command tree)."""
+    from relay.cli import app
+
+    found: list[tuple[list[str], Any]] = []
+
+    def walk(command: Any, path: list[str]) -> None:
+        children = getattr(command, "commands", None)
+        if children:
+            for name, child in children.items():
+                walk(child, [*path, name])
+        else:
+            found.append((path, command))
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+def _bad_arguments() -> list[list[str]]:
+    """For every command: an unknown option, a missing option value, and a value of the wrong
+    kind for every option that is not free text (numbers, times, choices, flags given a value)."""
+    cases: list[list[str]] = [["bogus"], ["validate"]]
+    for path, command in _commands():
+        cases.append([*path, "--no-such-option"])
+        for param in command.params:
+            if not isinstance(param, TyperOption) or not param.opts[0].startswith("--"):
+                continue
+            name = param.opts[0]
+            if name in ("--help", "--version"):
+                continue
+            if param.is_flag:
+                cases.append([*path, f"{name}=yes"])
+            elif param.bare_type() not in ("str", "Path"):
+                cases.append([*path, name, "not-a-value-\u2603"])
+                cases.append([*path, name])
+    return cases
+
+
+def test_every_command_refuses_bad_arguments_in_one_line() -> None:
+    cases = _bad_arguments()
+    assert len(cases) > 50  # the command tree was walked
+    # Subprocesses, a few at a time: the installed entry point is what a user runs.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda args: (args, run(*args)), cases))
+    wrong = [
+        f"{' '.join(args)}: exit {r.returncode}, stderr {r.stderr!r}"
+        for args, r in results
+        if r.returncode != 2
+        or "Traceback" in r.stderr
+        or not r.stderr.startswith("it-relay: error: ")
+        or r.stderr.count("\n") != 1
+    ]
+    assert not wrong, "\n".join(wrong)
 
 
 HOSTILE_FILES = {

@@ -262,10 +262,13 @@ async def test_a_rejected_event_is_listed_shown_corrected_and_republished(
     ("args", "message"),
     [
         (["rejections", "show", "x'; DROP TABLE it_relay.events; --"], "give a rejection id"),
-        (["rejections", "list", "--reason", "bogus"], "--reason 'bogus'"),
+        (["rejections", "list", "--reason", "bogus"], "'bogus' is not one of 'not_json'"),
         (["rejections", "republish", "1", "--file", "/nonexistent/fix.json"], "cannot read"),
         (["replay", "--subscriber", "PF-99", "--status", "dead"], "not a subscriber of the contracts"),
-        (["replay", "--all-subscribers", "--status", "gone"], "--status 'gone'"),
+        (
+            ["replay", "--all-subscribers", "--status", "gone"],
+            "'gone' is not one of 'pending', 'delivered', 'dead'",
+        ),
         (["replay", "--all-subscribers"], "--status is required"),
         (["replay", "--all-subscribers", "--subscriber", "FA", "--status", "dead"], "not both"),
         (
