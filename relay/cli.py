@@ -31,7 +31,7 @@ from relay.redaction import redact
 from relay.scheduler import Scheduler
 from relay.schemas import asyncapi, json_schemas
 from relay.sender import make_sender
-from relay.settings import canonical_subscriber, load_settings, masked
+from relay.settings import canonical_subscriber, load_settings, masked, sources
 
 app = typer.Typer(
     name="it-relay",
@@ -346,6 +346,11 @@ def send_test(
 def check_config(config: ConfigOption = None) -> None:
     """Validate the configuration and print it with secrets masked (exit 2 naming a bad key)."""
     settings = load_settings(config)
+    path, variables = sources(config)
+    read = [f"file {path}" if path else "no file (--config FILE or IT_RELAY_CONFIG)"]
+    if variables:
+        read.append("environment " + ", ".join(variables))
+    typer.echo(f"sources: {'; '.join(read)}; defaults for the rest", err=True)
     typer.echo(json.dumps(masked(settings), indent=2))
     missing = sorted(routed_subscribers() - settings.subscribers.keys())
     disabled = sorted(n for n, s in settings.subscribers.items() if not s.enabled)

@@ -14,8 +14,9 @@ import typer
 
 from relay import database, logs, migrate
 from relay.errors import InputError, UserError
+from relay.redaction import mask_url
 from relay.sender import describe
-from relay.settings import Settings, load_settings
+from relay.settings import Settings, load_settings, sources
 
 T = TypeVar("T")
 
@@ -27,6 +28,14 @@ ConfigOption = Annotated[
 
 def load(config: Path | None, log_level: str | None = None, log_format: str | None = None) -> Settings:
     settings = load_settings(config)
+    path, variables = sources(config)
+    if path is None and not variables:
+        # Said before anything fails to connect with the defaults' made-up database.
+        typer.echo(
+            "note: no configuration (--config FILE or IT_RELAY_CONFIG): using the defaults, "
+            f"database.url {mask_url(settings.database.url)}",
+            err=True,
+        )
     logs.configure(
         (log_level or settings.logging.level).upper(),
         log_format or settings.logging.format,  # type: ignore[arg-type]

@@ -435,6 +435,8 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     chosen = path if path is not None else os.environ.get(CONFIG_ENV)
     config_path = Path(chosen) if chosen else None
     if config_path is not None:
+        if config_path.is_dir():
+            raise ConfigError(f"config file {config_path}: is a directory; give the TOML file in it")
         if not config_path.is_file():
             raise ConfigError(f"config file {config_path}: not found")
         try:
@@ -463,6 +465,16 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         raise ConfigError(f"config error: {errors[0]}{more}") from None
     except SettingsError as exc:
         raise ConfigError(f"config error: {exc}") from None
+
+
+def sources(path: str | Path | None = None) -> tuple[Path | None, list[str]]:
+    """Where the configuration comes from: the file (given or $IT_RELAY_CONFIG), and the
+    IT_RELAY_* variables that override it (names only; values may be secrets)."""
+    chosen = path if path is not None else os.environ.get(CONFIG_ENV)
+    names = sorted(
+        n for n in os.environ if n.upper().startswith("IT_RELAY_") and not n.upper().startswith(_NOT_SETTINGS)
+    )
+    return (Path(chosen) if chosen else None), names
 
 
 # IT_RELAY_CONFIG names the file; IT_RELAY_TEST_* belong to the test suite, never the daemon.

@@ -226,3 +226,32 @@ def test_a_bad_log_level_is_a_usage_error_not_a_traceback() -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "'verbose' is not one of" in " ".join(result.stderr.split())
+
+
+def test_check_config_names_a_directory_and_says_which_sources_it_read(tmp_path: Path) -> None:
+    directory = run("check-config", "--config", str(tmp_path))
+    assert directory.returncode == 2
+    assert (
+        directory.stderr
+        == f"it-relay: error: config file {tmp_path}: is a directory; give the TOML file in it\n"
+    )
+    example = ROOT / "config" / "relay.example.toml"
+    both = run("check-config", "--config", str(example), env={"IT_RELAY_DELIVERY__CONCURRENCY": "7"})
+    assert both.returncode == 0, both.stderr
+    assert both.stderr.splitlines()[0] == (
+        f"sources: file {example}; environment IT_RELAY_DELIVERY__CONCURRENCY; defaults for the rest"
+    )
+    assert json.loads(both.stdout)["delivery"]["concurrency"] == 7
+    nothing = run("check-config")
+    assert nothing.stderr.splitlines()[0].startswith("sources: no file (--config FILE or IT_RELAY_CONFIG)")
+
+
+def test_a_command_without_configuration_says_so_before_it_fails_to_connect() -> None:
+    result = run("deliveries", "list")
+    assert result.returncode != 0
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(
+        "note: no configuration (--config FILE or IT_RELAY_CONFIG): using the defaults"
+    )
+    assert "postgresql://***@localhost:5432/encore" in lines[0]
+    assert lines[-1].startswith("it-relay: error: database: ") and len(lines) == 2
