@@ -438,7 +438,12 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         if config_path.is_dir():
             raise ConfigError(f"config file {config_path}: is a directory; give the TOML file in it")
         if not config_path.is_file():
-            raise ConfigError(f"config file {config_path}: not found")
+            origin = (
+                f" (named by {CONFIG_ENV}; mount the file there, or point {CONFIG_ENV} at it)"
+                if path is None
+                else ""
+            )
+            raise ConfigError(f"config file {config_path}: not found{origin}")
         try:
             tomllib.loads(config_path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:

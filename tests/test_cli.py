@@ -18,6 +18,7 @@ from typer.core import TyperOption
 from relay import codec
 from relay.contracts import EVENT_TYPES
 from relay.contracts.examples import all_examples, example
+from tests.support.relay import EXAMPLE, example_credentials
 
 ROOT = Path(__file__).parent.parent
 
@@ -113,12 +114,17 @@ def test_schemas_export_asyncapi_names_all_31_messages(tmp_path: Path) -> None:
     assert "XXXXX-XXXXX" not in text
 
 
-def test_check_config_accepts_the_example() -> None:
-    result = run("check-config", "--config", str(ROOT / "config" / "relay.example.toml"))
+def test_check_config_accepts_the_example(tmp_path: Path) -> None:
+    credentials = example_credentials(tmp_path / "credentials")
+    result = run("check-config", "--config", str(EXAMPLE), env=credentials)
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
-    assert shown["subscribers"]["PF-10"]["secret"] == "**********"
+    assert shown["subscribers"]["PF-10"]["secret_credential"] == "pf10-webhook-secret"
     assert "whsec_" not in result.stdout
+    # Outside systemd, the credentials the example names are missing: said so, naming the key.
+    bare = run("check-config", "--config", str(EXAMPLE))
+    assert bare.returncode == 2
+    assert "password_credential needs $CREDENTIALS_DIRECTORY" in bare.stderr
     assert "not served here (no deliveries are created for them)" in result.stderr
 
 
@@ -212,8 +218,8 @@ def test_hostile_files_get_one_line_per_problem_never_a_traceback(
     path = tmp_path / "events.json"
     path.write_bytes(HOSTILE_FILES[what])
     # emit validates before it connects: the database in the example config is never reached.
-    extra = ["--config", str(ROOT / "config" / "relay.example.toml")] if command == "emit" else []
-    result = run(command, str(path), *extra)
+    extra = ["--config", str(EXAMPLE)] if command == "emit" else []
+    result = run(command, str(path), *extra, env=example_credentials(tmp_path / "credentials"))
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     lines = result.stdout.splitlines()
@@ -235,8 +241,9 @@ def test_check_config_names_a_directory_and_says_which_sources_it_read(tmp_path:
         directory.stderr
         == f"it-relay: error: config file {tmp_path}: is a directory; give the TOML file in it\n"
     )
-    example = ROOT / "config" / "relay.example.toml"
-    both = run("check-config", "--config", str(example), env={"IT_RELAY_DELIVERY__CONCURRENCY": "7"})
+    example = EXAMPLE
+    env = {"IT_RELAY_DELIVERY__CONCURRENCY": "7"} | example_credentials(tmp_path / "credentials")
+    both = run("check-config", "--config", str(example), env=env)
     assert both.returncode == 0, both.stderr
     assert both.stderr.splitlines()[0] == (
         f"sources: file {example}; environment IT_RELAY_DELIVERY__CONCURRENCY; defaults for the rest"

@@ -8,6 +8,7 @@ import pytest
 
 from relay.errors import ConfigError
 from relay.settings import load_settings, masked
+from tests.support.relay import example_credentials
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 OTHER = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
@@ -29,12 +30,17 @@ def _write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_example_config_is_valid_and_matches_the_defaults() -> None:
+def test_example_config_is_valid_and_matches_the_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in example_credentials(tmp_path / "credentials").items():
+        monkeypatch.setenv(name, value)
     settings = load_settings(EXAMPLE)
     defaults = load_settings(None)
     assert settings.delivery == defaults.delivery
     assert settings.scheduler == defaults.scheduler
-    assert settings.database == defaults.database
+    assert settings.database.model_copy(update={"password_credential": None}) == defaults.database
+    assert settings.database.resolved_password() == "example-password"
     assert settings.subscribers["PF-10"].signing_secrets() == [SECRET]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,17 @@ from tests.support.sink import PATIENCE, Sink
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 OLD_SECRET = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
+
+
+EXAMPLE = Path(__file__).parent.parent.parent / "config" / "relay.example.toml"
+
+
+def example_credentials(directory: Path) -> dict[str, str]:
+    """The systemd credentials config/relay.example.toml names, as files; the environment to find them."""
+    directory.mkdir(exist_ok=True)
+    for name in re.findall(r'^\s*\w+_credential = "([^"]+)"', EXAMPLE.read_text(), re.MULTILINE):
+        (directory / name).write_text(SECRET if "secret" in name else "example-password")
+    return {"CREDENTIALS_DIRECTORY": str(directory)}
 
 
 def path_of(subscriber: str) -> str:
