@@ -13,8 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relay import codec
-from relay.contracts import EVENT_TYPES, REGISTRY, Accepted, Rejected, parse_event, validate
+from relay.contracts import EVENT_TYPES, REGISTRY, Accepted, Rejected, UnknownFields, parse_event, validate
 from relay.contracts.examples import example
+from relay.model import Rejection
 
 MONEY_FIELDS = {
     "purchase_cost",
@@ -263,3 +264,41 @@ def test_a_licence_key_that_is_not_a_string_is_a_schema_error_that_quotes_nothin
 def test_a_null_licence_key_is_no_key_at_all() -> None:
     accepted = _accepted(validate(example("it_license_created") | {"license_key": None}))
     assert "license_key" not in accepted.payload
+
+
+IDENTIFYING = {"event_type", "organization_id", "timestamp"}
+ENTITY_IDS = {"instance_id", "account_id", "change_id", "report_run_id"}
+
+
+@pytest.mark.parametrize("event_type", sorted(t for t, c in REGISTRY.items() if c.derived))
+def test_a_derived_contract_requires_only_what_identifies_the_fact(event_type: str) -> None:
+    model = REGISTRY[event_type].model
+    required = {name for name, f in model.model_fields.items() if f.is_required()}
+    (entity,) = required - IDENTIFYING
+    assert entity in ENTITY_IDS and required == IDENTIFYING | {entity}
+    minimal = {k: example(event_type)[k] for k in required}
+    assert isinstance(parse_event(minimal), Accepted)
+    # Open vocabularies, unknown fields kept whatever the policy: a real producer is not refused.
+    richer = minimal | {"new_status": "on_hold", "format": "docx", "change_type": "major", "vendor_note": "x"}
+    policies: tuple[UnknownFields, ...] = ("keep", "drop", "reject")
+    for policy in policies:
+        accepted = parse_event(richer, policy)
+        assert isinstance(accepted, Accepted), policy
+        assert accepted.payload["vendor_note"] == "x"
+    # What it names is still checked when present, by the document's conventions.
+    for field, bad in (
+        ("changed_by", "bob"),
+        ("start_date", "2026-01-05T00:00:00Z"),
+        ("cab_meeting_date", "soon"),
+    ):
+        if field in model.model_fields:
+            rejected = parse_event(minimal | {field: bad})
+            assert isinstance(rejected, Rejection) and rejected.errors[0].startswith(f"{field}:")
+    missing = parse_event({k: v for k, v in minimal.items() if k != entity})
+    assert isinstance(missing, Rejection) and missing.errors == (f"{entity}: field required",)
+
+
+def test_specified_contracts_still_refuse_unknown_fields_under_reject() -> None:
+    result = parse_event(example("it_ticket_created") | {"vendor_note": "x"}, "reject")
+    assert isinstance(result, Rejection)
+    assert result.errors == ("vendor_note: unknown field (validation.unknown_fields = reject)",)

@@ -49,11 +49,19 @@ async def test_a_previous_release_database_upgrades_with_its_data(
         assert status.returncode == 0, status.stderr
         assert "relay schema: version 2" in status.stdout
         assert "reference schema: installed before versioning" in status.stdout
-        assert "db upgrade --reference-schema would apply: reference/0001_baseline" in status.stdout
+        assert (
+            "db upgrade --reference-schema would apply: reference/0001_baseline, "
+            "reference/0002_onboarding_start_date" in status.stdout
+        )
 
         applied = await migrate.upgrade(conn, reference=True, channel="it_events")
-        assert [a for a in applied if a.startswith("reference/")] == ["reference/0001_baseline"]
-        assert await migrate.reference_version(conn) == 1
+        assert [a for a in applied if a.startswith("reference/")] == [
+            "reference/0001_baseline",
+            "reference/0002_onboarding_start_date",
+        ]
+        assert await migrate.reference_version(conn) == 2
+        start_date = "SELECT data_type FROM information_schema.columns WHERE table_name = 'it_onboarding_instances' AND column_name = 'start_date'"
+        assert await conn.fetchval(start_date) == "date"
         assert await migrate.schema_version(conn) == migrate.code_version()
         after = {table: await conn.fetchval(f"SELECT count(*) FROM {table}") for table in before}
         assert after == before
@@ -72,7 +80,7 @@ async def test_a_previous_release_database_upgrades_with_its_data(
         # Applied once: a second upgrade applies nothing, and says so.
         assert await migrate.upgrade(conn, reference=True, channel="it_events") == []
         again = await cli("db", "status", "--config", str(config))
-        assert "reference schema: version 1 (this it-relay: 1)" in again.stdout
+        assert "reference schema: version 2 (this it-relay: 2)" in again.stdout
         assert again.stdout.strip().endswith("nothing to apply")
     finally:
         await conn.close()
@@ -84,5 +92,5 @@ async def test_db_status_of_an_empty_database(tmp_path: Path, database_url: str,
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == f"relay schema: not installed (this it-relay: {migrate.code_version()})"
-    assert lines[1] == "reference schema: not installed (this it-relay: 1)"
+    assert lines[1] == "reference schema: not installed (this it-relay: 2)"
     assert lines[2].startswith("db upgrade would apply: 0001_journal, 0002_scheduler")

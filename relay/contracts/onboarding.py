@@ -1,29 +1,40 @@
 """IT-08 Onboarding/Offboarding: provisioning started/completed, account provisioned/deactivated.
 
-Derived schemas (docs/contracts.md): the document names the triggers and status transitions only.
+Derived schemas (docs/contracts.md): the document names the triggers and status transitions only,
+so only what identifies the fact is required; every other field is checked when present, and the
+status and kind fields are open (any string; the known values are documented).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from relay.contracts.types import Count, EventModel, Text, Timestamp, Uuid
+from pydantic import Field
 
-InstanceType = Literal["onboarding", "offboarding"]
-InstanceStatus = Literal["pending", "in_progress", "completed", "cancelled"]
-AccountType = Literal["directory", "email", "vpn", "application", "hardware_token", "other"]
-AccountStatus = Literal["pending", "active", "suspended", "deactivated"]
+from relay.contracts.types import Count, Date, EventModel, Text, Timestamp, Uuid
+
+InstanceType = Annotated[Text, Field(description="Known values: onboarding, offboarding (open).")]
+InstanceStatus = Annotated[
+    Text, Field(description="Known values: pending, in_progress, completed, cancelled (open).")
+]
+AccountType = Annotated[
+    Text,
+    Field(description="Known values: directory, email, vpn, application, hardware_token, other (open)."),
+]
+AccountStatus = Annotated[
+    Text, Field(description="Known values: pending, active, suspended, deactivated (open).")
+]
 
 
 class _Provisioning(EventModel):
     instance_id: Uuid
-    instance_type: InstanceType
-    employee_id: Uuid
-    employee_name: Text
-    old_status: InstanceStatus
-    new_status: InstanceStatus
+    instance_type: InstanceType | None = None
+    employee_id: Uuid | None = None
+    employee_name: Text | None = None
+    old_status: InstanceStatus | None = None
+    new_status: InstanceStatus | None = None
     task_count: Count | None = None
-    start_date: Timestamp | None = None
+    start_date: Date | None = None
     site_id: Uuid | None = None
     changed_by: Uuid | None = None
 
@@ -32,27 +43,25 @@ class ProvisioningStarted(_Provisioning):
     """An onboarding or offboarding instance moved to in_progress."""
 
     event_type: Literal["it_provisioning_started"]
-    new_status: Literal["in_progress"]
-    started_at: Timestamp
+    started_at: Timestamp | None = None
 
 
 class ProvisioningCompleted(_Provisioning):
     """An onboarding or offboarding instance moved to completed."""
 
     event_type: Literal["it_provisioning_completed"]
-    new_status: Literal["completed"]
-    completed_at: Timestamp
+    completed_at: Timestamp | None = None
     tasks_completed: Count | None = None
 
 
 class _AccountStatus(EventModel):
     account_id: Uuid
-    employee_id: Uuid
-    account_type: AccountType
-    system_name: Text
-    username: Text
-    old_status: AccountStatus
-    new_status: AccountStatus
+    employee_id: Uuid | None = None
+    account_type: AccountType | None = None
+    system_name: Text | None = None
+    username: Text | None = None
+    old_status: AccountStatus | None = None
+    new_status: AccountStatus | None = None
     changed_by: Uuid | None = None
     instance_id: Uuid | None = None
 
@@ -61,14 +70,17 @@ class AccountProvisioned(_AccountStatus):
     """An employee's access account became active."""
 
     event_type: Literal["it_account_provisioned"]
-    new_status: Literal["active"]
-    provisioned_at: Timestamp
+    provisioned_at: Timestamp | None = None
 
 
 class AccountDeactivated(_AccountStatus):
     """An employee's access account was deactivated."""
 
     event_type: Literal["it_account_deactivated"]
-    new_status: Literal["deactivated"]
-    deactivated_at: Timestamp
-    reason: Literal["offboarding", "security", "inactivity", "request", "other"] | None = None
+    deactivated_at: Timestamp | None = None
+    reason: (
+        Annotated[
+            Text, Field(description="Known values: offboarding, security, inactivity, request, other (open).")
+        ]
+        | None
+    ) = None

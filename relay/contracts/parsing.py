@@ -98,6 +98,10 @@ def validate(value: Any, unknown_fields: UnknownFields = "keep", *, redacted: bo
             event_id=event_id,
         )
     extras = list(_extra_paths(model, ()))
+    if contract.derived:
+        # A derived contract is this project's reading, not the producer's: what it does not
+        # name is kept whatever the policy, so a real payload is never refused or cut for it.
+        unknown_fields = "keep"
     if extras and unknown_fields == "reject":
         errors = tuple(f"{_path(p)}: unknown field (validation.unknown_fields = reject)" for p in extras)
         return Rejection(
