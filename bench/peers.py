@@ -12,15 +12,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 NAIVE_CHANNEL = "bench_naive"
 SUBSCRIBER_PATHS = ("/pf-10", "/hr")
 
 
-async def naive(dsn: str, port: int, concurrency: int) -> None:
+async def naive(dsn: str, port: int, concurrency: int, drain: int = 0) -> None:
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency))
     limit = asyncio.Semaphore(concurrency)
     tasks: set[asyncio.Task[None]] = set()
@@ -36,6 +42,10 @@ async def naive(dsn: str, port: int, concurrency: int) -> None:
         ):
             await r.read()
 
+    if drain:
+        await _naive_drain(dsn, drain, post)
+        return
+
     def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
         event_id = json.loads(payload)["event_id"]
         for path in SUBSCRIBER_PATHS:
@@ -49,7 +59,50 @@ async def naive(dsn: str, port: int, concurrency: int) -> None:
     await asyncio.Event().wait()
 
 
-async def pgqueuer(dsn: str, port: int, concurrency: int) -> None:
+async def _naive_drain(dsn: str, n: int, post: Any) -> None:
+    """The naive relay handed n events up front (a pre-built list): on the first notification,
+    POST them all, as fast as the same client and concurrency allow."""
+    from relay.contracts.examples import example
+
+    bodies = [
+        (json.dumps(example("it_asset_assigned") | {"asset_tag": f"D-{i}", "event_id": str(uuid.uuid4())}))
+        for i in range(n)
+    ]
+    go = asyncio.Event()
+    conn = await asyncpg.connect(dsn)
+    await conn.add_listener(NAIVE_CHANNEL, lambda *_: go.set())
+    print("ready", flush=True)
+    await go.wait()
+    await asyncio.gather(
+        *(
+            post(path, body.encode(), json.loads(body)["event_id"])
+            for body in bodies
+            for path in SUBSCRIBER_PATHS
+        )
+    )
+    await asyncio.Event().wait()
+
+
+async def fill_pgqueuer(dsn: str, payloads: list[dict[str, Any]]) -> None:
+    """PgQueuer's queue pre-filled with one job per delivery of these events (for the drain)."""
+    from pgqueuer.db import AsyncpgDriver
+    from pgqueuer.queries import Queries
+
+    await install_pgqueuer(dsn)
+    conn = await asyncpg.connect(dsn)
+    queries = Queries(AsyncpgDriver(conn))
+    jobs = [
+        json.dumps({"path": path, "body": p | {"event_id": str(uuid.uuid4())}}).encode()
+        for p in payloads
+        for path in SUBSCRIBER_PATHS
+    ]
+    for start in range(0, len(jobs), 5000):
+        batch = jobs[start : start + 5000]
+        await queries.enqueue(["deliver"] * len(batch), list(batch), [0] * len(batch))
+    await conn.close()
+
+
+async def pgqueuer(dsn: str, port: int, concurrency: int, drain: int = 0) -> None:
     from pgqueuer import PgQueuer
     from pgqueuer.db import AsyncpgDriver
     from pgqueuer.models import Job
@@ -92,14 +145,15 @@ def main() -> None:
     ap.add_argument("--dsn", required=True)
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--drain", type=int, default=0, help="naive: POST this many pre-built events on the go")
     args = ap.parse_args()
     run = naive if args.system == "naive" else pgqueuer
     try:
         import uvloop
 
-        uvloop.run(run(args.dsn, args.port, args.concurrency))
+        uvloop.run(run(args.dsn, args.port, args.concurrency, args.drain))
     except ImportError:
-        asyncio.run(run(args.dsn, args.port, args.concurrency))
+        asyncio.run(run(args.dsn, args.port, args.concurrency, args.drain))
 
 
 if __name__ == "__main__":

@@ -50,11 +50,14 @@ from relay.contracts.examples import example
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SUBSCRIBERS = ("PF-10", "HR")  # it_asset_assigned is routed to exactly these two
 PROFILE_DIR: Path | None = None
-INSTANCES = 1  # it-relay processes side by side (several instances share one database by design)
+TRANSPORT = "pyreqwest"  # the relay's default sender; --transports lists the ones compared
 
 
-def _label(system: str) -> str:
-    return f"{system} x{INSTANCES}" if system == "it-relay" and INSTANCES > 1 else system
+def _label(system: str, transport: str | None = None, instances: int = 1) -> str:
+    if system != "it-relay":
+        return system
+    label = f"it-relay ({transport or TRANSPORT})"
+    return f"{label} x{instances}" if instances > 1 else label
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -74,7 +77,9 @@ def _get(port: int, path: str) -> Any:
         return json.loads(response.read())
 
 
-def _config(path: Path, dsn: str, port: int, record_attempts: bool = True) -> Path:
+def _config(
+    path: Path, dsn: str, port: int, record_attempts: bool = True, transport: str = "pyreqwest"
+) -> Path:
     lines = [
         "[database]",
         f'url = "{dsn}"',
@@ -83,6 +88,7 @@ def _config(path: Path, dsn: str, port: int, record_attempts: bool = True) -> Pa
         "concurrency = 64",
         "batch_size = 500",
         f"record_attempts = {'true' if record_attempts else 'false'}",
+        f'transport = "{transport}"',
         "[scheduler]",
         "enabled = false",
         "[server]",
@@ -177,7 +183,14 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _start(
-    system: str, dsn: str, port: int, workdir: Path, label: str, record_attempts: bool = True
+    system: str,
+    dsn: str,
+    port: int,
+    workdir: Path,
+    label: str,
+    record_attempts: bool = True,
+    transport: str = "pyreqwest",
+    extra: tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
     if system == "it-relay":
         command = [
@@ -186,7 +199,7 @@ def _start(
             "relay",
             "run",
             "--config",
-            str(_config(workdir / f"{label}.toml", dsn, port, record_attempts)),
+            str(_config(workdir / f"{label}.toml", dsn, port, record_attempts, transport)),
         ]
         if PROFILE_DIR is not None:
             # py-spy samples the relay; collapsed stacks, one file per scenario (CPU figures are then py-spy's).
@@ -204,7 +217,7 @@ def _start(
                 *command,
             ]
     else:
-        command = [sys.executable, str(HERE / "peers.py"), system, "--dsn", dsn, "--port", str(port)]
+        command = [sys.executable, str(HERE / "peers.py"), system, "--dsn", dsn, "--port", str(port), *extra]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=(workdir / f"{system}.log").open("ab"))
 
 
@@ -245,10 +258,7 @@ async def throughput(
     dsn = await _fresh_database(admin_dsn, system)
     before = _get(port, "/count")
     label = f"{system}-{'paced' if rate else 'burst'}"
-    procs = [
-        _start(system, dsn, port, workdir, f"{label}-{i}")
-        for i in range(INSTANCES if system == "it-relay" else 1)
-    ]
+    procs = [_start(system, dsn, port, workdir, label, transport=TRANSPORT)]
     try:
         for proc in procs:
             await _wait_ready(system, dsn, proc)
@@ -286,7 +296,14 @@ async def throughput(
 
 
 async def backlog(
-    admin_dsn: str, port: int, n: int, workdir: Path, record_attempts: bool = True
+    admin_dsn: str,
+    port: int,
+    n: int,
+    workdir: Path,
+    *,
+    record_attempts: bool = True,
+    transport: str = TRANSPORT,
+    instances: int = 1,
 ) -> dict[str, Any]:
     """n events journaled with no relay running (one statement), then the relay drains them."""
     dsn = await _fresh_database(admin_dsn, "it-relay")
@@ -302,10 +319,10 @@ async def backlog(
         )
     await conn.close()
     before = _get(port, "/count")
-    tag = "" if record_attempts else "-no-history"
+    tag = f"{transport}{'' if record_attempts else '-no-history'}-x{instances}"
     procs = [
-        _start("it-relay", dsn, port, workdir, f"it-relay-backlog{tag}-{i}", record_attempts)
-        for i in range(INSTANCES)
+        _start("it-relay", dsn, port, workdir, f"it-relay-drain-{tag}-{i}", record_attempts, transport)
+        for i in range(instances)
     ]
     try:
         t0 = time.monotonic()
@@ -316,22 +333,62 @@ async def backlog(
     finally:
         for proc in procs:
             _stop(proc)
+    return _drained(
+        _label("it-relay", transport, instances),
+        "drain" if record_attempts else "drain, no attempt history",
+        n,
+        elapsed,
+        cpu,
+        rss,
+    )
+
+
+def _drained(system: str, scenario: str, n: int, elapsed: float, cpu: float, rss: float) -> dict[str, Any]:
+    deliveries = n * len(SUBSCRIBERS)
     return {
-        "system": _label("it-relay"),
-        "scenario": "backlog" if record_attempts else "backlog, no attempt history",
+        "system": system,
+        "scenario": scenario,
         "events": n,
         "elapsed_s": elapsed,
         "events_per_s": n / elapsed,
-        "deliveries_per_s": n * len(SUBSCRIBERS) / elapsed,
-        "cpu_s_per_1k_deliveries": cpu / (n * len(SUBSCRIBERS)) * 1000,
+        "deliveries_per_s": deliveries / elapsed,
+        "cpu_s_per_1k_deliveries": cpu / deliveries * 1000,
         "peak_rss_mb": rss,
     }
 
 
+async def peer_drain(system: str, admin_dsn: str, port: int, n: int, workdir: Path) -> dict[str, Any]:
+    """The same n events' deliveries, ready before the peer starts: PgQueuer's queue pre-filled
+    (one job per delivery), the naive relay handed a pre-built list; timed from the go."""
+    dsn = await _fresh_database(admin_dsn, system)
+    extra: tuple[str, ...] = ()
+    if system == "pgqueuer":
+        await peers.fill_pgqueuer(dsn, [_payload(0, i) for i in range(n)])
+    else:
+        extra = ("--drain", str(n))
+    before = _get(port, "/count")
+    proc = _start(system, dsn, port, workdir, f"{system}-drain", extra=extra)
+    try:
+        await _wait_ready(system, dsn, proc)
+        cpu0 = _cpu_seconds(proc.pid)
+        t0 = time.monotonic()
+        if system == "naive":
+            conn = await asyncpg.connect(dsn)
+            await conn.execute("SELECT pg_notify($1, 'go')", peers.NAIVE_CHANNEL)
+            await conn.close()
+        await _await_sink(port, before + n * len(SUBSCRIBERS), [proc])
+        elapsed = time.monotonic() - t0
+        cpu = _cpu_seconds(proc.pid) - cpu0
+        rss = _peak_rss_mb(proc.pid)
+    finally:
+        _stop(proc)
+    return _drained(system, "drain", n, elapsed, cpu, rss)
+
+
 def _history_cost(by: dict[tuple[str, str], dict[str, Any]]) -> float | None:
     """How much slower the backlog drains with the attempts history than without it."""
-    with_it = by.get((_label("it-relay"), "backlog"))
-    without = by.get((_label("it-relay"), "backlog, no attempt history"))
+    with_it = by.get((_label("it-relay"), "drain"))
+    without = by.get((_label("it-relay"), "drain, no attempt history"))
     if not with_it or not without:
         return None
     return 1 - with_it["deliveries_per_s"] / without["deliveries_per_s"]
@@ -383,27 +440,133 @@ def _chart(ceilings: dict[str, float | None], runs: list[dict[str, Any]], path: 
     fig.savefig(path, dpi=110)
 
 
+def _scenarios(args: argparse.Namespace, dsn: str, workdir: Path) -> list[dict[str, Any]]:
+    """Every scenario of the run, in order (each system in its own process)."""
+    systems = args.systems.split(",")
+    transports = args.transports.split(",")
+    runs: list[dict[str, Any]] = []
+    # Producer-bound: what 4 producer connections commit, delivered.
+    for system in systems:
+        runs.append(
+            asyncio.run(throughput(system, dsn, args.port, args.events, args.producers, None, workdir))
+        )
+    # Latency at a steady rate, every system.
+    paced = int(args.latency_rate * args.latency_seconds)
+    for system in systems:
+        runs.append(
+            asyncio.run(throughput(system, dsn, args.port, paced, args.producers, args.latency_rate, workdir))
+        )
+    # Drain: the relay's own speed. it-relay per transport, then without the attempts history and
+    # with more processes; the peers with the same deliveries ready before they start.
+    if "it-relay" in systems:
+        for transport in transports:
+            runs.append(asyncio.run(backlog(dsn, args.port, args.backlog, workdir, transport=transport)))
+        runs.append(asyncio.run(backlog(dsn, args.port, args.backlog, workdir, record_attempts=False)))
+        for count in [int(x) for x in args.instances.split(",")] if args.instances else []:
+            if count > 1:
+                runs.append(asyncio.run(backlog(dsn, args.port, args.backlog, workdir, instances=count)))
+    for system in systems:
+        if system != "it-relay":
+            runs.append(asyncio.run(peer_drain(system, dsn, args.port, args.backlog, workdir)))
+    return runs
+
+
+def _targets(ceilings: dict[str, float | None], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Issue 16's targets as ratios of this run (None when a run is missing)."""
+    by = {(r["system"], r["scenario"]): r for r in runs}
+    relay = by.get((_label("it-relay"), "drain"))
+    pgq = by.get(("pgqueuer", "drain"))
+    relay_lat = by.get((_label("it-relay"), "latency"))
+    naive_lat = by.get(("naive", "latency"))
+    post = ceilings.get("post_per_s[aiohttp]")
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    def get(run: dict[str, Any] | None, *keys: str) -> float | None:
+        value: Any = run
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        return float(value) if value is not None else None
+
+    scaling = {
+        r["system"]: ratio(r["deliveries_per_s"], get(relay, "deliveries_per_s"))
+        for r in runs
+        if r["scenario"] == "drain" and r["system"].startswith(_label("it-relay") + " x")
+    }
+    return {
+        "drain_vs_pgqueuer_drain": ratio(get(relay, "deliveries_per_s"), get(pgq, "deliveries_per_s")),
+        "cpu_per_delivery_vs_pgqueuer": ratio(
+            get(relay, "cpu_s_per_1k_deliveries"), get(pgq, "cpu_s_per_1k_deliveries")
+        ),
+        "drain_vs_aiohttp_post_ceiling": ratio(get(relay, "deliveries_per_s"), post),
+        "p99_vs_naive_p99": ratio(get(relay_lat, "latency_ms", "p99"), get(naive_lat, "latency_ms", "p99")),
+        "drain_peak_rss_mb": get(relay, "peak_rss_mb"),
+        "attempt_history_cost": _history_cost(by),
+        "transports": {
+            r["system"]: r["deliveries_per_s"]
+            for r in runs
+            if r["scenario"] == "drain" and r["system"].startswith("it-relay (") and " x" not in r["system"]
+        },
+        "scaling_vs_one_process": scaling,
+    }
+
+
+TARGETS = (
+    ("drain_vs_pgqueuer_drain", ">=", 2.0, "drain / PgQueuer relay's drain"),
+    ("cpu_per_delivery_vs_pgqueuer", "<=", 0.5, "CPU per delivery / PgQueuer's"),
+    ("drain_vs_aiohttp_post_ceiling", ">=", 1.0, "drain / bare aiohttp POST ceiling"),
+    ("p99_vs_naive_p99", "<=", 2.0, "p99 at the paced rate / naive relay's p99"),
+    ("drain_peak_rss_mb", "<=", 150.0, "peak RSS in the drain, MB"),
+)
+
+
+def _report(targets: dict[str, Any]) -> str:
+    lines = ["| target | this run | goal | met |", "|---|---|---|---|"]
+    for key, op, goal, text in TARGETS:
+        value = targets.get(key)
+        if value is None:
+            lines.append(f"| {text} | n/a | {op} {goal:g} | — |")
+            continue
+        met = value >= goal if op == ">=" else value <= goal
+        shown = f"{value:.0f}" if key == "drain_peak_rss_mb" else f"{value:.2f}x"
+        lines.append(f"| {text} | {shown} | {op} {goal:g} | {'yes' if met else 'no'} |")
+    if targets.get("attempt_history_cost") is not None:
+        lines.append(
+            f"| attempts history: drain slower by | {targets['attempt_history_cost']:.1%} | <= 10% | "
+            f"{'yes' if targets['attempt_history_cost'] <= 0.10 else 'no'} |"
+        )
+    for system, value in (targets.get("scaling_vs_one_process") or {}).items():
+        lines.append(f"| {system} drain / one process | {value:.2f}x | — | — |")
+    return "\n".join(lines)
+
+
 def main() -> None:
-    global PROFILE_DIR, INSTANCES
+    global PROFILE_DIR, TRANSPORT
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dsn", help="admin DSN of a PostgreSQL server (default: embedded pgserver)")
     ap.add_argument("--events", type=int, default=20000)
     ap.add_argument("--producers", type=int, default=4)
     ap.add_argument("--systems", default="it-relay,naive,pgqueuer")
+    ap.add_argument(
+        "--transports",
+        default="pyreqwest,aiohttp",
+        help="senders compared in the drain (the first is the relay's in every other scenario)",
+    )
     ap.add_argument("--latency-rate", type=float, default=200.0)
     ap.add_argument("--latency-seconds", type=float, default=30.0)
     ap.add_argument("--backlog", type=int, default=100_000)
-    ap.add_argument("--quick", action="store_true", help="small runs (about a minute)")
+    ap.add_argument("--quick", action="store_true", help="small runs (a few minutes)")
     ap.add_argument("--port", type=int, default=18199)
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--docs", action="store_true", help="rewrite docs/benchmarks.md and docs/benchmarks.png")
     ap.add_argument("--profile", type=Path, help="record py-spy profiles of the relay into this directory")
     ap.add_argument(
-        "--instances", type=int, default=1, help="it-relay processes side by side on one database"
+        "--instances", default="1,2,4", help="it-relay processes side by side on one database, per drain"
     )
     args = ap.parse_args()
     PROFILE_DIR = args.profile
-    INSTANCES = args.instances
+    TRANSPORT = args.transports.split(",")[0]
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     if args.quick:
@@ -428,26 +591,7 @@ def main() -> None:
             ceilings[f"post_per_s[{kind}]"] = asyncio.run(
                 limits._post_rate(kind, args.port, min(args.events, 20000), 64)
             )
-        runs = [
-            asyncio.run(throughput(s, dsn, args.port, args.events, args.producers, None, workdir))
-            for s in args.systems.split(",")
-        ]
-        runs.append(
-            asyncio.run(
-                throughput(
-                    "it-relay",
-                    dsn,
-                    args.port,
-                    int(args.latency_rate * args.latency_seconds),
-                    args.producers,
-                    args.latency_rate,
-                    workdir,
-                )
-            )
-        )
-        runs.append(asyncio.run(backlog(dsn, args.port, args.backlog, workdir)))
-        # The attempts history's cost, in the same run: the same drain without it.
-        runs.append(asyncio.run(backlog(dsn, args.port, args.backlog, workdir, record_attempts=False)))
+        runs = _scenarios(args, dsn, workdir)
     finally:
         sink_proc.terminate()
         if server is not None:
@@ -456,24 +600,11 @@ def main() -> None:
     header = (
         f"it-relay benchmark — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
         f"{os.cpu_count()} cores; {args.events} events x {len(SUBSCRIBERS)} subscribers, "
-        f"backlog {args.backlog}{' (quick)' if args.quick else ''}"
+        f"drain {args.backlog}{' (quick)' if args.quick else ''}"
     )
-    table = _table(ceilings, runs, header)
+    targets = _targets(ceilings, runs)
+    table = _table(ceilings, runs, header) + "\n\nTargets (ratios of this run):\n\n" + _report(targets)
     print("\n" + table)
-    by = {(r["system"], r["scenario"]): r for r in runs}
-    relay, pgq = by.get((_label("it-relay"), "throughput")), by.get(("pgqueuer", "throughput"))
-    summary = {
-        "relay_vs_aiohttp_post": relay["deliveries_per_s"] / (ceilings.get("post_per_s[aiohttp]") or 1)
-        if relay
-        else None,
-        "relay_vs_pgqueuer": relay["deliveries_per_s"] / pgq["deliveries_per_s"] if relay and pgq else None,
-        "attempt_history_cost": _history_cost(by),
-    }
-    print(f"\nit-relay / bare aiohttp POST ceiling: {summary['relay_vs_aiohttp_post']:.0%}")
-    if summary["attempt_history_cost"] is not None:
-        print(f"attempt history: drain {summary['attempt_history_cost']:.1%} slower than without it")
-    if summary["relay_vs_pgqueuer"]:
-        print(f"it-relay / PgQueuer relay: {summary['relay_vs_pgqueuer']:.2f}x")
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}"
     out = args.out / f"relay_bench-{stamp}.json"
@@ -482,7 +613,7 @@ def main() -> None:
             {
                 "ceilings": ceilings,
                 "runs": runs,
-                "summary": summary,
+                "targets": targets,
                 "quick": args.quick,
                 "events": args.events,
                 "backlog": args.backlog,
