@@ -168,6 +168,26 @@ async def test_logs_are_json_lines_with_event_fields(
     assert "RAW-LOGGED-KEY" not in (tmp_path / "relay.log").read_text()
 
 
+def test_the_template_unit_is_the_service_unit_but_for_its_instance_lines() -> None:
+    """it-relay@.service may not drift from it-relay.service: only its comments, description,
+    per-instance metrics port and overrides differ."""
+
+    def directives(name: str) -> list[str]:
+        text = (ROOT / "systemd" / name).read_text()
+        return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+    single, template = directives("it-relay.service"), directives("it-relay@.service")
+    extra = [line for line in template if line not in single]
+    assert extra == [
+        "Description=it-relay instance %i: IT module event relay (PostgreSQL LISTEN/NOTIFY to signed webhooks)",
+        "Environment=IT_RELAY_SERVER__LISTEN=127.0.0.1:946%i",
+        "EnvironmentFile=-/etc/it-relay/%i.env",
+    ]
+    assert [line for line in single if line not in template] == [
+        "Description=it-relay: IT module event relay (PostgreSQL LISTEN/NOTIFY to signed webhooks)"
+    ]
+
+
 def test_systemd_unit_is_hardened_notify_service() -> None:
     unit = (ROOT / "systemd" / "it-relay.service").read_text()
     for line in (
