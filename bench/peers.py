@@ -84,11 +84,10 @@ async def _naive_drain(dsn: str, n: int, post: Any) -> None:
 
 
 async def fill_pgqueuer(dsn: str, payloads: list[dict[str, Any]]) -> None:
-    """PgQueuer's queue pre-filled with one job per delivery of these events (for the drain)."""
+    """PgQueuer's queue (installed) pre-filled with one job per delivery of these events."""
     from pgqueuer.db import AsyncpgDriver
     from pgqueuer.queries import Queries
 
-    await install_pgqueuer(dsn)
     conn = await asyncpg.connect(dsn)
     queries = Queries(AsyncpgDriver(conn))
     jobs = [

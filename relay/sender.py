@@ -131,9 +131,8 @@ class PyreqwestSender:
                 .timeout(timedelta(seconds=timeout_s))
                 .build_streamed()
             )
-            # reqwest's timeout covers the whole exchange; the outer one is the same bound in
-            # the loop's own clock, whatever the runtime underneath does.
-            async with asyncio.timeout(timeout_s + 0.5), request as response:
+            # reqwest's timeout runs from connecting until the body is read: one total bound.
+            async with request as response:
                 kept = bytearray()
                 reader = response.body_reader
                 while len(kept) <= limit:
