@@ -453,19 +453,22 @@ def _scenarios(args: argparse.Namespace, dsn: str, workdir: Path) -> list[dict[s
     systems = args.systems.split(",")
     transports = args.transports.split(",")
     runs: list[dict[str, Any]] = []
+    wanted = set(args.scenarios.split(","))
     # Producer-bound: what 4 producer connections commit, delivered.
-    for system in systems:
+    for system in systems if "throughput" in wanted else []:
         runs.append(
             asyncio.run(throughput(system, dsn, args.port, args.events, args.producers, None, workdir))
         )
     # Latency at a steady rate, every system.
     paced = int(args.latency_rate * args.latency_seconds)
-    for system in systems:
+    for system in systems if "latency" in wanted else []:
         runs.append(
             asyncio.run(throughput(system, dsn, args.port, paced, args.producers, args.latency_rate, workdir))
         )
     # Drain: the relay's own speed. it-relay per transport, then without the attempts history and
     # with more processes; the peers with the same deliveries ready before they start.
+    if "drain" not in wanted:
+        return runs
     if "it-relay" in systems:
         for transport in transports:
             runs.append(asyncio.run(backlog(dsn, args.port, args.backlog, workdir, transport=transport)))
@@ -561,6 +564,7 @@ def main() -> None:
         default="pyreqwest,aiohttp",
         help="senders compared in the drain (the first is the relay's in every other scenario)",
     )
+    ap.add_argument("--scenarios", default="throughput,latency,drain", help="which scenarios to run")
     ap.add_argument("--latency-rate", type=float, default=200.0)
     ap.add_argument("--latency-seconds", type=float, default=30.0)
     ap.add_argument("--backlog", type=int, default=100_000)
