@@ -466,6 +466,11 @@ class Dispatcher:
                     claimed = await journal.claim_deliveries(
                         conn, lane.name, self._owner, limit, self._settings.lease_s
                     )
+                    if allowed == 1 and claimed:
+                        lane.breaker.claimed_probe()
+                    # Sent before asking when the next one is due: that round trip is off the path.
+                    for item in claimed:
+                        self._start(lane, item)
                     due_in = (
                         None if len(claimed) == limit else await journal.seconds_until_due(conn, lane.name)
                     )
@@ -475,10 +480,6 @@ class Dispatcher:
                 )
                 await sleep_unless(stopping, 1.0)
                 continue
-            if allowed == 1 and claimed:
-                lane.breaker.claimed_probe()
-            for item in claimed:
-                self._start(lane, item)
             if len(claimed) == limit:
                 continue
             timeout = (

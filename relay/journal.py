@@ -31,8 +31,11 @@ async def publish(conn: asyncpg.Connection, payload: dict[str, Any]) -> UUID:
 
 
 async def journal_notified(conn: asyncpg.Connection, events: Sequence[NotifiedEvent]) -> None:
+    """Journal notified events (in the caller's transaction), committed durably: a NOTIFY is not
+    kept anywhere else."""
     if not events:
         return
+    await conn.execute(query("durable_commit"))
     await conn.execute(
         query("journal_notified"),
         [e.event_id for e in events],
@@ -101,6 +104,7 @@ async def write_routing(
     conn: asyncpg.Connection, routed: Sequence[RoutedEvent], rejected: Sequence[tuple[UUID, Rejection]]
 ) -> None:
     if routed:
+        pairs = [(r.event_id, s, r.event_type) for r in routed for s in r.subscribers]
         await conn.execute(
             query("mark_routed"),
             [r.event_id for r in routed],
@@ -108,11 +112,10 @@ async def write_routing(
             [r.entity_key for r in routed],
             [r.event_type for r in routed],
             [r.organization_id for r in routed],
+            [p[0] for p in pairs],
+            [p[1] for p in pairs],
+            [p[2] for p in pairs],
         )
-        pairs = [(r.event_id, s, r.event_type) for r in routed for s in r.subscribers]
-        if pairs:
-            ids, subs, types = zip(*pairs, strict=True)
-            await conn.execute(query("insert_deliveries"), list(ids), list(subs), list(types))
     if rejected:
         await conn.execute(query("mark_rejected"), [event_id for event_id, _ in rejected])
         await record_rejected(conn, [r for _, r in rejected])

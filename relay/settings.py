@@ -84,6 +84,9 @@ class DatabaseSettings(Section):
     channel: str = "it_events"
     poll_interval_s: PositiveFloat = 5.0
     pool_size: PositiveInt = 8
+    # The relay's own bookkeeping (routing, claims, outcomes) commits asynchronously by default: a
+    # PostgreSQL crash can lose its last moments, which are then redone (at-least-once holds).
+    bookkeeping_commit: Literal["async", "sync"] = "async"
     # The listener's liveness probe: asyncpg does not notice a silently dead server by itself.
     probe_interval_s: PositiveFloat = 10.0
     probe_timeout_s: PositiveFloat = 5.0

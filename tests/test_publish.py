@@ -9,9 +9,11 @@ import uuid
 import asyncpg
 import pytest
 
-from relay import codec, migrate
+from relay import codec, database, journal, migrate
 from relay.contracts.examples import example
 from relay.migrate import SchemaError
+from relay.model import NotifiedEvent
+from relay.settings import load_settings
 from relay.sql import migrations
 from tests.support.relay import wait_until
 
@@ -183,3 +185,34 @@ async def test_db_upgrade_records_the_configured_channel(db: asyncpg.Connection)
         SchemaError, match=r"database\.channel is 'it_events' but the database publishes on 'other_events'"
     ):
         await migrate.check_channel(db, "it_events")
+
+
+async def test_bookkeeping_commits_asynchronously_but_journaled_notifications_durably(relay_db: str) -> None:
+    settings = load_settings(None, database={"url": relay_db})
+    pool = await database.create_pool(settings.database)
+    try:
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW synchronous_commit") == "off"
+            async with conn.transaction():
+                await journal.journal_notified(
+                    conn,
+                    [
+                        NotifiedEvent(
+                            event_id=uuid.uuid4(),
+                            event_type="x",
+                            payload={"event_type": "x"},
+                            organization_id=None,
+                        )
+                    ],
+                )
+                assert await conn.fetchval("SHOW synchronous_commit") == "on"
+            assert await conn.fetchval("SHOW synchronous_commit") == "off"
+    finally:
+        await pool.close()
+    strict = load_settings(None, database={"url": relay_db, "bookkeeping_commit": "sync"})
+    pool = await database.create_pool(strict.database)
+    try:
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW synchronous_commit") == "on"
+    finally:
+        await pool.close()

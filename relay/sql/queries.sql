@@ -17,6 +17,11 @@ SELECT r.event_id, r.event_type, r.payload, 'notify', r.organization_id
   FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::uuid[]) AS r(event_id, event_type, payload, organization_id)
 ON CONFLICT (event_id) DO NOTHING;
 
+-- name: durable_commit
+-- Inside a transaction of the daemon's pool (asynchronous commits): this one waits for the WAL
+-- flush, for what exists nowhere else once committed (a legacy notification's payload).
+SET LOCAL synchronous_commit TO on;
+
 -- name: journaled_ids
 SELECT event_id FROM it_relay.events WHERE event_id = ANY($1::uuid[]);
 
@@ -37,22 +42,28 @@ SELECT event_id, payload::text AS payload, source
    FOR UPDATE SKIP LOCKED;
 
 -- name: mark_routed
-UPDATE it_relay.events e
-   SET status = 'routed', routed_at = clock_timestamp(), payload = r.payload, entity_key = r.entity_key,
-       event_type = r.event_type,
-       organization_id = r.organization_id
-  FROM unnest($1::uuid[], $2::jsonb[], $3::text[], $4::text[], $5::uuid[])
-       AS r(event_id, payload, entity_key, event_type, organization_id)
- WHERE e.event_id = r.event_id;
+-- The routing of a batch in one statement: each event's validated payload, and one delivery row
+-- per served subscriber ($6..$8, pairs of event and subscriber).
+WITH routed AS (
+    UPDATE it_relay.events e
+       SET status = 'routed', routed_at = clock_timestamp(), payload = r.payload, entity_key = r.entity_key,
+           event_type = r.event_type,
+           organization_id = r.organization_id
+      FROM unnest($1::uuid[], $2::jsonb[], $3::text[], $4::text[], $5::uuid[])
+           AS r(event_id, payload, entity_key, event_type, organization_id)
+     WHERE e.event_id = r.event_id
+    RETURNING e.event_id
+), added AS (
+    INSERT INTO it_relay.deliveries (event_id, subscriber, event_type)
+    SELECT * FROM unnest($6::uuid[], $7::text[], $8::text[])
+    ON CONFLICT (event_id, subscriber) DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM routed) AS events, (SELECT count(*) FROM added) AS deliveries;
 
 -- name: mark_rejected
 UPDATE it_relay.events SET status = 'rejected', routed_at = clock_timestamp()
  WHERE event_id = ANY($1::uuid[]);
-
--- name: insert_deliveries
-INSERT INTO it_relay.deliveries (event_id, subscriber, event_type)
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[])
-ON CONFLICT (event_id, subscriber) DO NOTHING;
 
 -- name: claim_deliveries
 -- Due deliveries of one subscriber, leased to this instance. A lease that expired (its instance
