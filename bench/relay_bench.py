@@ -4,12 +4,17 @@ Scenarios (each reported as a ratio of the ceilings bench/limits.py measures in 
   throughput  N events from 4 producer connections (one commit each), 2 subscribers, minimal sink:
               it-relay, a naive LISTEN-and-POST relay (no journal: the non-durable bound), and the
               obvious PgQueuer relay (one job per delivery, enqueued in the producer's transaction);
-  latency     200 events/s for 30 s through it-relay: p50/p95/p99 from commit to arrival at the sink;
-  backlog     100k events journaled while no relay runs, then it-relay starts: drain rate, peak RSS.
-Each system runs as its own process, so CPU time and memory are its own. Prints a table, writes
-JSON to bench/results/, and with --docs rewrites docs/benchmarks.md and its chart.
+              bounded by what the producers commit, so it cannot show a relay's own speed;
+  latency     200 events/s for 30 s through each system: p50/p95/p99 from commit to the sink;
+  drain       the relay's own speed: 100k events' deliveries ready before the system starts
+              (it-relay: journaled; PgQueuer: its queue pre-filled; naive: a pre-built list),
+              timed from the system's readiness; it-relay per sender (--transports), without the
+              attempts history, and as several processes (--instances).
+Each system runs as its own process, so CPU time and memory are its own. Prints a table and the
+targets as ratios, writes JSON to bench/results/, and with --docs rewrites docs/benchmarks.md.
 
     python bench/relay_bench.py [--quick] [--dsn URL] [--docs] [--profile DIR]
+        [--scenarios throughput,latency,drain] [--transports pyreqwest,aiohttp] [--instances 1,2,4]
 """
 
 from __future__ import annotations
@@ -448,6 +453,33 @@ def _chart(ceilings: dict[str, float | None], runs: list[dict[str, Any]], path: 
     fig.savefig(path, dpi=110)
 
 
+async def _pyreqwest_post_rate(port: int, n: int, conc: int) -> float:
+    """The bare POST loop of limits.py, with pyreqwest: the client's own ceiling on this machine."""
+    from pyreqwest.client import ClientBuilder
+
+    client = ClientBuilder().max_connections(conc).build()
+    remaining = n
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            response = await (
+                client.post(f"http://127.0.0.1:{port}/hook")
+                .header("content-type", "application/json")
+                .body_bytes(limits.PAYLOAD)
+                .build()
+                .send()
+            )
+            await response.bytes()
+
+    t = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(conc)))
+    rate = n / (time.perf_counter() - t)
+    await client.close()
+    return rate
+
+
 def _scenarios(args: argparse.Namespace, dsn: str, workdir: Path) -> list[dict[str, Any]]:
     """Every scenario of the run, in order (each system in its own process)."""
     systems = args.systems.split(",")
@@ -603,6 +635,9 @@ def main() -> None:
             ceilings[f"post_per_s[{kind}]"] = asyncio.run(
                 limits._post_rate(kind, args.port, min(args.events, 20000), 64)
             )
+        ceilings["post_per_s[pyreqwest]"] = asyncio.run(
+            _pyreqwest_post_rate(args.port, min(args.events, 20000), 64)
+        )
         runs = _scenarios(args, dsn, workdir)
     finally:
         sink_proc.terminate()
