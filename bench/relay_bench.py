@@ -55,6 +55,7 @@ from relay.contracts.examples import example
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SUBSCRIBERS = ("PF-10", "HR")  # it_asset_assigned is routed to exactly these two
 PROFILE_DIR: Path | None = None
+PROFILE_FORMAT = "raw"  # py-spy's: raw (collapsed stacks, for scripts) or flamegraph (SVG)
 TRANSPORT = "pyreqwest"  # the relay's default sender; --transports lists the ones compared
 
 
@@ -208,12 +209,12 @@ def _start(
         ]
         if PROFILE_DIR is not None:
             # py-spy samples the relay; collapsed stacks, one file per scenario (CPU figures are then py-spy's).
-            out = PROFILE_DIR / f"{label}.txt"
+            out = PROFILE_DIR / f"{label}.{'svg' if PROFILE_FORMAT == 'flamegraph' else 'txt'}"
             command = [
                 str(Path(sys.executable).with_name("py-spy")),
                 "record",
                 "--format",
-                "raw",
+                PROFILE_FORMAT,
                 "--rate",
                 "200",
                 "--output",
@@ -585,7 +586,7 @@ def _report(targets: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    global PROFILE_DIR, TRANSPORT
+    global PROFILE_DIR, PROFILE_FORMAT, TRANSPORT
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dsn", help="admin DSN of a PostgreSQL server (default: embedded pgserver)")
     ap.add_argument("--events", type=int, default=20000)
@@ -605,11 +606,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--docs", action="store_true", help="rewrite docs/benchmarks.md and docs/benchmarks.png")
     ap.add_argument("--profile", type=Path, help="record py-spy profiles of the relay into this directory")
+    ap.add_argument("--profile-format", choices=["raw", "flamegraph"], default="raw")
     ap.add_argument(
         "--instances", default="1,2,4", help="it-relay processes side by side on one database, per drain"
     )
     args = ap.parse_args()
     PROFILE_DIR = args.profile
+    PROFILE_FORMAT = args.profile_format
     TRANSPORT = args.transports.split(",")[0]
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
