@@ -468,7 +468,7 @@ async def _pyreqwest_post_rate(port: int, n: int, conc: int) -> float:
             response = await (
                 client.post(f"http://127.0.0.1:{port}/hook")
                 .header("content-type", "application/json")
-                .body_bytes(limits.PAYLOAD)
+                .body_bytes(limits.PAYLOAD.encode() if isinstance(limits.PAYLOAD, str) else limits.PAYLOAD)
                 .build()
                 .send()
             )
