@@ -14,7 +14,7 @@ import httpx
 from relay.errors import RelayError
 from relay.redaction import mask_urls
 
-Transport = Literal["pyreqwest", "aiohttp", "httpx-aiohttp", "httpx"]
+Transport = Literal["pyreqwest", "pyqwest", "aiohttp", "httpx-aiohttp", "httpx"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +88,69 @@ class AiohttpSender:
 def make_sender(transport: Transport, max_connections: int, max_response_bytes: int = 65536) -> Sender:
     if transport == "pyreqwest":
         return PyreqwestSender(max_connections, max_response_bytes)
+    if transport == "pyqwest":
+        return PyqwestSender(max_connections, max_response_bytes)
     if transport == "aiohttp":
         return AiohttpSender(max_connections, max_response_bytes)
     return HttpxSender(transport, max_connections, max_response_bytes)
+
+
+class PyqwestSender:
+    """pyqwest (reqwest underneath, another API over it): selectable, measured beside pyreqwest
+    (docs/benchmarks.md). Installed with the `pyqwest` extra."""
+
+    def __init__(self, max_connections: int = 100, max_response_bytes: int = 65536) -> None:
+        self._max_connections = max_connections
+        self._max_response_bytes = max_response_bytes
+        self._client: Any = None
+        self._transport: Any = None
+
+    def _make(self) -> Any:
+        try:
+            from pyqwest import Client, HTTPTransport
+        except ImportError:
+            raise SendError("delivery.transport = pyqwest needs pip install 'it-relay[pyqwest]'") from None
+        self._transport = HTTPTransport(
+            tls_include_system_certs=True,
+            follow_redirects=False,
+            enable_gzip=False,
+            enable_brotli=False,
+            enable_zstd=False,
+            enable_otel=False,
+            pool_max_idle_per_host=self._max_connections,
+        )
+        self._client = Client(self._transport)
+        return self._client
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Response:
+        client = self._client or self._make()
+        limit = self._max_response_bytes
+        try:
+            # pyqwest has no per-request timeout on its async client: the loop's is the bound.
+            async with (
+                asyncio.timeout(timeout_s),
+                client.stream("POST", url, dict(headers), body) as response,
+            ):
+                kept = bytearray()
+                async for chunk in response.content:
+                    kept += bytes(chunk)[: limit + 1 - len(kept)]
+                    if len(kept) > limit:
+                        break  # leaving the block drops the rest with the connection
+                status = response.status
+                response_headers = {k.lower(): v for k, v in response.headers.items()}
+        except TimeoutError:
+            raise SendError(f"timeout after {timeout_s:g}s") from None
+        except Exception as exc:
+            from pyqwest import ReadError, RemoteProtocolError, WriteError
+
+            if isinstance(exc, OSError | ReadError | WriteError | RemoteProtocolError):
+                raise SendError(describe(exc)) from None
+            raise
+        return Response(status, response_headers, bytes(kept[:limit]))
+
+    async def aclose(self) -> None:
+        if self._transport is not None:
+            await self._transport.aclose()
 
 
 class PyreqwestSender:

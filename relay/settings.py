@@ -174,7 +174,7 @@ class DeliverySettings(Section):
     lease_s: PositiveFloat = 60.0
     circuit_failure_threshold: PositiveInt = 5
     circuit_cooldown_s: PositiveFloat = 30.0
-    transport: Literal["pyreqwest", "aiohttp", "httpx-aiohttp", "httpx"] = "pyreqwest"
+    transport: Literal["pyreqwest", "pyqwest", "aiohttp", "httpx-aiohttp", "httpx"] = "pyreqwest"
     # At most this much of a subscriber's response is read; the rest is discarded with the connection.
     max_response_bytes: Annotated[int, Field(ge=0, le=16 * 1024 * 1024)] = 65536
     # One row per HTTP attempt in it_relay.attempts (time, status or error, duration, excerpt).

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from relay.sender import SendError, Transport, make_sender
 
-TRANSPORTS: list[Transport] = ["pyreqwest", "aiohttp", "httpx-aiohttp", "httpx"]
+TRANSPORTS: list[Transport] = ["pyreqwest", "pyqwest", "aiohttp", "httpx-aiohttp", "httpx"]
 
 
 async def _subscriber(context: ssl.SSLContext | None) -> tuple[web.AppRunner, int]:
