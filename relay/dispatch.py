@@ -305,6 +305,48 @@ class Attempts:
         )
 
 
+class LaneStates:
+    """Run-time state shared through the database: pauses set by operators come in (before the
+    first claim, then every poll interval), circuit changes go out (for `it-relay status`)."""
+
+    def __init__(self, pool: asyncpg.Pool, lanes: dict[str, Lane], metrics: Metrics, every_s: float) -> None:
+        self._pool = pool
+        self._lanes = lanes
+        self._metrics = metrics
+        self._every_s = every_s
+
+    async def run(self, stopping: asyncio.Event, beat: Callable[[], None]) -> None:
+        while not stopping.is_set():
+            beat()
+            try:
+                await self.sync()
+            except DB_ERRORS as exc:
+                log.warning("reading subscriber states failed, will retry", error=type(exc).__name__)
+            except Exception:
+                log.exception("reading subscriber states failed unexpectedly, will retry")
+            await sleep_unless(stopping, self._every_s)
+
+    async def sync(self) -> None:
+        async with self._pool.acquire() as conn:
+            states = await journal.subscriber_states(conn)
+            for lane in self._lanes.values():
+                if lane.circuit_reported_open != lane.circuit_shared_open:
+                    await journal.set_circuit(
+                        conn, lane.name, "open" if lane.circuit_reported_open else "closed"
+                    )
+                    lane.circuit_shared_open = lane.circuit_reported_open
+        for lane in self._lanes.values():
+            shared = states.get(lane.name)
+            paused = shared.paused if shared is not None and shared.paused is not None else not lane.enabled
+            if paused != lane.paused:
+                lane.paused = paused
+                log.info(
+                    "subscriber " + ("paused: deliveries held" if paused else "resumed"), subscriber=lane.name
+                )
+                lane.wake.set()
+            self._metrics.paused.labels(lane.name).set(1 if paused else 0)
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -339,7 +381,7 @@ class Dispatcher:
             )
             for name, conf in subscribers.items()
         }
-        self._metrics = metrics
+        self._states = LaneStates(pool, self.lanes, metrics, poll_interval_s)
         self._attempts = Attempts(delivery=delivery, sender=sender, metrics=metrics)
         self._slots = Slots(delivery.concurrency, self.wake)
         self._writer = OutcomeWriter(pool, owner)
@@ -370,9 +412,9 @@ class Dispatcher:
         ]
         # Paused subscribers are known before any lane claims (when the database answers).
         with contextlib.suppress(*DB_ERRORS):
-            await self._sync_states()
+            await self._states.sync()
         states_beat = self._heartbeats.register("subscriber-states", self._poll_interval_s)
-        states = asyncio.create_task(self._states_loop(stopping, states_beat), name="subscriber-states")
+        states = asyncio.create_task(self._states.run(stopping, states_beat), name="subscriber-states")
         writer_beat = self._heartbeats.register("outcome-writer", self._poll_interval_s)
         writer = asyncio.create_task(
             self._writer.run(writer_beat, self._poll_interval_s), name="outcome-writer"
@@ -389,38 +431,6 @@ class Dispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
             await self._writer.flush(deadline=time.monotonic() + 10)
-
-    async def _states_loop(self, stopping: asyncio.Event, beat: Callable[[], None]) -> None:
-        """Every poll interval: pauses set by operators in, circuit changes out (for `status`)."""
-        while not stopping.is_set():
-            beat()
-            try:
-                await self._sync_states()
-            except DB_ERRORS as exc:
-                log.warning("reading subscriber states failed, will retry", error=type(exc).__name__)
-            except Exception:
-                log.exception("reading subscriber states failed unexpectedly, will retry")
-            await sleep_unless(stopping, self._poll_interval_s)
-
-    async def _sync_states(self) -> None:
-        async with self._pool.acquire() as conn:
-            states = await journal.subscriber_states(conn)
-            for lane in self.lanes.values():
-                if lane.circuit_reported_open != lane.circuit_shared_open:
-                    await journal.set_circuit(
-                        conn, lane.name, "open" if lane.circuit_reported_open else "closed"
-                    )
-                    lane.circuit_shared_open = lane.circuit_reported_open
-        for lane in self.lanes.values():
-            shared = states.get(lane.name)
-            paused = shared.paused if shared is not None and shared.paused is not None else not lane.enabled
-            if paused != lane.paused:
-                lane.paused = paused
-                log.info(
-                    "subscriber " + ("paused: deliveries held" if paused else "resumed"), subscriber=lane.name
-                )
-                lane.wake.set()
-            self._metrics.paused.labels(lane.name).set(1 if paused else 0)
 
     async def _drain(self) -> None:
         if self._tasks:
