@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -337,3 +338,27 @@ async def test_bulk_replay_counts_first_filters_and_asks(
         assert done.stdout.strip() == "re-queued 7 deliveries: PF-10 7", done.stderr
         await sink.wait_for(lambda r: len(r) == 21)
     assert sum(r.path == "/pf-10" for r in sink.requests) == 14
+
+
+async def test_status_watch_redraws_until_ctrl_c(tmp_path: Path, relay_db: str, sink: Sink) -> None:
+    config = _config(tmp_path, relay_db, sink, ["PF-10"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IT_RELAY_")}
+    watch = subprocess.Popen(  # noqa: ASYNC220 - read from a thread below
+        [sys.executable, "-m", "relay", "status", "--config", str(config), "--watch"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        # Two redraws of the table, without a restart (the screen-clearing escape is only for a
+        # terminal: click strips it from a pipe).
+        for _ in range(2):
+            line = await asyncio.wait_for(_line_with(watch, "subscriber state"), 30 * PATIENCE)
+            assert "\x1b" not in line
+        watch.send_signal(signal.SIGINT)
+        code = await asyncio.to_thread(watch.wait, 30 * PATIENCE)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+    assert code == 0
+    assert watch.stderr is not None and "Traceback" not in watch.stderr.read().decode()
