@@ -6,7 +6,6 @@ import asyncio
 import json
 import re
 import signal
-import socket
 from pathlib import Path
 
 import asyncpg
@@ -15,6 +14,7 @@ import httpx
 from relay import journal
 from relay.contracts.examples import example
 from relay.metrics import Metrics
+from tests.support.notify import NotifySocket
 from tests.support.relay import (
     cli,
     relay_settings,
@@ -106,21 +106,11 @@ async def test_readyz_is_503_while_the_listener_is_down(
 
 
 async def test_systemd_notify_socket(tmp_path: Path, relay_db: str, sink: Sink) -> None:
-    address = str(tmp_path / "notify.sock")
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    server.bind(address)
-    server.setblocking(False)
-    messages: list[str] = []
-
-    async def collect(until: str) -> None:
-        loop = asyncio.get_running_loop()
-        while not any(until in m for m in messages):
-            messages.append((await loop.sock_recv(server, 4096)).decode())
-
+    notify = NotifySocket(tmp_path)
     config = write_config(tmp_path / "relay.toml", relay_settings(relay_db, sink, ["FA"]))
     import os
 
-    os.environ["NOTIFY_SOCKET"] = address
+    os.environ["NOTIFY_SOCKET"] = notify.address
     os.environ["WATCHDOG_USEC"] = "400000"
     try:
         proc = start_relay_process(config, tmp_path / "relay.log")
@@ -128,14 +118,14 @@ async def test_systemd_notify_socket(tmp_path: Path, relay_db: str, sink: Sink) 
         del os.environ["NOTIFY_SOCKET"]
         del os.environ["WATCHDOG_USEC"]
     try:
-        await asyncio.wait_for(collect("READY=1"), 30)
-        await asyncio.wait_for(collect("WATCHDOG=1"), 10)
+        await asyncio.wait_for(notify.until("READY=1"), 30)
+        await asyncio.wait_for(notify.until("WATCHDOG=1"), 10)
     finally:
         code = await stop_process(proc, signal.SIGTERM)
-    await asyncio.wait_for(collect("STOPPING=1"), 10)
-    server.close()
+    await asyncio.wait_for(notify.until("STOPPING=1"), 10)
+    notify.close()
     assert code == 0
-    joined = "\n".join(messages)
+    joined = "\n".join(notify.messages)
     assert "STATUS=relaying" in joined
     assert joined.index("READY=1") < joined.index("STOPPING=1")
 

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tomllib
@@ -23,6 +22,7 @@ from standardwebhooks import Webhook
 from relay import journal
 from relay.contracts.examples import example
 from relay.settings import load_settings, masked
+from tests.support.notify import NotifySocket
 from tests.support.sink import PATIENCE, Sink
 
 ROOT = Path(__file__).parent.parent
@@ -81,19 +81,9 @@ async def test_the_units_exec_start_boots_with_the_example_configs_credentials(
     argv[0] = str(Path(sys.executable).with_name("it-relay"))
     argv[argv.index("--config") + 1] = str(config)
 
-    address = str(tmp_path / "notify.sock")
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    server.bind(address)
-    server.setblocking(False)
-    messages: list[str] = []
-
-    async def collect(until: str) -> None:
-        loop = asyncio.get_running_loop()
-        while not any(until in m for m in messages):
-            messages.append((await loop.sock_recv(server, 4096)).decode())
-
+    notify = NotifySocket(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("IT_RELAY_")} | {
-        "NOTIFY_SOCKET": address,
+        "NOTIFY_SOCKET": notify.address,
         "CREDENTIALS_DIRECTORY": str(credentials),
         # Only what differs on a test machine: where the database and PF-10 are.
         "IT_RELAY_DATABASE__URL": relay_db,
@@ -104,14 +94,14 @@ async def test_the_units_exec_start_boots_with_the_example_configs_credentials(
     log = (tmp_path / "relay.log").open("wb")
     proc = subprocess.Popen(argv, env=env, stdout=log, stderr=log)  # noqa: ASYNC220 - waited on in a thread
     try:
-        await asyncio.wait_for(collect("READY=1"), 30 * PATIENCE)
+        await asyncio.wait_for(notify.until("READY=1"), 30 * PATIENCE)
         await journal.publish(db, example("it_ticket_created"))
         await sink.wait_for(lambda r: len(r) == 1)
     finally:
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(proc.wait, 30 * PATIENCE)
-    await asyncio.wait_for(collect("STOPPING=1"), 10)
-    server.close()
+    await asyncio.wait_for(notify.until("STOPPING=1"), 10)
+    notify.close()
     assert code == 0, (tmp_path / "relay.log").read_text()
     received = sink.requests[0]
     Webhook(secret).verify(received.body, received.headers)
