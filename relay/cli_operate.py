@@ -255,7 +255,8 @@ def replay(
     """Re-queue deliveries; they go out again with the same event_id (webhook-id)."""
     selection = _replay_selection(event_id, subscriber, all_subscribers, status, event_type, since, until)
     settings = load(config)
-    counts = with_db(settings, lambda conn: journal.replay_preview(conn, selection))
+    channel = settings.database.channel
+    counts = with_db(settings, lambda conn: journal.replay(conn, channel, selection, dry_run=True))
     total = sum(counts.values())
     if total == 0:
         raise UserError("nothing to replay: no delivery matches")
@@ -270,11 +271,8 @@ def replay(
             )
         if not typer.confirm(f"re-queue {total} deliveries ({summary})?"):
             raise typer.Exit(1)
-    rows = with_db(settings, lambda conn: journal.replay(conn, settings.database.channel, selection))
-    done: dict[str, int] = {}
-    for r in rows:
-        done[r["subscriber"]] = done.get(r["subscriber"], 0) + 1
-    typer.echo(f"re-queued {len(rows)} deliveries: {', '.join(f'{n} {c}' for n, c in sorted(done.items()))}")
+    done = with_db(settings, lambda conn: journal.replay(conn, channel, selection))
+    typer.echo(f"re-queued {sum(done.values())} deliveries: {', '.join(f'{n} {c}' for n, c in done.items())}")
 
 
 def _replay_selection(

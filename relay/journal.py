@@ -193,18 +193,16 @@ class Selection:
         return (self.event_id, subs, self.status, self.event_type, self.since, self.until)
 
 
-async def replay_preview(conn: asyncpg.Connection, selection: Selection) -> dict[str, int]:
-    """How many deliveries `replay` would re-queue, per subscriber."""
-    return {r["subscriber"]: r["n"] for r in await conn.fetch(query("replay_preview"), *selection.args())}
-
-
-async def replay(conn: asyncpg.Connection, channel: str, selection: Selection) -> list[asyncpg.Record]:
-    """Re-queue deliveries (same event_id), then wake every relay instance."""
+async def replay(
+    conn: asyncpg.Connection, channel: str, selection: Selection, *, dry_run: bool = False
+) -> dict[str, int]:
+    """Re-queue the selected deliveries (same event_id), then wake every relay instance; with
+    `dry_run`, only count them. Counted per subscriber."""
     async with conn.transaction():
-        rows: list[asyncpg.Record] = await conn.fetch(query("replay"), *selection.args())
-        if rows:
+        rows = await conn.fetch(query("replay"), *selection.args(), dry_run)
+        if rows and not dry_run:
             await wake(conn, channel, rows[0]["event_id"], rows[0]["event_type"])
-    return rows
+    return {r["subscriber"]: r["n"] for r in rows}
 
 
 async def backfill(
@@ -220,14 +218,10 @@ async def backfill(
     """Deliveries from the journal for a subscriber added later, counted per event type."""
     async with conn.transaction():
         rows = await conn.fetch(query("backfill"), subscriber, list(event_types), since, until, dry_run)
-        counts = {r["event_type"]: r["n"] for r in rows}
-        if counts and not dry_run:
-            await conn.execute(
-                query("wake"),
-                channel,
-                codec.dumps({"event_id": UUID(int=0), "event_type": "", "wake": "deliveries"}).decode(),
-            )
-    return counts
+        if rows and not dry_run:
+            # A wake-up names a journaled event: the listener treats an unknown id as a rejection.
+            await wake(conn, channel, rows[0]["event_id"], rows[0]["event_type"])
+    return {r["event_type"]: r["n"] for r in rows}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

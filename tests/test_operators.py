@@ -66,6 +66,8 @@ async def test_a_subscriber_not_served_gets_no_deliveries_until_it_is_backfilled
         await sink.wait_for(lambda r: len(r) == 2)
         again = await cli("backfill", "--config", str(config), "--subscriber", "HR", "--since", since)
         assert again.stdout.strip() == "created 0 deliveries for HR"
+        # Its wake-up names a journaled event: nothing is recorded as a rejection.
+        assert await db.fetchval("SELECT count(*) FROM it_relay.rejected_events") == 0
     assert sink.requests[1].path == "/hr"
     assert sink.requests[1].headers["webhook-id"] == event_id
 

@@ -132,31 +132,30 @@ UPDATE it_relay.deliveries
  WHERE lease_owner = $1 AND status = 'pending'
    AND (event_id, subscriber) IN (SELECT * FROM unnest($2::uuid[], $3::text[]));
 
--- name: replay_preview
--- What `replay` would re-queue, counted per subscriber (the same filters as replay).
-SELECT subscriber, count(*) AS n
-  FROM it_relay.deliveries
- WHERE ($1::uuid IS NULL OR event_id = $1)
-   AND ($2::text[] IS NULL OR subscriber = ANY($2))
-   AND ($3::text IS NULL OR status = $3)
-   AND ($4::text IS NULL OR event_type = $4)
-   AND ($5::timestamptz IS NULL OR created_at >= $5)
-   AND ($6::timestamptz IS NULL OR created_at < $6)
+-- name: replay
+-- Deliveries back to pending, due now, with a fresh retry schedule and the same event_id; with $7
+-- (a dry run) only counted. Per subscriber: how many, and one of their events (for the wake-up).
+WITH chosen AS (
+    SELECT event_id, subscriber, event_type
+      FROM it_relay.deliveries
+     WHERE ($1::uuid IS NULL OR event_id = $1)
+       AND ($2::text[] IS NULL OR subscriber = ANY($2))
+       AND ($3::text IS NULL OR status = $3)
+       AND ($4::text IS NULL OR event_type = $4)
+       AND ($5::timestamptz IS NULL OR created_at >= $5)
+       AND ($6::timestamptz IS NULL OR created_at < $6)
+), requeued AS (
+    UPDATE it_relay.deliveries d
+       SET status = 'pending', next_attempt_at = clock_timestamp(), failed_rounds = 0,
+           lease_owner = NULL, lease_expires_at = NULL, delivered_at = NULL, updated_at = clock_timestamp()
+      FROM chosen c
+     WHERE NOT $7::bool AND d.event_id = c.event_id AND d.subscriber = c.subscriber
+    RETURNING d.event_id, d.subscriber, d.event_type
+)
+SELECT subscriber, count(*) AS n, (array_agg(event_id))[1] AS event_id, (array_agg(event_type))[1] AS event_type
+  FROM (SELECT * FROM chosen WHERE $7::bool UNION ALL SELECT * FROM requeued) x
  GROUP BY subscriber
  ORDER BY subscriber;
-
--- name: replay
--- Back to pending, due now, with a fresh retry schedule; the same event_id (webhook-id).
-UPDATE it_relay.deliveries
-   SET status = 'pending', next_attempt_at = clock_timestamp(), failed_rounds = 0,
-       lease_owner = NULL, lease_expires_at = NULL, delivered_at = NULL, updated_at = clock_timestamp()
- WHERE ($1::uuid IS NULL OR event_id = $1)
-   AND ($2::text[] IS NULL OR subscriber = ANY($2))
-   AND ($3::text IS NULL OR status = $3)
-   AND ($4::text IS NULL OR event_type = $4)
-   AND ($5::timestamptz IS NULL OR created_at >= $5)
-   AND ($6::timestamptz IS NULL OR created_at < $6)
-RETURNING event_id, subscriber, event_type;
 
 -- name: backfill
 -- Deliveries for a subscriber added later: routed events of its types journaled in [$3, $4)
@@ -173,8 +172,8 @@ WITH wanted AS (
     ON CONFLICT (event_id, subscriber) DO NOTHING
     RETURNING event_id, event_type
 )
-SELECT event_type, count(*) AS n
-  FROM (SELECT event_type FROM wanted WHERE $5::bool UNION ALL SELECT event_type FROM added) x
+SELECT event_type, count(*) AS n, (array_agg(event_id))[1] AS event_id
+  FROM (SELECT event_id, event_type FROM wanted WHERE $5::bool UNION ALL SELECT event_id, event_type FROM added) x
  GROUP BY event_type
  ORDER BY event_type;
 
