@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -35,7 +35,7 @@ from relay.model import (
     BATCH_LIMIT,
     EXCERPT_BYTES,
     OUTCOMES,
-    STATUS_AFTER,
+    Attempt,
     AttemptRecord,
     ClaimedDelivery,
     DeliveryResult,
@@ -44,22 +44,9 @@ from relay.model import (
 from relay.redaction import excerpt
 from relay.sender import Sender, SendError
 from relay.settings import DeliverySettings, SubscriberSettings
+from relay.settle import BreakerNote, Ending, RetryPolicy, Settlement, settle
 
 log = get_logger("relay.dispatch")
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    outcome: Outcome
-    status: int | None
-    error: str | None
-    retry_after_s: float | None
-    record: AttemptRecord | None = None
-
-    @property
-    def quick_retry(self) -> bool:
-        # A Retry-After is the subscriber asking for time: straight to the durable schedule.
-        return self.outcome == "retry" and self.retry_after_s is None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -188,22 +175,17 @@ class Attempts:
         self._sender = sender
         self._metrics = metrics
 
-    def decide(
-        self, lane: Lane, item: ClaimedDelivery, tried: Sequence[Attempt], attempts: int
-    ) -> DeliveryResult:
-        """The delivery's next state after the attempts `tried`; counted, and logged unless delivered."""
-        last = tried[-1]
-        decision = retry.decide(
-            last.outcome,
-            item.failed_rounds,
-            self._settings.retry_schedule_s,
-            retry_after=last.retry_after_s,
-            retry_after_max=self._settings.retry_after_max_s,
-            jitter=self._settings.jitter,
-        )
-        self._observe_circuit(lane, last)
-        lane.outcomes[decision.outcome].inc()
-        if decision.outcome == "delivered":
+    def conclude(self, lane: Lane, item: ClaimedDelivery, settlement: Settlement, probe: bool) -> None:
+        """What a settled round tells the breaker, the metrics and the log."""
+        # Giving back a probe only matters for the probe: another round must not free it.
+        if settlement.breaker != "release" or probe:
+            self._observe_circuit(lane, settlement.breaker)
+        if settlement.outcome is None or settlement.result is None:
+            return
+        result = settlement.result
+        attempts = result.attempts
+        lane.outcomes[settlement.outcome].inc()
+        if settlement.outcome == "delivered":
             latency = (datetime.now(UTC) - item.journaled_at).total_seconds()
             self._metrics.event_latency.observe(latency)
             # DEBUG only: at INFO the filtering logger drops it before any formatting.
@@ -213,36 +195,28 @@ class Attempts:
                 event_type=item.event_type,
                 subscriber=lane.name,
                 attempt=attempts,
-                status=last.status,
+                status=result.last_status,
                 latency_ms=round(latency * 1000, 1),
             )
+            return
+        fields = {
+            "event_id": str(item.event_id),
+            "event_type": item.event_type,
+            "subscriber": lane.name,
+            "attempt": attempts,
+            "status": result.last_status,
+            "error": result.last_error,
+        }
+        if settlement.outcome == "retry":
+            log.info("delivery failed, will retry", retry_in_s=round(settlement.wait_s or 0, 1), **fields)
         else:
-            fields = {
-                "event_id": str(item.event_id),
-                "event_type": item.event_type,
-                "subscriber": lane.name,
-                "attempt": attempts,
-                "status": last.status,
-                "error": last.error,
-            }
-            if decision.outcome == "retry":
-                log.info("delivery failed, will retry", retry_in_s=round(decision.wait_s or 0, 1), **fields)
-            else:
-                log.warning("delivery dead", **fields)
-        return DeliveryResult(
-            event_id=item.event_id,
-            subscriber=lane.name,
-            status=STATUS_AFTER[decision.outcome],
-            attempts=attempts,
-            failed_rounds=decision.failed_rounds,
-            retry_in_s=decision.wait_s,
-            last_status=last.status,
-            last_error=last.error,
-            history=[a.record for a in tried if a.record is not None],
-        )
+            log.warning("delivery dead", **fields)
 
-    def _observe_circuit(self, lane: Lane, last: Attempt) -> None:
-        lane.breaker.record(last.outcome != "retry", time.monotonic())
+    def _observe_circuit(self, lane: Lane, note: BreakerNote) -> None:
+        if note == "release":
+            lane.breaker.release_probe()
+        else:
+            lane.breaker.record(note == "success", time.monotonic())
         is_open = lane.breaker.state != "closed"  # half-open (probing) is not closed yet
         if is_open != lane.circuit_reported_open:
             lane.circuit_reported_open = is_open
@@ -383,6 +357,7 @@ class Dispatcher:
         }
         self._states = LaneStates(pool, self.lanes, metrics, poll_interval_s)
         self._attempts = Attempts(delivery=delivery, sender=sender, metrics=metrics)
+        self._policy = RetryPolicy(delivery.retry_schedule_s, delivery.retry_after_max_s, delivery.jitter)
         self._slots = Slots(delivery.concurrency, self.wake)
         self._writer = OutcomeWriter(pool, owner)
         self._tasks: dict[asyncio.Task[None], tuple[UUID, str]] = {}
@@ -476,11 +451,12 @@ class Dispatcher:
                     claimed = await journal.claim_deliveries(
                         conn, lane.name, self._owner, limit, self._settings.lease_s
                     )
-                    if allowed == 1 and claimed:
+                    probe = allowed == 1 and bool(claimed)
+                    if probe:
                         lane.breaker.claimed_probe()
                     # Sent before asking when the next one is due: that round trip is off the path.
                     for item in claimed:
-                        self._start(lane, item)
+                        self._start(lane, item, probe)
                     due_in = (
                         None if len(claimed) == limit else await journal.seconds_until_due(conn, lane.name)
                     )
@@ -497,20 +473,19 @@ class Dispatcher:
             )
             await wait_any(lane.wake, stopping, within=timeout)
 
-    def _start(self, lane: Lane, item: ClaimedDelivery) -> None:
-        task = asyncio.create_task(self._deliver(item, self._slots.take(lane)))
+    def _start(self, lane: Lane, item: ClaimedDelivery, probe: bool) -> None:
+        task = asyncio.create_task(self._deliver(item, self._slots.take(lane), probe))
         self._tasks[task] = (item.event_id, lane.name)
         task.add_done_callback(self._tasks.pop)
 
-    async def _deliver(self, item: ClaimedDelivery, slot: Slot) -> None:
-        """Attempt (with quick retries), decide, queue the outcome; the slot goes with it."""
-        lane = slot.lane
+    async def _deliver(self, item: ClaimedDelivery, slot: Slot, probe: bool) -> None:
+        """Attempt (with quick retries), then settle: every ending goes through `_settle` once."""
         attempts = item.attempts - 1  # the claim counted the first attempt already
         tried: list[Attempt] = []
         try:
             while True:
                 attempts += 1
-                last = await self._attempts.attempt(lane, item, attempts)
+                last = await self._attempts.attempt(slot.lane, item, attempts)
                 tried.append(last)
                 retried = attempts - item.attempts
                 if (
@@ -520,50 +495,36 @@ class Dispatcher:
                 ):
                     break
                 await asyncio.sleep(self._settings.inprocess_retry_wait_s)
-            self._writer.put(self._attempts.decide(lane, item, tried, attempts), slot)
         except asyncio.CancelledError:
-            if attempts < item.attempts:
-                await self._release_lease(item)
-            else:
-                # Attempted but unfinished at shutdown: record the attempts, retry at once.
-                result = self._unfinished(item, attempts, 0.0, "interrupted by shutdown")
-                self._writer.put(replace(result, history=self._history(tried)), slot)
+            ending: Ending = "unattempted" if attempts < item.attempts else "interrupted"
+            await self._settle(item, slot, probe, settle(item, tried, attempts, ending, self._policy))
             raise
         except Exception as exc:
-            # A bug, not a delivery outcome: recorded as a retry with an internal: error, so the
-            # attempt count, the schedule and the operator all see it; the lane goes on.
-            log.exception("delivery failed unexpectedly", event_id=str(item.event_id), subscriber=lane.name)
-            wait = self._settings.retry_schedule_s[
-                min(item.failed_rounds, len(self._settings.retry_schedule_s) - 1)
-            ]
-            result = self._unfinished(
-                item, max(attempts, item.attempts), wait, f"internal: {type(exc).__name__}"
+            # A bug, not a delivery outcome: settled as a failed round with an internal: error, so
+            # the attempt count, the schedule, the breaker and the operator all see it.
+            log.exception(
+                "delivery failed unexpectedly", event_id=str(item.event_id), subscriber=slot.lane.name
             )
-            self._writer.put(
-                replace(result, failed_rounds=item.failed_rounds + 1, history=self._history(tried)), slot
-            )
+            crashed = settle(item, tried, attempts, "crashed", self._policy, error=type(exc).__name__)
+            await self._settle(item, slot, probe, crashed)
+            return
+        await self._settle(item, slot, probe, settle(item, tried, attempts, "answered", self._policy))
+
+    async def _settle(self, item: ClaimedDelivery, slot: Slot, probe: bool, settlement: Settlement) -> None:
+        """The one place a round ends: the breaker (and the probe) learn, the outcome is queued with
+        its slot, or the lease and the slot are given back."""
+        lane = slot.lane
+        try:
+            self._attempts.conclude(lane, item, settlement, probe)
+            if settlement.result is not None:
+                self._writer.put(settlement.result, slot)
+            else:
+                await self._release_lease(item)
         finally:
             # Queued with its outcome, the slot is released once that is written; on any other
             # path (a released lease) it is released here.
             if not slot.queued:
                 slot.release()
-
-    @staticmethod
-    def _history(tried: Sequence[Attempt]) -> list[AttemptRecord]:
-        return [a.record for a in tried if a.record is not None]
-
-    @staticmethod
-    def _unfinished(item: ClaimedDelivery, attempts: int, retry_in_s: float, error: str) -> DeliveryResult:
-        return DeliveryResult(
-            event_id=item.event_id,
-            subscriber=item.subscriber,
-            status="pending",
-            attempts=attempts,
-            failed_rounds=item.failed_rounds,
-            retry_in_s=retry_in_s,
-            last_status=None,
-            last_error=error,
-        )
 
     async def _release_lease(self, item: ClaimedDelivery) -> None:
         try:

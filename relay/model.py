@@ -105,6 +105,22 @@ class AttemptRecord:
     excerpt: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """How one attempt ended: its outcome, the HTTP status (None: no response), and the record kept."""
+
+    outcome: Outcome
+    status: int | None
+    error: str | None
+    retry_after_s: float | None
+    record: AttemptRecord | None = None
+
+    @property
+    def quick_retry(self) -> bool:
+        # A Retry-After is the subscriber asking for time: straight to the durable schedule.
+        return self.outcome == "retry" and self.retry_after_s is None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeliveryResult:
     """What an attempt (or a round of quick retries) left a delivery as."""

@@ -24,6 +24,7 @@ PURE = [
     "redaction.py",
     "retry.py",
     "circuit.py",
+    "settle.py",
     "signing.py",
     "schemas.py",
     "errors.py",

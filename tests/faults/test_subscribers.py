@@ -177,3 +177,63 @@ async def test_an_unexpected_failure_is_an_outcome_not_a_silent_lease(
     finally:
         daemon.stop()
         await asyncio.wait_for(task, 30)
+
+
+class RaisesOnCall:
+    """The real sender, except that one chosen call fails the way a bug would."""
+
+    def __init__(self, call: int) -> None:
+        self._inner = AiohttpSender()
+        self._call = call
+        self.calls = 0
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Response:
+        self.calls += 1
+        if self.calls == self._call:
+            raise RuntimeError("a bug in the sending path")
+        return await self._inner.post(url, body, headers, timeout_s)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def test_a_circuit_probe_that_raises_does_not_wedge_its_lane(
+    relay_db: str, db: asyncpg.Connection, sink: Sink
+) -> None:
+    """Two 503s open the circuit; the probe after the cool-down raises (a bug); the lane probes
+    again after another cool-down and delivers, instead of never claiming again."""
+    from relay import logs
+    from relay.daemon import Daemon
+
+    sink.script("/fa", Reply(503), Reply(503))
+    settings: Settings = relay_settings(
+        relay_db,
+        sink,
+        ["FA"],
+        subscriber_overrides={"FA": {"max_in_flight": 1}},
+        delivery={
+            "circuit_failure_threshold": 2,
+            "circuit_cooldown_s": 0.3,
+            "inprocess_retries": 0,
+            "retry_schedule_s": [0.05] * 20,
+        },
+    )
+    logs.configure("WARNING", "json")
+    sender = RaisesOnCall(3)
+    daemon = Daemon(settings, sender=sender)
+    task = asyncio.create_task(daemon.run(install_signal_handlers=False))
+    try:
+        await wait_until(lambda: daemon.readiness() is None, task=task)
+        event_id = await journal.publish(db, example("it_asset_purchased"))
+        row = await wait_for_rows(
+            db,
+            f"SELECT status, attempts, last_error FROM it_relay.deliveries WHERE event_id = '{event_id}'",
+            lambda r: r is not None and r["status"] == "delivered",
+            fetch="row",
+            within=30,
+        )
+        assert row["attempts"] == 4  # 503, 503, the probe that raised, the probe that delivered
+        assert sender.calls == 4
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(task, 30)
