@@ -93,11 +93,22 @@ class Daemon:
     async def run(self, *, install_signal_handlers: bool = True) -> None:
         """Run until stop() or SIGTERM/SIGINT; raises SchemaError if the schema is too old."""
         s = self.settings
+        loop = asyncio.get_running_loop()
+        # Installed before anything slow: a signal during start-up is handled, never fatal.
+        signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) if install_signal_handlers else ()
+        for sig in signals:
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            await self._run(s)
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+
+    async def _run(self, s: Settings) -> None:
         pool = await database.create_pool(s.database)
         sender = self._sender or make_sender(
             s.delivery.transport, s.delivery.concurrency, s.delivery.max_response_bytes
         )
-        loop = asyncio.get_running_loop()
         c: Components | None = None
         try:
             async with pool.acquire() as conn:
@@ -111,9 +122,6 @@ class Daemon:
                     await c.server.start()
                 except OSError as exc:
                     raise UserError(f"server.listen {s.server.listen}: {exc.strerror or exc}") from None
-            if install_signal_handlers:
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.add_signal_handler(sig, self._on_signal, sig)
             log.info(
                 "it-relay started",
                 owner=self.owner,
@@ -125,9 +133,6 @@ class Daemon:
             await asyncio.gather(*(asyncio.create_task(self._guard(n, f), name=n) for n, f in self._loops(c)))
         finally:
             self._notifier.notify("STOPPING=1", "STATUS=stopped")
-            if install_signal_handlers:
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.remove_signal_handler(sig)
             if c is not None and c.server is not None:
                 await c.server.stop()
             await sender.aclose()
@@ -210,6 +215,13 @@ class Daemon:
         return loops
 
     def _on_signal(self, sig: signal.Signals) -> None:
+        if sig == signal.SIGHUP:
+            # Never the default (an abrupt death with deliveries in flight).
+            log.warning(
+                "SIGHUP received: the configuration is not reloaded; restart the service to apply changes",
+                signal=sig.name,
+            )
+            return
         log.info(
             "stopping: no new claims; in-flight deliveries get the grace period",
             signal=sig.name,

@@ -154,6 +154,28 @@ async def test_sigterm_finishes_in_flight_deliveries_and_exits_0(
     assert "it-relay stopped" in log
 
 
+async def test_sighup_is_logged_and_the_daemon_keeps_delivering(
+    tmp_path: Path, relay_db: str, db: asyncpg.Connection, sink: Sink
+) -> None:
+    """SIGHUP mid-delivery (a slow answer in flight): no abrupt death, the delivery completes."""
+    sink.script("/fa", Reply(200, delay_s=1.0))
+    config = write_config(tmp_path / "relay.toml", relay_settings(relay_db, sink, ["FA"]))
+    log_path = tmp_path / "relay.log"
+    proc = start_relay_process(config, log_path)
+    try:
+        await journal.publish(db, example("it_asset_purchased"))
+        await sink.wait_for(lambda r: len(r) == 1, within=20)
+        proc.send_signal(signal.SIGHUP)
+        await wait_for_rows(db, "SELECT status FROM it_relay.deliveries", lambda v: v == "delivered")
+        await journal.publish(db, example("it_asset_purchased") | {"asset_tag": "AFTER-HUP"})
+        await sink.wait_for(lambda r: len(r) == 2, within=20)
+        assert proc.poll() is None
+    finally:
+        code = await stop_process(proc, signal.SIGTERM)
+    assert code == 0
+    assert "SIGHUP received" in log_path.read_text()
+
+
 async def test_listener_reconnects_and_catches_up_after_its_backend_is_terminated(
     relay_db: str, db: asyncpg.Connection, sink: Sink
 ) -> None:
