@@ -328,7 +328,10 @@ def send_test(
     assert isinstance(routed_event, RoutedEvent), "a contract example must validate"
 
     async def send() -> SendTestResult:
-        sender = make_sender(settings.delivery.transport, 1, settings.delivery.max_response_bytes)
+        d = settings.delivery
+        sender = make_sender(
+            d.transport, 1, d.max_response_bytes, proxy=d.proxy, proxies=settings.subscriber_proxies()
+        )
         try:
             return await send_one(sender, conf, settings.delivery, routed_event.body, chosen)
         finally:

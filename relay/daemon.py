@@ -13,20 +13,20 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from relay import database, journal, migrate
-from relay.aio import sleep_unless
-from relay.database import DB_ERRORS
+from relay import database, migrate
 from relay.dispatch import Dispatcher
-from relay.errors import SchemaError, UserError
+from relay.errors import UserError
 from relay.health import Heartbeats
 from relay.listener import Listener
 from relay.logs import get_logger
+from relay.maintenance import Housekeeping, Retention
 from relay.metrics import Metrics
 from relay.router import Router
 from relay.scheduler import Scheduler
 from relay.sender import Sender, make_sender
 from relay.server import OpsServer
 from relay.settings import Settings
+from relay.supervisor import Loop, keep_running, supervise_all
 from relay.systemd import Notifier
 
 log = get_logger("relay.daemon")
@@ -67,6 +67,7 @@ class Daemon:
         self.components: Components | None = None
         self._sender = sender
         self._notifier = notifier or Notifier()
+        self._sent_ready = False
 
     @property
     def listener(self) -> Listener | None:
@@ -107,7 +108,11 @@ class Daemon:
     async def _run(self, s: Settings) -> None:
         pool = await database.create_pool(s.database)
         sender = self._sender or make_sender(
-            s.delivery.transport, s.delivery.concurrency, s.delivery.max_response_bytes
+            s.delivery.transport,
+            s.delivery.concurrency,
+            s.delivery.max_response_bytes,
+            proxy=s.delivery.proxy,
+            proxies=s.subscriber_proxies(),
         )
         c: Components | None = None
         try:
@@ -130,7 +135,11 @@ class Daemon:
                 channel=s.database.channel,
                 metrics=f"http://{s.server.listen}/metrics" if s.server.enabled else None,
             )
-            await asyncio.gather(*(asyncio.create_task(self._guard(n, f), name=n) for n, f in self._loops(c)))
+            loops, services = self._loops(c)
+            await asyncio.gather(
+                supervise_all(loops, self.stopping, self.heartbeats),
+                *(asyncio.create_task(keep_running(n, f, self.stopping), name=n) for n, f in services),
+            )
         finally:
             self._notifier.notify("STOPPING=1", "STATUS=stopped")
             if c is not None and c.server is not None:
@@ -196,23 +205,22 @@ class Daemon:
         )
         return Components(pool, sender, dispatcher, router, listener, scheduler, server)
 
-    def _loops(self, c: Components) -> list[tuple[str, Loop]]:
-        """Every long-running loop, named; each but the dispatcher's keeps its own heartbeat here."""
+    def _loops(self, c: Components) -> tuple[list[Loop], list[tuple[str, Service]]]:
+        """Every long-running loop (a step the supervisor repeats) and every component with its own
+        life cycle (the listener's connection, the dispatcher's lanes and drain)."""
         s = self.settings
-        beats = self.heartbeats
         poll = s.database.poll_interval_s
-        loops: list[tuple[str, Loop]] = [
-            ("listener", c.listener.run),
-            ("router", _beating(c.router.run, beats.register("router", poll))),
-            ("housekeeping", _beating(self._housekeeping, beats.register("housekeeping", poll))),
-            ("retention", _beating(self._retention, beats.register("retention", s.retention.interval_s))),
-            ("systemd", self._supervise),
-            ("dispatcher", c.dispatcher.run),
+        served = c.dispatcher.lanes
+        loops = [
+            c.router.loop(),
+            Housekeeping(c.pool, served, self.metrics, self._set_schema_current, poll).loop(),
+            Retention(c.pool, s.retention, served).loop(),
+            Loop("systemd", self._notify_step, self._notify_interval_s()),
         ]
         if c.scheduler is not None:
-            every = s.scheduler.interval_s
-            loops.append(("scheduler", _beating(c.scheduler.run, beats.register("scheduler", every))))
-        return loops
+            loops.append(c.scheduler.loop())
+        services: list[tuple[str, Service]] = [("listener", c.listener.run), ("dispatcher", c.dispatcher.run)]
+        return loops, services
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if sig == signal.SIGHUP:
@@ -234,93 +242,29 @@ class Daemon:
         self.schema_current = current
         self.metrics.schema_current.set(1 if current else 0)
 
-    async def _guard(self, name: str, loop_fn: Loop) -> None:
-        """Run a loop until shutdown; if it fails or returns early, say so at once and restart it."""
-        while not self.stopping.is_set():
-            try:
-                await loop_fn(self.stopping)
-            except Exception:
-                log.exception("loop failed, restarting it", loop=name)
-            else:
-                if not self.stopping.is_set():
-                    log.error("loop ended unexpectedly, restarting it", loop=name)
-            await sleep_unless(self.stopping, 1.0)
+    def _notify_interval_s(self) -> float:
+        return min(self._notifier.watchdog_interval_s() or 5.0, 5.0)
 
-    async def _supervise(self, stopping: asyncio.Event) -> None:
+    async def _notify_step(self) -> float | None:
         """systemd: READY=1 once the listener is connected (the schema was verified before),
         then WATCHDOG=1 and STATUS= only while every loop keeps coming round."""
-        sent_ready = False
-        watchdog = self._notifier.watchdog_interval_s()
-        interval = min(watchdog or 5.0, 5.0)
-        while not stopping.is_set():
-            reason = self.readiness()
-            if not sent_ready and reason is None:
-                self._notifier.notify("READY=1", "STATUS=relaying")
-                sent_ready = True
-                log.info("ready", listener="connected")
-            stalled = self.heartbeats.stalled()
-            if stalled:
-                log.error("loops stalled: withholding the systemd watchdog", loops=stalled)
-                self._notifier.notify(f"STATUS=degraded: loop stalled: {', '.join(stalled)}")
+        reason = self.readiness()
+        if not self._sent_ready and reason is None:
+            self._notifier.notify("READY=1", "STATUS=relaying")
+            self._sent_ready = True
+            log.info("ready", listener="connected")
+        stalled = self.heartbeats.stalled()
+        if stalled:
+            log.error("loops stalled: withholding the systemd watchdog", loops=stalled)
+            self._notifier.notify(f"STATUS=degraded: loop stalled: {', '.join(stalled)}")
+        else:
+            in_flight = self.components.dispatcher.in_flight if self.components else 0
+            if reason is None:
+                status = f"relaying: {in_flight} in flight"
             else:
-                in_flight = self.components.dispatcher.in_flight if self.components else 0
-                if reason is None:
-                    status = f"relaying: {in_flight} in flight"
-                else:
-                    status = f"{'degraded' if sent_ready else 'starting'}: {reason}"
-                self._notifier.notify("WATCHDOG=1", f"STATUS={status}")
-            await sleep_unless(stopping, interval if sent_ready else 0.2)
-
-    async def _housekeeping(self, stopping: asyncio.Event, beat: Beat) -> None:
-        """The schema check and the backlog gauges, every poll interval."""
-        assert self.components is not None
-        pool, lanes = self.components.pool, self.components.dispatcher.lanes
-        while not stopping.is_set():
-            try:
-                async with pool.acquire() as conn:
-                    try:
-                        await migrate.check(conn)
-                        self._set_schema_current(True)
-                    except SchemaError:
-                        self._set_schema_current(False)
-                    counts = await journal.backlog(conn)
-                for name in set(counts) | set(lanes):
-                    self.metrics.backlog.labels(name).set(counts.get(name, 0))
-            except DB_ERRORS as exc:
-                log.warning("housekeeping failed, will retry", error=type(exc).__name__)
-            # A beat even when the database is down: the loop itself is alive.
-            beat()
-            await sleep_unless(stopping, self.settings.database.poll_interval_s)
-
-    async def _retention(self, stopping: asyncio.Event, beat: Beat) -> None:
-        """Prune what retention allows, in bounded batches, every retention.interval_s."""
-        assert self.components is not None
-        r = self.settings.retention
-        while not stopping.is_set():
-            try:
-                async with self.components.pool.acquire() as conn:
-                    deleted = -1
-                    while deleted != 0 and not stopping.is_set():
-                        deleted = await journal.prune(
-                            conn,
-                            r.delivered_days * _DAY_S,
-                            r.dead_days * _DAY_S,
-                            r.rejected_days * _DAY_S,
-                            served=self.components.dispatcher.lanes,
-                        )
-                        beat()
-            except DB_ERRORS as exc:
-                log.warning("retention failed, will retry", error=type(exc).__name__)
-            beat()
-            await sleep_unless(stopping, r.interval_s)
+                status = f"{'degraded' if self._sent_ready else 'starting'}: {reason}"
+            self._notifier.notify("WATCHDOG=1", f"STATUS={status}")
+        return None if self._sent_ready else 0.2
 
 
-Beat = Callable[[], None]
-Loop = Callable[[asyncio.Event], Awaitable[None]]
-
-
-def _beating(loop_fn: Callable[[asyncio.Event, Beat], Awaitable[None]], beat: Beat) -> Loop:
-    async def run(stopping: asyncio.Event) -> None:
-        await loop_fn(stopping, beat)
-
-    return run
+Service = Callable[[asyncio.Event], Awaitable[None]]

@@ -1,18 +1,26 @@
-"""The HTTP sender behind delivery: one small interface; bare aiohttp, or httpx over two transports."""
+"""The HTTP sender behind delivery: one small interface over five clients that behave alike.
+
+Every transport ignores the environment's proxy variables (HTTP_PROXY, ALL_PROXY, NO_PROXY, any
+case), netrc and CA-bundle variables other than SSL_CERT_FILE / SSL_CERT_DIR: a proxy is used only
+when configured (delivery.proxy, subscribers.X.proxy), and TLS is verified against the system's CA
+store. Every error text leaving here is scrubbed of licence keys and URL secrets, and bounded.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import ssl
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal, Protocol
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 import httpx
 
+from relay.error_text import safe_reason
 from relay.errors import RelayError
-from relay.redaction import mask_urls
 
 Transport = Literal["pyreqwest", "pyqwest", "aiohttp", "httpx-aiohttp", "httpx"]
 
@@ -27,7 +35,13 @@ class Response:
 
 
 class SendError(RelayError):
-    """No HTTP response: connection refused or reset, DNS, TLS, or the timeout passed."""
+    """No HTTP response: connection refused or reset, DNS, TLS, or the timeout passed.
+
+    Its text is stored and shown (attempts, last_error, send-test), so it is made safe here, once
+    for every way one is built: a client's message can quote the subscriber's raw bytes."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(safe_reason(reason))
 
 
 class Sender(Protocol):
@@ -37,24 +51,50 @@ class Sender(Protocol):
 
 
 def describe(exc: BaseException) -> str:
-    """A short reason for last_error: the exception type and message, URL secrets masked."""
-    text = str(exc) or type(exc).__name__
-    return mask_urls(f"{type(exc).__name__}: {text}")[:300]
+    """A short reason for last_error: the exception type and message, made safe (safe_reason)."""
+    return safe_reason(f"{type(exc).__name__}: {str(exc) or type(exc).__name__}")
+
+
+def _system_tls() -> ssl.SSLContext:
+    """The system's CA store (SSL_CERT_FILE / SSL_CERT_DIR honoured), read when a sender is made;
+    unlike ssl.create_default_context(), never writes TLS secrets to $SSLKEYLOGFILE."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_default_certs()
+    return context
+
+
+def _proxy_credentials(proxy: str) -> tuple[str, dict[str, str]]:
+    """A proxy URL without its userinfo, and the Proxy-Authorization header that carries it."""
+    parts = urlsplit(proxy)
+    if parts.username is None:
+        return proxy, {}
+    host = parts.netloc.rpartition("@")[2]
+    auth = aiohttp.BasicAuth(unquote(parts.username), unquote(parts.password or ""))
+    return urlunsplit(parts._replace(netloc=host)), {"Proxy-Authorization": auth.encode()}
 
 
 class AiohttpSender:
-    """Bare aiohttp: the fastest client measured here (README, Benchmarks), so the default."""
+    """Bare aiohttp."""
 
-    def __init__(self, max_connections: int = 100, max_response_bytes: int = 65536) -> None:
+    def __init__(
+        self, max_connections: int = 100, max_response_bytes: int = 65536, proxy: str | None = None
+    ) -> None:
         self._max_connections = max_connections
         self._max_response_bytes = max_response_bytes
+        # aiohttp sends an explicit proxy URL's userinfo nowhere: it goes in as a header.
+        self._proxy: str | None = None
+        self._proxy_headers: dict[str, str] = {}
+        if proxy:
+            self._proxy, self._proxy_headers = _proxy_credentials(proxy)
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         # Created on first use, inside the running loop, as aiohttp requires.
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=60),
+                connector=aiohttp.TCPConnector(
+                    limit=self._max_connections, ttl_dns_cache=60, ssl=_system_tls()
+                ),
                 trust_env=False,
                 skip_auto_headers=("user-agent",),
             )
@@ -68,6 +108,8 @@ class AiohttpSender:
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
                 allow_redirects=False,
+                proxy=self._proxy,
+                proxy_headers=self._proxy_headers or None,
             ) as response:
                 body = await response.content.read(self._max_response_bytes + 1)
                 if len(body) > self._max_response_bytes or not response.content.at_eof():
@@ -85,32 +127,79 @@ class AiohttpSender:
             await self._session.close()
 
 
-def make_sender(transport: Transport, max_connections: int, max_response_bytes: int = 65536) -> Sender:
-    if transport == "pyreqwest":
-        return PyreqwestSender(max_connections, max_response_bytes)
-    if transport == "pyqwest":
-        return PyqwestSender(max_connections, max_response_bytes)
-    if transport == "aiohttp":
-        return AiohttpSender(max_connections, max_response_bytes)
-    return HttpxSender(transport, max_connections, max_response_bytes)
+def make_sender(
+    transport: Transport,
+    max_connections: int,
+    max_response_bytes: int = 65536,
+    *,
+    proxy: str | None = None,
+    proxies: Mapping[str, str | None] | None = None,
+) -> Sender:
+    """The sender for `transport`: through `proxy` (None: directly), or, for a URL `proxies`
+    names, through the proxy it gives (None: directly); never through the environment's."""
+
+    def one(through: str | None) -> Sender:
+        if transport == "pyreqwest":
+            return PyreqwestSender(max_connections, max_response_bytes, through)
+        if transport == "pyqwest":
+            return PyqwestSender(max_connections, max_response_bytes, through)
+        if transport == "aiohttp":
+            return AiohttpSender(max_connections, max_response_bytes, through)
+        return HttpxSender(transport, max_connections, max_response_bytes, through)
+
+    routes = {url: p for url, p in (proxies or {}).items() if p != proxy}
+    return _ByProxy(one, proxy, routes) if routes else one(proxy)
+
+
+class _ByProxy:
+    """One sender per proxy in use; a request goes through the one its URL's subscriber names."""
+
+    def __init__(
+        self, make: Callable[[str | None], Sender], default: str | None, routes: Mapping[str, str | None]
+    ) -> None:
+        self._make = make
+        self._default = default
+        self._routes = dict(routes)
+        self._senders: dict[str | None, Sender] = {}
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Response:
+        proxy = self._routes.get(url, self._default)
+        sender = self._senders.get(proxy)
+        if sender is None:
+            sender = self._senders[proxy] = self._make(proxy)
+        return await sender.post(url, body, headers, timeout_s)
+
+    async def aclose(self) -> None:
+        for sender in self._senders.values():
+            await sender.aclose()
+
+
+_NOWHERE = "http://127.0.0.1:9"
+_EVERY_HOST = "*,0.0.0.0/0,::/0"  # "*" covers names only, the networks every address
 
 
 class PyqwestSender:
     """pyqwest (reqwest underneath, another API over it): selectable, measured beside pyreqwest
     (docs/benchmarks.md). Installed with the `pyqwest` extra."""
 
-    def __init__(self, max_connections: int = 100, max_response_bytes: int = 65536) -> None:
+    def __init__(
+        self, max_connections: int = 100, max_response_bytes: int = 65536, proxy: str | None = None
+    ) -> None:
         self._max_connections = max_connections
         self._max_response_bytes = max_response_bytes
+        self._proxy = proxy
         self._client: Any = None
         self._transport: Any = None
 
     def _make(self) -> Any:
         try:
-            from pyqwest import Client, HTTPTransport
+            from pyqwest import Client, HTTPTransport, Proxy
         except ImportError:
             raise SendError("delivery.transport = pyqwest needs pip install 'it-relay[pyqwest]'") from None
         self._transport = HTTPTransport(
+            # pyqwest reads HTTP_PROXY & co. unless a proxy is given, and has no switch for that: a
+            # proxy that excludes every host and address turns them off (never connected to).
+            proxy=self._proxy or Proxy(_NOWHERE, no_proxy=_EVERY_HOST),
             tls_include_system_certs=True,
             follow_redirects=False,
             enable_gzip=False,
@@ -159,17 +248,25 @@ class PyreqwestSender:
     (rustls-platform-verifier; SSL_CERT_FILE / SSL_CERT_DIR are honoured), redirects are never
     followed, each host keeps a pool of keep-alive connections."""
 
-    def __init__(self, max_connections: int = 100, max_response_bytes: int = 65536) -> None:
+    def __init__(
+        self, max_connections: int = 100, max_response_bytes: int = 65536, proxy: str | None = None
+    ) -> None:
         self._max_connections = max_connections
         self._max_response_bytes = max_response_bytes
+        self._proxy = proxy
         self._client: Any = None
 
     def _make(self) -> Any:
         from pyreqwest.client import ClientBuilder
+        from pyreqwest.proxy import ProxyBuilder
 
+        # no_proxy() drops the proxies reqwest reads from the environment; an explicit one
+        # (credentials in its URL become Proxy-Authorization) is added after.
+        builder = ClientBuilder().no_proxy()
+        if self._proxy:
+            builder = builder.proxy(ProxyBuilder.all(self._proxy))
         self._client = (
-            ClientBuilder()
-            .follow_redirects(False)
+            builder.follow_redirects(False)
             .error_for_status(False)
             .max_connections(self._max_connections)
             .pool_max_idle_per_host(self._max_connections)
@@ -215,11 +312,11 @@ class PyreqwestSender:
 
 
 def _reqwest_reason(exc: Exception) -> str:
-    """The innermost cause reqwest gives (e.g. "Connection refused (os error 111)"), URL secrets masked."""
+    """The innermost cause reqwest gives (e.g. "Connection refused (os error 111)"), made safe."""
     details = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], dict) else {}
     causes = [c.get("message", "") for c in details.get("causes") or [] if isinstance(c, dict)]
     text = causes[-1] if causes else (str(exc.args[0]) if exc.args else type(exc).__name__)
-    return mask_urls(f"{type(exc).__name__}: {text}")[:300]
+    return safe_reason(f"{type(exc).__name__}: {text}")
 
 
 class HttpxSender:
@@ -230,17 +327,28 @@ class HttpxSender:
         transport: Transport = "httpx-aiohttp",
         max_connections: int = 100,
         max_response_bytes: int = 65536,
+        proxy: str | None = None,
     ) -> None:
         self._max_response_bytes = max_response_bytes
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        through = None
+        if proxy:
+            # The credentials as a header: httpx-aiohttp would hand them to aiohttp's deprecated proxy_auth.
+            url, proxy_headers = _proxy_credentials(proxy)
+            through = httpx.Proxy(url, headers=proxy_headers)
         if transport == "httpx-aiohttp":
             from httpx_aiohttp import AiohttpTransport
 
             self._client = httpx.AsyncClient(
-                transport=AiohttpTransport(limits=limits, trust_env=False), follow_redirects=False
+                transport=AiohttpTransport(
+                    verify=_system_tls(), limits=limits, trust_env=False, proxy=through
+                ),
+                follow_redirects=False,
             )
         else:
-            self._client = httpx.AsyncClient(limits=limits, trust_env=False, follow_redirects=False)
+            self._client = httpx.AsyncClient(
+                verify=_system_tls(), limits=limits, trust_env=False, proxy=through, follow_redirects=False
+            )
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Response:
         try:

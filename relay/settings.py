@@ -149,6 +149,29 @@ def _list_text(value: Any) -> Any:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+_NO_PROXY = "none"
+
+
+def _proxy_url(value: str | None) -> str | None:
+    """A proxy URL (http:// or https://: host, optional port and user:password), or "none";
+    the message never quotes the value, which may hold credentials."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.lower() in ("", _NO_PROXY):
+        return _NO_PROXY
+    parts = urlsplit(text)
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError:
+        raise ValueError("the proxy's port must be a number from 0 to 65535") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError('must be an http:// or https:// proxy URL, or "none" (SOCKS is not supported)')
+    if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("must be a proxy's address: scheme://[user:password@]host[:port], nothing after it")
+    return text
+
+
 class DeliverySettings(Section):
     timeout_s: PositiveFloat = 10.0
     concurrency: PositiveInt = 64
@@ -179,6 +202,14 @@ class DeliverySettings(Section):
     max_response_bytes: Annotated[int, Field(ge=0, le=16 * 1024 * 1024)] = 65536
     # One row per HTTP attempt in it_relay.attempts (time, status or error, duration, excerpt).
     record_attempts: bool = True
+    # The proxy every request goes through; HTTP_PROXY & co. in the environment are never read.
+    proxy: str | None = None
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, value: str | None) -> str | None:
+        proxy = _proxy_url(value)
+        return None if proxy == _NO_PROXY else proxy
 
     def attempt_budget_s(self, timeout_s: float) -> float:
         """The longest one claim can take: every quick retry timing out, and the waits between."""
@@ -277,6 +308,10 @@ class SubscriberSettings(Section):
     max_in_flight: PositiveInt = 16
     format: Literal["standard", "cloudevents"] = "standard"
     enabled: bool = True
+    # This subscriber's proxy instead of delivery.proxy; "none" sends it directly. None: delivery's.
+    proxy: str | None = None
+
+    _proxy = field_validator("proxy")(_proxy_url)
 
     def signing_secrets(self) -> list[str]:
         """The secrets to sign with, newest first; resolved from files or credentials."""
@@ -313,6 +348,12 @@ def _is_webhook_secret(secret: str) -> bool:
     except (binascii.Error, ValueError):
         return False
     return len(key) >= 16
+
+
+def _effective_proxy(delivery: DeliverySettings, subscriber: SubscriberSettings) -> str | None:
+    if subscriber.proxy is None:
+        return delivery.proxy
+    return None if subscriber.proxy == _NO_PROXY else subscriber.proxy
 
 
 # Time to write an outcome after the last attempt of a claim ends.
@@ -405,6 +446,24 @@ class Settings(BaseSettings):
                 f"use at least {needed:g}"
             )
         return self
+
+    @model_validator(mode="after")
+    def _one_proxy_per_url(self) -> Settings:
+        # The sender picks a request's proxy by its URL: subscribers sharing one share the proxy.
+        seen: dict[str, tuple[str, str | None]] = {}
+        for name, subscriber in self.subscribers.items():
+            proxy = _effective_proxy(self.delivery, subscriber)
+            first = seen.setdefault(str(subscriber.url), (name, proxy))
+            if first[1] != proxy:
+                raise ValueError(
+                    f"subscribers.{name}.proxy: differs from subscribers.{first[0]}.proxy, "
+                    "which has the same url; give both the same proxy"
+                )
+        return self
+
+    def subscriber_proxies(self) -> dict[str, str | None]:
+        """Each subscriber's URL and the proxy its requests go through (None: directly)."""
+        return {str(s.url): _effective_proxy(self.delivery, s) for s in self.subscribers.values()}
 
     def as_owner(self, url: str) -> Settings:
         """These settings connecting as another login (the schema owner's, for `db upgrade`)."""
@@ -552,6 +611,10 @@ def masked(settings: Settings) -> dict[str, Any]:
     """The effective configuration as plain data, every secret shown as '**********'."""
     data = settings.model_dump(mode="json")
     data["database"]["url"] = mask_url(settings.database.url)
+    if settings.delivery.proxy:
+        data["delivery"]["proxy"] = mask_url(settings.delivery.proxy)
     for name, subscriber in settings.subscribers.items():
         data["subscribers"][name]["url"] = mask_url(str(subscriber.url))
+        if subscriber.proxy:
+            data["subscribers"][name]["proxy"] = mask_url(subscriber.proxy)
     return data

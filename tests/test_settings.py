@@ -233,3 +233,84 @@ def test_url_errors_say_what_is_expected(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"subscribers\.FA\.url: URL scheme should be 'http' or 'https'"):
         load_settings(path)
+
+
+def test_proxies_are_configured_explicitly_and_masked(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "[delivery]\nproxy = 'http://relay:pr0xyPW@proxy.internal:3128'\n"
+        f"[subscribers.FA]\nurl = 'https://fa.example/hook'\nsecret = '{SECRET}'\nproxy = 'none'\n"
+        f"[subscribers.GR]\nurl = 'https://gr.example/hook'\nsecret = '{SECRET}'\n"
+        f"[subscribers.HR]\nurl = 'https://hr.example/hook'\nsecret = '{SECRET}'\n"
+        "proxy = 'https://hr:hrPW@hr-proxy:8443'\n",
+    )
+    settings = load_settings(path)
+    assert settings.subscriber_proxies() == {
+        "https://fa.example/hook": None,
+        "https://gr.example/hook": "http://relay:pr0xyPW@proxy.internal:3128",
+        "https://hr.example/hook": "https://hr:hrPW@hr-proxy:8443",
+    }
+    shown = masked(settings)
+    assert shown["delivery"]["proxy"] == "http://relay:***@proxy.internal:3128"
+    assert shown["subscribers"]["HR"]["proxy"] == "https://hr:***@hr-proxy:8443"
+    assert "pr0xyPW" not in str(shown) and "hrPW" not in str(shown)
+    # The default is no proxy, "none" and an empty value say so explicitly.
+    assert load_settings(None).delivery.proxy is None
+    for none in ("none", "", " NONE "):
+        assert load_settings(None, delivery={"proxy": none}).delivery.proxy is None
+
+
+def test_a_proxy_from_the_environment_is_only_ever_the_relays_own_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+        monkeypatch.setenv(name, "http://env-proxy:3128")
+    assert load_settings(None).delivery.proxy is None
+    monkeypatch.setenv("IT_RELAY_DELIVERY__PROXY", "http://chosen:3128")
+    monkeypatch.setenv("IT_RELAY_SUBSCRIBERS__FA__URL", "https://fa.example/hook")
+    monkeypatch.setenv("IT_RELAY_SUBSCRIBERS__FA__SECRET", SECRET)
+    monkeypatch.setenv("IT_RELAY_SUBSCRIBERS__FA__PROXY", "none")
+    settings = load_settings(None)
+    assert settings.delivery.proxy == "http://chosen:3128"
+    assert settings.subscriber_proxies() == {"https://fa.example/hook": None}
+
+
+@pytest.mark.parametrize(
+    ("proxy", "message"),
+    [
+        ("socks5://s3cr3t:pw@proxy:1080", "SOCKS is not supported"),
+        ("socks5h://proxy:1080", "SOCKS is not supported"),
+        ("ftp://proxy:21", "must be an http:// or https:// proxy URL"),
+        ("proxy.internal:3128", "must be an http:// or https:// proxy URL"),
+        ("http://s3cr3t:pw@proxy:99999", "port must be a number"),
+        ("http://s3cr3t:pw@proxy:port", "port must be a number"),
+        ("http://", "must be a proxy's address"),
+        ("http://s3cr3t:pw@proxy:3128/path", "must be a proxy's address"),
+        ("http://proxy:3128?token=s3cr3t", "must be a proxy's address"),
+        ("http://proxy:3128#s3cr3t", "must be a proxy's address"),
+    ],
+)
+@pytest.mark.parametrize("where", ["delivery", "subscriber"])
+def test_a_bad_proxy_is_named_on_one_line_without_its_value(proxy: str, message: str, where: str) -> None:
+    fa = {"url": "https://fa.example/hook", "secret": SECRET}
+    delivery, key = (
+        ({"proxy": proxy}, "delivery.proxy") if where == "delivery" else ({}, "subscribers.FA.proxy")
+    )
+    if where == "subscriber":
+        fa["proxy"] = proxy
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, delivery=delivery, subscribers={"FA": fa})
+    text = str(caught.value)
+    assert text.startswith(f"config error: {key}: ") and message in text
+    assert "\n" not in text and "s3cr3t" not in text and "s3cr3t" not in repr(caught.value)
+
+
+def test_subscribers_sharing_a_url_share_its_proxy() -> None:
+    one = {"url": "https://shared.example/hook", "secret": SECRET}
+    with pytest.raises(ConfigError, match=r"subscribers\.GR\.proxy: differs from subscribers\.FA\.proxy"):
+        load_settings(None, subscribers={"FA": one | {"proxy": "http://a:1"}, "GR": one})
+    # The same effective proxy, spelled once through delivery.proxy, is fine.
+    same = load_settings(
+        None, delivery={"proxy": "http://a:1"}, subscribers={"FA": one | {"proxy": "http://a:1"}, "GR": one}
+    )
+    assert same.subscriber_proxies() == {"https://shared.example/hook": "http://a:1"}
