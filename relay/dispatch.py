@@ -24,7 +24,6 @@ import asyncpg
 from prometheus_client import Counter, Histogram
 
 from relay import codec, journal, retry, signing
-from relay.aio import sleep_unless, wait_any
 from relay.circuit import CircuitBreaker
 from relay.contracts import REGISTRY
 from relay.database import DB_ERRORS
@@ -45,6 +44,7 @@ from relay.redaction import excerpt
 from relay.sender import Sender, SendError
 from relay.settings import DeliverySettings, SubscriberSettings
 from relay.settle import BreakerNote, Ending, RetryPolicy, Settlement, settle
+from relay.supervisor import Loop, supervise
 
 log = get_logger("relay.dispatch")
 
@@ -126,45 +126,45 @@ class OutcomeWriter:
         self._pending.append((result, slot))
         self._ready.set()
 
-    async def run(self, beat: Callable[[], None], idle_s: float) -> None:
-        """Until cancelled: write what is queued."""
-        while True:
-            beat()
-            if not await wait_any(self._ready, within=idle_s):
-                continue
-            # A moment's linger turns a burst of outcomes into one round trip.
-            await asyncio.sleep(0.002)
-            self._ready.clear()
-            try:
-                await self.flush(deadline=None)
-            except Exception:
-                # Outcomes stay queued: losing the writer would stall every lane.
-                log.exception("writing delivery outcomes failed unexpectedly, will retry")
-                await asyncio.sleep(0.5)
-                self._ready.set()
+    def loop(self, idle_s: float) -> Loop:
+        return Loop("outcome-writer", self.step, idle_s, wake=self._ready, db_error_wait_s=0.5)
 
-    async def flush(self, deadline: float | None) -> None:
-        """Write everything queued, retrying database errors until `deadline` (None: forever)."""
+    async def step(self) -> float | None:
+        """Write what is queued (database errors go to the supervisor; the outcomes stay queued)."""
+        if not self._pending:
+            return None
+        # A moment's linger turns a burst of outcomes into one round trip.
+        await asyncio.sleep(0.002)
+        self._ready.clear()
+        await self._write_batch()
+        return 0 if self._pending else None
+
+    async def _write_batch(self) -> None:
+        batch = self._pending[:BATCH_LIMIT]
+        async with self._pool.acquire() as conn:
+            await journal.write_results(conn, [r for r, _ in batch], self._owner)
+        del self._pending[: len(batch)]
+        for _, slot in batch:
+            slot.release()
+
+    async def flush(self, deadline: float) -> None:
+        """At shutdown: write everything queued, retrying database errors until `deadline`."""
         while self._pending:
-            batch = self._pending[:BATCH_LIMIT]
             try:
-                async with self._pool.acquire() as conn:
-                    await journal.write_results(conn, [r for r, _ in batch], self._owner)
+                await self._write_batch()
             except DB_ERRORS as exc:
                 log.warning(
                     "writing delivery outcomes failed, will retry",
                     error=type(exc).__name__,
                     pending=len(self._pending),
                 )
-                if deadline is not None and time.monotonic() > deadline:
+                if time.monotonic() > deadline:
                     # Unwritten outcomes are redelivered after their leases expire: at-least-once.
-                    batch = self._pending[:]
-                else:
-                    await asyncio.sleep(0.5)
-                    continue
-            del self._pending[: len(batch)]
-            for _, slot in batch:
-                slot.release()
+                    for _, slot in self._pending:
+                        slot.release()
+                    self._pending.clear()
+                    return
+                await asyncio.sleep(0.5)
 
 
 class Attempts:
@@ -289,16 +289,12 @@ class LaneStates:
         self._metrics = metrics
         self._every_s = every_s
 
-    async def run(self, stopping: asyncio.Event, beat: Callable[[], None]) -> None:
-        while not stopping.is_set():
-            beat()
-            try:
-                await self.sync()
-            except DB_ERRORS as exc:
-                log.warning("reading subscriber states failed, will retry", error=type(exc).__name__)
-            except Exception:
-                log.exception("reading subscriber states failed unexpectedly, will retry")
-            await sleep_unless(stopping, self._every_s)
+    def loop(self) -> Loop:
+        return Loop("subscriber-states", self.step, self._every_s)
+
+    async def step(self) -> float | None:
+        await self.sync()
+        return None
 
     async def sync(self) -> None:
         async with self._pool.acquire() as conn:
@@ -376,32 +372,27 @@ class Dispatcher:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Deliver until `stopping`; then finish in-flight work within the grace period."""
-        # A lane waits at most a poll interval, or a circuit's cool-down, between rounds.
-        every = max(self._poll_interval_s, self._settings.circuit_cooldown_s)
-        lanes = [
-            asyncio.create_task(
-                self._guarded_lane(lane, stopping, self._heartbeats.register(f"lane {lane.name}", every)),
-                name=f"lane-{lane.name}",
-            )
-            for lane in self.lanes.values()
-        ]
         # Paused subscribers are known before any lane claims (when the database answers).
         with contextlib.suppress(*DB_ERRORS):
             await self._states.sync()
-        states_beat = self._heartbeats.register("subscriber-states", self._poll_interval_s)
-        states = asyncio.create_task(self._states.run(stopping, states_beat), name="subscriber-states")
-        writer_beat = self._heartbeats.register("outcome-writer", self._poll_interval_s)
+        beats = self._heartbeats
+        writer_stop = asyncio.Event()
         writer = asyncio.create_task(
-            self._writer.run(writer_beat, self._poll_interval_s), name="outcome-writer"
+            supervise(self._writer.loop(self._poll_interval_s), writer_stop, beats), name="outcome-writer"
         )
+        loops = [self._lane_loop(lane) for lane in self.lanes.values()] + [self._states.loop()]
+        tasks = [
+            asyncio.create_task(supervise(loop, self._stopping, beats), name=loop.name) for loop in loops
+        ]
         try:
             await stopping.wait()
         finally:
             self._stopping.set()
-            for task in [*lanes, states]:
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*lanes, states, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self._drain()
+            writer_stop.set()
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
@@ -419,14 +410,17 @@ class Dispatcher:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _guarded_lane(self, lane: Lane, stopping: asyncio.Event, beat: Callable[[], None]) -> None:
-        """A lane that fails unexpectedly is logged and started again; it never silently stops."""
-        while not stopping.is_set():
-            try:
-                await self._lane_loop(lane, stopping, beat)
-            except Exception:
-                log.exception("delivery lane failed, restarting it", subscriber=lane.name)
-                await sleep_unless(stopping, 1.0)
+    def _lane_loop(self, lane: Lane) -> Loop:
+        # A lane waits at most a poll interval, or a circuit's cool-down, between rounds.
+        every = max(self._poll_interval_s, self._settings.circuit_cooldown_s)
+        return Loop(
+            f"lane {lane.name}",
+            lambda: self._lane_step(lane),
+            self._poll_interval_s,
+            wake=lane.wake,
+            beat_every_s=every,
+            tags={"subscriber": lane.name},
+        )
 
     def _claim_limit(self, lane: Lane, now: float) -> tuple[int, int | None]:
         """How many rows the lane may claim now, and what the circuit allows (None: closed)."""
@@ -436,42 +430,26 @@ class Dispatcher:
         limit = min(self._slots.available(lane), self._settings.batch_size)
         return (limit if allowed is None else min(limit, allowed)), allowed
 
-    async def _lane_loop(self, lane: Lane, stopping: asyncio.Event, beat: Callable[[], None]) -> None:
-        while not stopping.is_set():
-            beat()
-            lane.wake.clear()
-            now = time.monotonic()
-            limit, allowed = self._claim_limit(lane, now)
-            if limit <= 0:
-                wait = lane.breaker.seconds_until_probe(now) or self._poll_interval_s
-                await wait_any(lane.wake, stopping, within=wait)
-                continue
-            try:
-                async with self._pool.acquire() as conn:
-                    claimed = await journal.claim_deliveries(
-                        conn, lane.name, self._owner, limit, self._settings.lease_s
-                    )
-                    probe = allowed == 1 and bool(claimed)
-                    if probe:
-                        lane.breaker.claimed_probe()
-                    # Sent before asking when the next one is due: that round trip is off the path.
-                    for item in claimed:
-                        self._start(lane, item, probe)
-                    due_in = (
-                        None if len(claimed) == limit else await journal.seconds_until_due(conn, lane.name)
-                    )
-            except DB_ERRORS as exc:
-                log.warning(
-                    "claiming deliveries failed, will retry", subscriber=lane.name, error=type(exc).__name__
-                )
-                await sleep_unless(stopping, 1.0)
-                continue
-            if len(claimed) == limit:
-                continue
-            timeout = (
-                self._poll_interval_s if due_in is None else min(max(due_in, 0.005), self._poll_interval_s)
+    async def _lane_step(self, lane: Lane) -> float | None:
+        """Claim what the lane may take and start it; then how long until it should look again."""
+        now = time.monotonic()
+        limit, allowed = self._claim_limit(lane, now)
+        if limit <= 0:
+            return lane.breaker.seconds_until_probe(now) or None
+        async with self._pool.acquire() as conn:
+            claimed = await journal.claim_deliveries(
+                conn, lane.name, self._owner, limit, self._settings.lease_s
             )
-            await wait_any(lane.wake, stopping, within=timeout)
+            probe = allowed == 1 and bool(claimed)
+            if probe:
+                lane.breaker.claimed_probe()
+            # Sent before asking when the next one is due: that round trip is off the path.
+            for item in claimed:
+                self._start(lane, item, probe)
+            if len(claimed) == limit:
+                return 0
+            due_in = await journal.seconds_until_due(conn, lane.name)
+        return None if due_in is None else min(max(due_in, 0.005), self._poll_interval_s)
 
     def _start(self, lane: Lane, item: ClaimedDelivery, probe: bool) -> None:
         task = asyncio.create_task(self._deliver(item, self._slots.take(lane), probe))

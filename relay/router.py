@@ -15,13 +15,12 @@ from uuid import UUID
 import asyncpg
 
 from relay import journal
-from relay.aio import sleep_unless, wait_any
 from relay.contracts import UnknownFields
-from relay.database import DB_ERRORS
 from relay.ingest import route, unroutable
 from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.model import Rejection, RoutedEvent
+from relay.supervisor import Loop
 
 log = get_logger("relay.router")
 
@@ -51,19 +50,12 @@ class Router:
     def wake(self) -> None:
         self._wake.set()
 
-    async def run(self, stopping: asyncio.Event, beat: Callable[[], None] = lambda: None) -> None:
-        while not stopping.is_set():
-            beat()
-            self._wake.clear()
-            try:
-                routed = await self.route_batch()
-            except DB_ERRORS as exc:
-                log.warning("routing failed, will retry", error=type(exc).__name__)
-                routed = 0
-                await sleep_unless(stopping, 1.0)
-            if routed >= self._batch_size:
-                continue
-            await wait_any(self._wake, stopping, within=self._poll_interval_s)
+    def loop(self) -> Loop:
+        return Loop("router", self.step, self._poll_interval_s, wake=self._wake)
+
+    async def step(self) -> float | None:
+        """Route one batch; at once again while batches come full, else wait to be woken."""
+        return 0 if await self.route_batch() >= self._batch_size else None
 
     def _served_only(self, event: RoutedEvent) -> RoutedEvent:
         """The event with only the subscribers served here: one not configured gets no delivery row

@@ -19,12 +19,12 @@ from zoneinfo import ZoneInfo
 import asyncpg
 
 from relay import journal
-from relay.aio import sleep_unless
-from relay.database import DB_ERRORS
+from relay.health import Heartbeats
 from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.planning import Emission, Plan, plan_compliance, plan_expiring, plan_patches, plan_sla
 from relay.settings import SchedulerSettings
+from relay.supervisor import Loop, supervise
 
 log = get_logger("relay.scheduler")
 
@@ -48,46 +48,57 @@ class Scheduler:
         self._zone = ZoneInfo(settings.timezone)
         self.leading = asyncio.Event()
         self.passes = 0
+        self._conn: asyncpg.Connection | None = None
 
-    async def run(self, stopping: asyncio.Event, beat: Callable[[], None] = lambda: None) -> None:
-        """Lead when the lock is free; run a pass every interval while leading."""
-        while not stopping.is_set():
-            beat()
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await self._connect()
-                while not stopping.is_set() and not await journal.try_lead(conn, LEADER_LOCK):
-                    beat()
-                    await sleep_unless(stopping, self._settings.interval_s)
-                if stopping.is_set():
-                    break
+    def loop(self) -> Loop:
+        return Loop(
+            "scheduler",
+            self.step,
+            self._settings.interval_s,
+            db_error_wait_s=min(self._settings.interval_s, 5.0),
+            close=self._lose,
+        )
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Alone (tests, one-off use): the scheduler's loop under its own heartbeats."""
+        await supervise(self.loop(), stopping, Heartbeats())
+
+    async def step(self) -> float | None:
+        """Lead when the lock is free; one pass while leading."""
+        try:
+            if self._conn is None:
+                self._conn = await self._connect()
+            if not self.leading.is_set():
+                if not await journal.try_lead(self._conn, LEADER_LOCK):
+                    return None
                 self.leading.set()
                 self._metrics.scheduler_leading.set(1)
                 log.info("scheduler leading")
-                while not stopping.is_set():
-                    beat()
-                    try:
-                        await self.run_once(conn, self._clock())
-                    except asyncpg.UndefinedTableError as exc:
-                        # Still leading: the deployment lacks the views, which an operator can add.
-                        log.error(
-                            "scheduler views missing: run `it-relay db upgrade --reference-schema`"
-                            " or define them (docs/database.md)",
-                            error=str(exc),
-                        )
-                    await sleep_unless(stopping, self._settings.interval_s)
-            except DB_ERRORS as exc:
-                # Losing the connection loses the lock: stop emitting until we hold it again.
-                log.warning("scheduler lost its connection or lock, will retry", error=type(exc).__name__)
-                await sleep_unless(stopping, min(self._settings.interval_s, 5.0))
-            finally:
-                if self.leading.is_set():
-                    log.info("scheduler no longer leading")
-                self.leading.clear()
-                self._metrics.scheduler_leading.set(0)
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 5)
+            try:
+                await self.run_once(self._conn, self._clock())
+            except asyncpg.UndefinedTableError as exc:
+                # Still leading: the deployment lacks the views, which an operator can add.
+                log.error(
+                    "scheduler views missing: run `it-relay db upgrade --reference-schema`"
+                    " or define them (docs/database.md)",
+                    error=str(exc),
+                )
+        except Exception:
+            # Losing the connection loses the lock: stop emitting until we hold it again.
+            await self._lose()
+            raise
+        return None
+
+    async def _lose(self) -> None:
+        """Give up leadership and the connection that held it."""
+        if self.leading.is_set():
+            log.info("scheduler no longer leading")
+        self.leading.clear()
+        self._metrics.scheduler_leading.set(0)
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 5)
 
     async def plan(self, conn: asyncpg.Connection, now: datetime) -> Plan:
         """Everything due at `now` that has not been emitted yet (reads only)."""

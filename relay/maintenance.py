@@ -1,0 +1,73 @@
+"""The daemon's maintenance loops: the schema check with the backlog gauges, and retention."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+
+import asyncpg
+
+from relay import journal, migrate
+from relay.errors import SchemaError
+from relay.metrics import Metrics
+from relay.settings import RetentionSettings
+from relay.supervisor import Loop
+
+_DAY_S = 86400.0
+
+
+class Housekeeping:
+    """Every poll interval: is the schema still current, and how deep is each subscriber's backlog."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        served: Collection[str],
+        metrics: Metrics,
+        on_schema: Callable[[bool], None],
+        every_s: float,
+    ) -> None:
+        self._pool = pool
+        self._served = served
+        self._metrics = metrics
+        self._on_schema = on_schema
+        self._every_s = every_s
+
+    def loop(self) -> Loop:
+        return Loop("housekeeping", self.step, self._every_s)
+
+    async def step(self) -> float | None:
+        async with self._pool.acquire() as conn:
+            try:
+                await migrate.check(conn)
+                self._on_schema(True)
+            except SchemaError:
+                self._on_schema(False)
+            counts = await journal.backlog(conn)
+        for name in set(counts) | set(self._served):
+            self._metrics.backlog.labels(name).set(counts.get(name, 0))
+        return None
+
+
+class Retention:
+    """Prune what retention allows, one bounded batch per step, every retention.interval_s."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: RetentionSettings, served: Collection[str]) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._served = served
+
+    def loop(self) -> Loop:
+        return Loop("retention", self.step, self._settings.interval_s)
+
+    async def step(self) -> float | None:
+        r = self._settings
+        async with self._pool.acquire() as conn:
+            deleted = await journal.prune(
+                conn,
+                r.delivered_days * _DAY_S,
+                r.dead_days * _DAY_S,
+                r.rejected_days * _DAY_S,
+                served=self._served,
+            )
+        # Until a batch comes back empty, the next one at once (the supervisor checks for shutdown).
+        return 0 if deleted else None
