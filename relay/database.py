@@ -35,9 +35,10 @@ async def connect(settings: DatabaseSettings, application_name: str = APPLICATIO
 
 async def create_pool(settings: DatabaseSettings) -> asyncpg.Pool:
     """The daemon's pool. Its commits do not wait for the WAL flush unless configured to
-    (`database.bookkeeping_commit`): everything written through it is either redone after a
-    PostgreSQL crash (a routing, a claim, an outcome: at worst a delivery goes out again with the
-    same event_id) or committed synchronously by its writer (journaling a legacy notification)."""
+    (`database.bookkeeping_commit`): a write through it is either redone after a PostgreSQL crash
+    (a routing, a claim, an outcome: at worst a delivery goes out again, same event_id), or the
+    only record of something and then committed synchronously by its gateway function whatever
+    the connection (`journal.sole_record`: rejections, journaled notifications, operators' acts)."""
     server_settings = {"application_name": APPLICATION}
     if settings.bookkeeping_commit == "async":
         server_settings["synchronous_commit"] = "off"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -24,18 +25,59 @@ from relay.planning import Emission, StateUpdate
 from relay.redaction import scrub_text
 from relay.sql import query
 
+P = ParamSpec("P")
+R = TypeVar("R")
+Gateway = Callable[Concatenate[asyncpg.Connection, P], Awaitable[R]]
 
+# Every writer of this module says which it is (tests/test_durable.py finds the unclassified):
+# the only record of something (committed synchronously, whatever the connection), or redone by
+# the relay when a PostgreSQL crash loses its asynchronous commit. Name -> what / why.
+SOLE_RECORDS: dict[str, str] = {}
+REDOABLE: dict[str, str] = {}
+
+
+def sole_record(what: str) -> Callable[[Gateway[P, R]], Gateway[P, R]]:
+    """Writes `what`, which exists nowhere else once committed: its transaction (the caller's, or
+    one of its own) commits synchronously even on the daemon's asynchronously committing pool."""
+
+    def decorate(func: Gateway[P, R]) -> Gateway[P, R]:
+        @functools.wraps(func)
+        async def durable(conn: asyncpg.Connection, /, *args: P.args, **kwargs: P.kwargs) -> R:
+            # SET LOCAL lasts until the top-level transaction ends, a savepoint's release included.
+            if conn.is_in_transaction():
+                await conn.execute(query("durable_commit"))
+                return await func(conn, *args, **kwargs)
+            async with conn.transaction():
+                await conn.execute(query("durable_commit"))
+                return await func(conn, *args, **kwargs)
+
+        SOLE_RECORDS[func.__name__] = what
+        return durable
+
+    return decorate
+
+
+def redoable(why: str) -> Callable[[Gateway[P, R]], Gateway[P, R]]:
+    """Writes what the relay does again if a crash loses it (`why`): may commit asynchronously."""
+
+    def decorate(func: Gateway[P, R]) -> Gateway[P, R]:
+        REDOABLE[func.__name__] = why
+        return func
+
+    return decorate
+
+
+@sole_record("an event published by an operator or a test (`it-relay emit`)")
 async def publish(conn: asyncpg.Connection, payload: dict[str, Any]) -> UUID:
     event_id: UUID = await conn.fetchval(query("publish"), codec.dumps(payload).decode())
     return event_id
 
 
+@sole_record("a legacy notification's payload: a NOTIFY is kept nowhere else")
 async def journal_notified(conn: asyncpg.Connection, events: Sequence[NotifiedEvent]) -> None:
-    """Journal notified events (in the caller's transaction), committed durably: a NOTIFY is not
-    kept anywhere else."""
+    """Journal notified events (in the caller's transaction)."""
     if not events:
         return
-    await conn.execute(query("durable_commit"))
     await conn.execute(
         query("journal_notified"),
         [e.event_id for e in events],
@@ -52,6 +94,7 @@ async def journaled_ids(conn: asyncpg.Connection, ids: Sequence[UUID]) -> set[UU
     return {r[0] for r in await conn.fetch(query("journaled_ids"), list(ids))}
 
 
+@sole_record("a rejection: of a notification, the only trace of it")
 async def record_rejected(conn: asyncpg.Connection, rejections: Sequence[Rejection]) -> None:
     if not rejections:
         return
@@ -73,6 +116,7 @@ async def record_rejected(conn: asyncpg.Connection, rejections: Sequence[Rejecti
 UNSTORABLE: tuple[type[Exception], ...] = (asyncpg.DataError, TypeError, ValueError)
 
 
+@sole_record("a rejection: of a notification, the only trace of it")
 async def record_rejected_safely(conn: asyncpg.Connection, rejection: Rejection) -> None:
     """Record one rejection; if its payload cannot be stored as jsonb, keep it as scrubbed text."""
     try:
@@ -100,6 +144,7 @@ async def claim_events(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Rec
     return rows
 
 
+@redoable("the events stay pending until it commits: a lost routing is done again")
 async def write_routing(
     conn: asyncpg.Connection, routed: Sequence[RoutedEvent], rejected: Sequence[tuple[UUID, Rejection]]
 ) -> None:
@@ -121,6 +166,7 @@ async def write_routing(
         await record_rejected(conn, [r for _, r in rejected])
 
 
+@redoable("a lost claim never leased anything; the delivery is claimed again")
 async def claim_deliveries(
     conn: asyncpg.Connection, subscriber: str, owner: str, limit: int, lease_s: float
 ) -> list[ClaimedDelivery]:
@@ -144,6 +190,7 @@ async def seconds_until_due(conn: asyncpg.Connection, subscriber: str) -> float 
     return seconds
 
 
+@redoable("a lost outcome leaves the delivery pending: it goes out again, same event_id")
 async def write_results(conn: asyncpg.Connection, results: Sequence[DeliveryResult], owner: str) -> int:
     """Write outcomes in one round trip; returns how many rows this instance still held."""
     if not results:
@@ -172,6 +219,7 @@ async def write_results(conn: asyncpg.Connection, results: Sequence[DeliveryResu
     return len(rows)
 
 
+@redoable("a lost release expires with its lease")
 async def release_leases(conn: asyncpg.Connection, owner: str, keys: Sequence[tuple[UUID, str]]) -> None:
     if keys:
         await conn.execute(query("release_leases"), owner, [k[0] for k in keys], [k[1] for k in keys])
@@ -193,18 +241,19 @@ class Selection:
         return (self.event_id, subs, self.status, self.event_type, self.since, self.until)
 
 
+@sole_record("an operator's replay")
 async def replay(
     conn: asyncpg.Connection, channel: str, selection: Selection, *, dry_run: bool = False
 ) -> dict[str, int]:
     """Re-queue the selected deliveries (same event_id), then wake every relay instance; with
     `dry_run`, only count them. Counted per subscriber."""
-    async with conn.transaction():
-        rows = await conn.fetch(query("replay"), *selection.args(), dry_run)
-        if rows and not dry_run:
-            await wake(conn, channel, rows[0]["event_id"], rows[0]["event_type"])
+    rows = await conn.fetch(query("replay"), *selection.args(), dry_run)
+    if rows and not dry_run:
+        await wake(conn, channel, rows[0]["event_id"], rows[0]["event_type"])
     return {r["subscriber"]: r["n"] for r in rows}
 
 
+@sole_record("an operator's backfill")
 async def backfill(
     conn: asyncpg.Connection,
     channel: str,
@@ -216,11 +265,10 @@ async def backfill(
     dry_run: bool,
 ) -> dict[str, int]:
     """Deliveries from the journal for a subscriber added later, counted per event type."""
-    async with conn.transaction():
-        rows = await conn.fetch(query("backfill"), subscriber, list(event_types), since, until, dry_run)
-        if rows and not dry_run:
-            # A wake-up names a journaled event: the listener treats an unknown id as a rejection.
-            await wake(conn, channel, rows[0]["event_id"], rows[0]["event_type"])
+    rows = await conn.fetch(query("backfill"), subscriber, list(event_types), since, until, dry_run)
+    if rows and not dry_run:
+        # A wake-up names a journaled event: the listener treats an unknown id as a rejection.
+        await wake(conn, channel, rows[0]["event_id"], rows[0]["event_type"])
     return {r["event_type"]: r["n"] for r in rows}
 
 
@@ -248,10 +296,12 @@ async def subscriber_states(conn: asyncpg.Connection) -> dict[str, SubscriberSta
     }
 
 
+@sole_record("an operator's pause or resume")
 async def set_paused(conn: asyncpg.Connection, subscriber: str, paused: bool, by: str) -> None:
     await conn.execute(query("set_paused"), subscriber, paused, by)
 
 
+@redoable("each instance reports its circuit again when it changes")
 async def set_circuit(conn: asyncpg.Connection, subscriber: str, state: str) -> None:
     await conn.execute(query("set_circuit"), subscriber, state)
 
@@ -308,25 +358,25 @@ async def rejection(
     return row
 
 
+@sole_record("an operator's republish of a corrected event")
 async def republish(conn: asyncpg.Connection, channel: str, rejection_id: int, event: NotifiedEvent) -> bool:
     """Journal a corrected event under its id and mark the rejection resolved; False if that id
     was already routed (it would be delivered twice)."""
-    async with conn.transaction():
-        written = await conn.fetchval(
-            query("republish"),
-            event.event_id,
-            event.event_type,
-            codec.dumps(event.payload).decode(),
-            event.organization_id,
-        )
-        if written is None:
-            return False
-        await conn.execute(query("resolve_rejection"), rejection_id, event.event_id)
-        await conn.execute(
-            query("wake"),
-            channel,
-            codec.dumps({"event_id": event.event_id, "event_type": event.event_type}).decode(),
-        )
+    written = await conn.fetchval(
+        query("republish"),
+        event.event_id,
+        event.event_type,
+        codec.dumps(event.payload).decode(),
+        event.organization_id,
+    )
+    if written is None:
+        return False
+    await conn.execute(query("resolve_rejection"), rejection_id, event.event_id)
+    await conn.execute(
+        query("wake"),
+        channel,
+        codec.dumps({"event_id": event.event_id, "event_type": event.event_type}).decode(),
+    )
     return True
 
 
@@ -368,6 +418,7 @@ async def backlog(conn: asyncpg.Connection) -> dict[str, int]:
     return {r[0]: r[1] for r in await conn.fetch(query("backlog"))}
 
 
+@redoable("a lost prune deletes the same rows next time")
 async def prune(
     conn: asyncpg.Connection,
     delivered_s: float,
@@ -447,25 +498,24 @@ async def scheduler_marked(
     return {(r["kind"], r["entity_id"], r["milestone"]) for r in rows}
 
 
+@sole_record("a scheduled event under a new id, and the mark that it was emitted")
 async def emit_scheduled(
     conn: asyncpg.Connection, emission: Emission, event_id: UUID, states: Sequence[StateUpdate]
 ) -> bool:
     """Mark, update compliance states and publish in one transaction; False if already marked."""
-    async with conn.transaction():
-        won = await conn.fetchval(
-            query("scheduler_mark"), emission.kind, emission.entity_id, emission.milestone, event_id
-        )
-        await _set_states(conn, states)
-        if won is None:
-            return False
-        await conn.fetchval(query("publish"), codec.dumps(emission.payload | {"event_id": event_id}).decode())
+    won = await conn.fetchval(
+        query("scheduler_mark"), emission.kind, emission.entity_id, emission.milestone, event_id
+    )
+    await _set_states(conn, states)
+    if won is None:
+        return False
+    await conn.fetchval(query("publish"), codec.dumps(emission.payload | {"event_id": event_id}).decode())
     return True
 
 
+@sole_record("the compliance episode an alert was emitted for (lost, it is alerted again)")
 async def set_compliance_states(conn: asyncpg.Connection, states: Sequence[StateUpdate]) -> None:
-    if states:
-        async with conn.transaction():
-            await _set_states(conn, states)
+    await _set_states(conn, states)
 
 
 async def _set_states(conn: asyncpg.Connection, states: Sequence[StateUpdate]) -> None:

@@ -18,8 +18,8 @@ SELECT r.event_id, r.event_type, r.payload, 'notify', r.organization_id
 ON CONFLICT (event_id) DO NOTHING;
 
 -- name: durable_commit
--- Inside a transaction of the daemon's pool (asynchronous commits): this one waits for the WAL
--- flush, for what exists nowhere else once committed (a legacy notification's payload).
+-- This transaction waits for the WAL flush, whatever the connection's setting (the daemon's pool
+-- commits asynchronously): it writes what exists nowhere else once committed (journal.sole_record).
 SET LOCAL synchronous_commit TO on;
 
 -- name: journaled_ids
