@@ -20,8 +20,9 @@ from relay.cli_operate import register as register_operator_commands
 from relay.contracts import REGISTRY, SUBSCRIBERS, Accepted, UnknownFields, parse_event, routed_subscribers
 from relay.contracts.examples import example
 from relay.daemon import Daemon
-from relay.dispatch import SendTestResult
-from relay.dispatch import send_test as send_one
+from relay.attempts import SendTestResult
+from relay.attempts import send_test as send_one
+from relay.destination import HttpDestination
 from relay.errors import InputError, UserError
 from relay.ingest import route
 from relay.metrics import Metrics
@@ -333,7 +334,7 @@ def send_test(
             d.transport, 1, d.max_response_bytes, proxy=d.proxy, proxies=settings.subscriber_proxies()
         )
         try:
-            return await send_one(sender, conf, settings.delivery, routed_event.body, chosen)
+            return await send_one(HttpDestination(sender), conf, settings.delivery, routed_event.body, chosen)
         finally:
             await sender.aclose()
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from relay import database, migrate
+from relay.destination import HttpDestination
 from relay.dispatch import Dispatcher
 from relay.errors import UserError
 from relay.health import Heartbeats
@@ -155,7 +156,7 @@ class Daemon:
             pool=pool,
             delivery=s.delivery,
             subscribers=dict(s.subscribers),
-            sender=sender,
+            destination=HttpDestination(sender),
             metrics=self.metrics,
             owner=self.owner,
             poll_interval_s=s.database.poll_interval_s,

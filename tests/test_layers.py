@@ -25,6 +25,7 @@ PURE = [
     "retry.py",
     "circuit.py",
     "settle.py",
+    "request.py",
     "signing.py",
     "schemas.py",
     "errors.py",

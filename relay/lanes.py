@@ -1,0 +1,125 @@
+"""A subscriber's lane: its run-time state, its in-flight slots, and the state shared with operators.
+
+The invariant that bounds crash duplicates lives in `Slot`: a claimed row holds its slot until its
+outcome is written (or its lease released), and `Slot.release()` is the only place a slot is given back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import asyncpg
+from prometheus_client import Counter, Histogram
+
+from relay import journal
+from relay.circuit import CircuitBreaker
+from relay.destination import Destination
+from relay.logs import get_logger
+from relay.metrics import Metrics
+from relay.model import Outcome
+from relay.request import Target
+from relay.supervisor import Loop
+
+log = get_logger("relay.dispatch")
+
+
+@dataclass(slots=True, kw_only=True)
+class Lane:
+    name: str
+    target: Target
+    destination: Destination
+    timeout_s: float
+    max_in_flight: int
+    breaker: CircuitBreaker
+    # The lane's metric children, looked up once rather than per delivery.
+    duration: Histogram
+    outcomes: dict[Outcome, Counter]
+    circuit_reported_open: bool = False
+    # Held by `enabled = false` or `it-relay subscribers pause` (read from the database).
+    enabled: bool = True
+    paused: bool = False
+    circuit_shared_open: bool = False
+    in_flight: int = 0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Slots:
+    """In-flight accounting per lane and for the whole relay (`delivery.concurrency`)."""
+
+    def __init__(self, concurrency: int, on_all_freed: Callable[[], None]) -> None:
+        self.concurrency = concurrency
+        self.in_flight = 0
+        self._on_all_freed = on_all_freed
+
+    def available(self, lane: Lane) -> int:
+        return min(lane.max_in_flight - lane.in_flight, self.concurrency - self.in_flight)
+
+    def take(self, lane: Lane) -> Slot:
+        lane.in_flight += 1
+        self.in_flight += 1
+        return Slot(lane, self)
+
+    def _give_back(self, lane: Lane) -> None:
+        was_full = self.in_flight >= self.concurrency
+        lane.in_flight -= 1
+        self.in_flight -= 1
+        lane.wake.set()
+        if was_full:
+            self._on_all_freed()
+
+
+class Slot:
+    """One claimed row's place in its lane; released exactly once, whatever path it took."""
+
+    __slots__ = ("_slots", "lane", "queued", "released")
+
+    def __init__(self, lane: Lane, slots: Slots) -> None:
+        self.lane = lane
+        self._slots = slots
+        self.queued = False  # its outcome is with the writer, which releases it once written
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self._slots._give_back(self.lane)
+
+
+class LaneStates:
+    """Run-time state shared through the database: pauses set by operators come in (before the
+    first claim, then every poll interval), circuit changes go out (for `it-relay status`)."""
+
+    def __init__(self, pool: asyncpg.Pool, lanes: dict[str, Lane], metrics: Metrics, every_s: float) -> None:
+        self._pool = pool
+        self._lanes = lanes
+        self._metrics = metrics
+        self._every_s = every_s
+
+    def loop(self) -> Loop:
+        return Loop("subscriber-states", self.step, self._every_s)
+
+    async def step(self) -> float | None:
+        await self.sync()
+        return None
+
+    async def sync(self) -> None:
+        async with self._pool.acquire() as conn:
+            states = await journal.subscriber_states(conn)
+            for lane in self._lanes.values():
+                if lane.circuit_reported_open != lane.circuit_shared_open:
+                    await journal.set_circuit(
+                        conn, lane.name, "open" if lane.circuit_reported_open else "closed"
+                    )
+                    lane.circuit_shared_open = lane.circuit_reported_open
+        for lane in self._lanes.values():
+            shared = states.get(lane.name)
+            paused = shared.paused if shared is not None and shared.paused is not None else not lane.enabled
+            if paused != lane.paused:
+                lane.paused = paused
+                log.info(
+                    "subscriber " + ("paused: deliveries held" if paused else "resumed"), subscriber=lane.name
+                )
+                lane.wake.set()
+            self._metrics.paused.labels(lane.name).set(1 if paused else 0)

@@ -1,0 +1,56 @@
+"""The one request builder: what a subscriber receives for an attempt (webhook or test). Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from relay import signing
+from relay.contracts import REGISTRY
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Target:
+    """What a request needs to know of its subscriber."""
+
+    name: str
+    url: str
+    secrets: Sequence[str]
+    cloudevents: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    url: str
+    body: bytes
+    headers: dict[str, str]
+
+
+def build(
+    target: Target,
+    *,
+    event_id: str,
+    event_type: str,
+    body: bytes,
+    attempt: int,
+    at: datetime,
+    journaled_at: datetime | None = None,
+    test: bool = False,
+) -> Request:
+    """The signed request of one attempt (re-signed at `at`); `test` marks a send-test."""
+    contract = REGISTRY.get(event_type) if target.cloudevents else None
+    headers = signing.headers(
+        event_id=event_id,
+        event_type=event_type,
+        body=body,
+        secrets=target.secrets,
+        attempt=attempt,
+        at=at,
+        cloudevents=target.cloudevents,
+        publisher=contract.publisher if contract else "",
+        journaled_at=journaled_at,
+    )
+    if test:
+        headers["x-it-test"] = "true"
+    return Request(target.url, body, headers)
