@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from relay import database, migrate
-from relay.destination import HttpDestination
+from relay.destination import HttpDestination, destinations_for
 from relay.dispatch import Dispatcher
 from relay.errors import UserError
 from relay.health import Heartbeats
@@ -145,6 +145,10 @@ class Daemon:
             self._notifier.notify("STOPPING=1", "STATUS=stopped")
             if c is not None and c.server is not None:
                 await c.server.stop()
+            if c is not None:
+                for destination in {id(d): d for d in c.dispatcher.destinations.values()}.values():
+                    with contextlib.suppress(Exception):
+                        await destination.aclose()
             await sender.aclose()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(pool.close(), 10)
@@ -156,7 +160,7 @@ class Daemon:
             pool=pool,
             delivery=s.delivery,
             subscribers=dict(s.subscribers),
-            destination=HttpDestination(sender),
+            destinations=destinations_for(s.subscribers, HttpDestination(sender)),
             metrics=self.metrics,
             owner=self.owner,
             poll_interval_s=s.database.poll_interval_s,

@@ -6,6 +6,7 @@ subscriber said — and never raises for anything the subscriber or the network 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -14,6 +15,7 @@ from relay import retry
 from relay.model import Outcome
 from relay.request import Request
 from relay.sender import Sender, SendError
+from relay.settings import SubscriberSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,4 +53,11 @@ class HttpDestination:
         return Answer(outcome, response.status, f"HTTP {response.status}", wait, response.body)
 
     async def aclose(self) -> None:
-        await self._sender.aclose()
+        """The sender belongs to whoever made it (the daemon, or send-test): it closes it."""
+
+
+def destinations_for(
+    subscribers: Mapping[str, SubscriberSettings], http: Destination
+) -> dict[str, Destination]:
+    """Each configured subscriber's destination, chosen by its URL's scheme (webhooks share one)."""
+    return {name: http for name in subscribers}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from uuid import UUID
 
 import asyncpg
@@ -44,13 +44,14 @@ class Dispatcher:
         pool: asyncpg.Pool,
         delivery: DeliverySettings,
         subscribers: dict[str, SubscriberSettings],
-        destination: Destination,
+        destinations: Mapping[str, Destination],
         metrics: Metrics,
         owner: str,
         poll_interval_s: float = 5.0,
         heartbeats: Heartbeats | None = None,
     ) -> None:
         self._pool = pool
+        self.destinations = dict(destinations)
         self._heartbeats = heartbeats or Heartbeats()
         self._settings = delivery
         self._owner = owner
@@ -59,7 +60,7 @@ class Dispatcher:
             name: Lane(
                 name=name,
                 target=target_of(conf, name),
-                destination=destination,
+                destination=destinations[name],
                 timeout_s=conf.timeout_s or delivery.timeout_s,
                 max_in_flight=conf.max_in_flight,
                 breaker=CircuitBreaker(delivery.circuit_failure_threshold, delivery.circuit_cooldown_s),
