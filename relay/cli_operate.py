@@ -609,11 +609,11 @@ def rejections_republish(
         raise UserError(f"rejection {row['id']} was already republished as {row['resolved_event_id']}")
     payload = corrected if corrected is not None else _stored_payload(row)
     event = _revalidated(payload, row, settings)
-    written = with_db(
+    refused = with_db(
         settings, lambda conn: journal.republish(conn, settings.database.channel, row["id"], event)
     )
-    if not written:
-        raise UserError(f"event {event.event_id} is already journaled and routed: use `it-relay replay`")
+    if refused is not None:
+        raise UserError(f"{refused}: nothing republished")
     typer.echo(f"republished {event.event_type} {event.event_id} (rejection {row['id']} resolved)")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -27,7 +27,7 @@ from relay.sql import query
 
 P = ParamSpec("P")
 R = TypeVar("R")
-Gateway = Callable[Concatenate[asyncpg.Connection, P], Awaitable[R]]
+Gateway = Callable[Concatenate[asyncpg.Connection, P], Coroutine[Any, Any, R]]
 
 # Every writer of this module says which it is (tests/test_durable.py finds the unclassified):
 # the only record of something (committed synchronously, whatever the connection), or redone by
@@ -359,25 +359,55 @@ async def rejection(
 
 
 @sole_record("an operator's republish of a corrected event")
-async def republish(conn: asyncpg.Connection, channel: str, rejection_id: int, event: NotifiedEvent) -> bool:
-    """Journal a corrected event under its id and mark the rejection resolved; False if that id
-    was already routed (it would be delivered twice)."""
+async def republish(
+    conn: asyncpg.Connection, channel: str, rejection_id: int, event: NotifiedEvent
+) -> str | None:
+    """Journal a corrected event under its id and mark the rejection resolved; None once done,
+    else why nothing was written (one line): the id is another event's or rejection's, or routed."""
+    row = await conn.fetchrow(query("lock_rejection"), rejection_id)
+    if row is None:
+        return f"no rejection {rejection_id} (pruned after its retention, or never recorded)"
+    if row["resolved_event_id"] is not None:
+        return f"rejection {rejection_id} was already republished as {row['resolved_event_id']}"
+    own = row["event_id"] is not None
+    if own and row["event_id"] != event.event_id:
+        return f"the corrected event's event_id {event.event_id} is not the rejected one ({row['event_id']})"
+    why = _held(
+        event.event_id, own, await conn.fetchrow(query("event_id_holders"), rejection_id, event.event_id)
+    )
+    if why is not None:
+        return why
     written = await conn.fetchval(
         query("republish"),
         event.event_id,
         event.event_type,
         codec.dumps(event.payload).decode(),
         event.organization_id,
+        own,
     )
-    if written is None:
-        return False
+    if written is None:  # taken since it was looked at: by a concurrent publish or republish
+        return f"event_id {event.event_id} was taken by another event meanwhile"
     await conn.execute(query("resolve_rejection"), rejection_id, event.event_id)
     await conn.execute(
         query("wake"),
         channel,
         codec.dumps({"event_id": event.event_id, "event_type": event.event_type}).decode(),
     )
-    return True
+    return None
+
+
+def _held(event_id: UUID, own: bool, holders: asyncpg.Record) -> str | None:
+    """Why `event_id` cannot be republished, from what holds it (None: free, or the rejection's own)."""
+    status = holders["journal_status"]
+    if holders["rejection_id"] is not None:
+        return f"event_id {event_id} already belongs to rejection {holders['rejection_id']}"
+    if status is None or (own and status == "rejected"):
+        return None
+    if own and status == "routed":
+        return f"event {event_id} is already journaled and routed: use `it-relay replay`"
+    if own:
+        return f"event {event_id} is already journaled and {status}: the router takes it as it is"
+    return f"event_id {event_id} already belongs to another event ({status} in the journal)"
 
 
 async def probe(conn: asyncpg.Connection) -> None:

@@ -284,16 +284,39 @@ SELECT id, event_id, event_type, reason, errors, source, received_at, resolved_a
  ORDER BY id
  LIMIT 1;
 
+-- name: lock_rejection
+-- The rejection a republish resolves, locked until it commits: a second republish of it waits,
+-- then finds it resolved.
+SELECT id, event_id, resolved_event_id
+  FROM it_relay.rejected_events
+ WHERE id = $1
+   FOR UPDATE;
+
+-- name: event_id_holders
+-- What holds an event_id ($2) besides rejection $1: its journal row, and another rejection
+-- (recorded under it, or republished as it).
+SELECT (SELECT status FROM it_relay.events WHERE event_id = $2) AS journal_status,
+       (SELECT min(id) FROM it_relay.rejected_events
+         WHERE id <> $1 AND (event_id = $2 OR resolved_event_id = $2)) AS rejection_id;
+
 -- name: republish
--- A corrected event journaled again under its event_id: a new row, or the rejected row made
--- pending with the corrected payload (the router validates it once more). An event already
--- routed is left alone (no row back): republishing it would deliver it twice.
-INSERT INTO it_relay.events (event_id, event_type, payload, source, organization_id)
-VALUES ($1, $2, $3::jsonb, 'publish', $4)
+-- A corrected event journaled under its event_id, stored as publish() stores it (redacted, by
+-- the relay already: redacting twice would change a non-string key's marker; the event_id
+-- canonical) with publish()'s digest of it, so the producer's retry of the corrected payload is a
+-- duplicate and of the old one an error. A new row; or, only for the rejection's own event ($5)
+-- and only while rejected, that row made pending with the corrected payload (the router
+-- validates it once more). No row back: the id is someone else's, or already routed.
+WITH corrected AS (
+    SELECT jsonb_set($3::jsonb, '{event_id}', to_jsonb($1::uuid::text)) AS payload
+)
+INSERT INTO it_relay.events (event_id, event_type, payload, source, organization_id, published_digest)
+SELECT $1, $2, c.payload, 'publish', $4, it_relay.payload_digest(c.payload)
+  FROM corrected c
 ON CONFLICT (event_id) DO UPDATE
    SET event_type = excluded.event_type, payload = excluded.payload, status = 'pending',
-       organization_id = excluded.organization_id, routed_at = NULL
- WHERE it_relay.events.status = 'rejected'
+       organization_id = excluded.organization_id, routed_at = NULL,
+       published_digest = excluded.published_digest
+ WHERE $5::bool AND it_relay.events.status = 'rejected'
 RETURNING event_id;
 
 -- name: resolve_rejection
