@@ -17,6 +17,7 @@ from relay import database, migrate
 from relay.destination import HttpDestination, destinations_for
 from relay.dispatch import Dispatcher
 from relay.errors import UserError
+from relay.gateway import Gateway
 from relay.health import Heartbeats
 from relay.listener import Listener
 from relay.logs import get_logger
@@ -40,6 +41,7 @@ class Components:
     """Everything one instance runs, built once from the settings, before any loop starts."""
 
     pool: asyncpg.Pool
+    gateway: Gateway
     sender: Sender
     dispatcher: Dispatcher
     router: Router
@@ -156,8 +158,9 @@ class Daemon:
 
     def _build(self, pool: asyncpg.Pool, sender: Sender) -> Components:
         s = self.settings
+        gateway = Gateway(pool)
         dispatcher = Dispatcher(
-            pool=pool,
+            store=gateway,
             delivery=s.delivery,
             subscribers=dict(s.subscribers),
             destinations=destinations_for(s.subscribers, HttpDestination(sender)),
@@ -167,7 +170,7 @@ class Daemon:
             heartbeats=self.heartbeats,
         )
         router = Router(
-            pool=pool,
+            store=gateway,
             metrics=self.metrics,
             unknown_fields=s.validation.unknown_fields,
             configured=dispatcher.lanes,
@@ -208,7 +211,7 @@ class Daemon:
             if s.server.enabled
             else None
         )
-        return Components(pool, sender, dispatcher, router, listener, scheduler, server)
+        return Components(pool, gateway, sender, dispatcher, router, listener, scheduler, server)
 
     def _loops(self, c: Components) -> tuple[list[Loop], list[tuple[str, Service]]]:
         """Every long-running loop (a step the supervisor repeats) and every component with its own
@@ -218,8 +221,8 @@ class Daemon:
         served = c.dispatcher.lanes
         loops = [
             c.router.loop(),
-            Housekeeping(c.pool, served, self.metrics, self._set_schema_current, poll).loop(),
-            Retention(c.pool, s.retention, served).loop(),
+            Housekeeping(c.gateway, served, self.metrics, self._set_schema_current, poll).loop(),
+            Retention(c.gateway, s.retention, served).loop(),
             Loop("systemd", self._notify_step, self._notify_interval_s()),
         ]
         if c.scheduler is not None:

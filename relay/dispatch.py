@@ -17,13 +17,11 @@ import time
 from collections.abc import Iterable, Mapping
 from uuid import UUID
 
-import asyncpg
-
-from relay import journal
 from relay.attempts import Attempts, target_of
 from relay.circuit import CircuitBreaker
 from relay.database import DB_ERRORS
 from relay.destination import Destination
+from relay.gateway import DeliveryPort
 from relay.health import Heartbeats
 from relay.lanes import Lane, LaneStates, Slot, Slots
 from relay.logs import get_logger
@@ -41,7 +39,7 @@ class Dispatcher:
     def __init__(
         self,
         *,
-        pool: asyncpg.Pool,
+        store: DeliveryPort,
         delivery: DeliverySettings,
         subscribers: dict[str, SubscriberSettings],
         destinations: Mapping[str, Destination],
@@ -50,7 +48,7 @@ class Dispatcher:
         poll_interval_s: float = 5.0,
         heartbeats: Heartbeats | None = None,
     ) -> None:
-        self._pool = pool
+        self._store = store
         self.destinations = dict(destinations)
         self._heartbeats = heartbeats or Heartbeats()
         self._settings = delivery
@@ -71,11 +69,11 @@ class Dispatcher:
             )
             for name, conf in subscribers.items()
         }
-        self._states = LaneStates(pool, self.lanes, metrics, poll_interval_s)
+        self._states = LaneStates(store, self.lanes, metrics, poll_interval_s)
         self._attempts = Attempts(delivery=delivery, metrics=metrics)
         self._policy = RetryPolicy(delivery.retry_schedule_s, delivery.retry_after_max_s, delivery.jitter)
         self._slots = Slots(delivery.concurrency, self.wake)
-        self._writer = OutcomeWriter(pool, owner)
+        self._writer = OutcomeWriter(store, owner)
         self._tasks: dict[asyncio.Task[None], tuple[UUID, str]] = {}
         self._stopping = asyncio.Event()
 
@@ -156,19 +154,16 @@ class Dispatcher:
         limit, allowed = self._claim_limit(lane, now)
         if limit <= 0:
             return lane.breaker.seconds_until_probe(now) or None
-        async with self._pool.acquire() as conn:
-            claimed = await journal.claim_deliveries(
-                conn, lane.name, self._owner, limit, self._settings.lease_s
-            )
-            probe = allowed == 1 and bool(claimed)
-            if probe:
-                lane.breaker.claimed_probe()
-            # Sent before asking when the next one is due: that round trip is off the path.
-            for item in claimed:
-                self._start(lane, item, probe)
-            if len(claimed) == limit:
-                return 0
-            due_in = await journal.seconds_until_due(conn, lane.name)
+        claimed = await self._store.claim_deliveries(lane.name, self._owner, limit, self._settings.lease_s)
+        probe = allowed == 1 and bool(claimed)
+        if probe:
+            lane.breaker.claimed_probe()
+        # Sent before asking when the next one is due: that round trip is off the path.
+        for item in claimed:
+            self._start(lane, item, probe)
+        if len(claimed) == limit:
+            return 0
+        due_in = await self._store.seconds_until_due(lane.name)
         return None if due_in is None else min(max(due_in, 0.005), self._poll_interval_s)
 
     def _start(self, lane: Lane, item: ClaimedDelivery, probe: bool) -> None:
@@ -225,8 +220,6 @@ class Dispatcher:
                 slot.release()
 
     async def _release_lease(self, item: ClaimedDelivery) -> None:
-        try:
-            async with self._pool.acquire() as conn:
-                await journal.release_leases(conn, self._owner, [(item.event_id, item.subscriber)])
-        except DB_ERRORS:
-            pass  # the lease expires on its own
+        # On a database error the lease expires on its own.
+        with contextlib.suppress(*DB_ERRORS):
+            await self._store.release_leases(self._owner, [(item.event_id, item.subscriber)])

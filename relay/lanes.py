@@ -10,12 +10,11 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import asyncpg
 from prometheus_client import Counter, Histogram
 
-from relay import journal
 from relay.circuit import CircuitBreaker
 from relay.destination import Destination
+from relay.gateway import DeliveryPort
 from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.model import Outcome
@@ -91,8 +90,8 @@ class LaneStates:
     """Run-time state shared through the database: pauses set by operators come in (before the
     first claim, then every poll interval), circuit changes go out (for `it-relay status`)."""
 
-    def __init__(self, pool: asyncpg.Pool, lanes: dict[str, Lane], metrics: Metrics, every_s: float) -> None:
-        self._pool = pool
+    def __init__(self, store: DeliveryPort, lanes: dict[str, Lane], metrics: Metrics, every_s: float) -> None:
+        self._store = store
         self._lanes = lanes
         self._metrics = metrics
         self._every_s = every_s
@@ -105,14 +104,11 @@ class LaneStates:
         return None
 
     async def sync(self) -> None:
-        async with self._pool.acquire() as conn:
-            states = await journal.subscriber_states(conn)
-            for lane in self._lanes.values():
-                if lane.circuit_reported_open != lane.circuit_shared_open:
-                    await journal.set_circuit(
-                        conn, lane.name, "open" if lane.circuit_reported_open else "closed"
-                    )
-                    lane.circuit_shared_open = lane.circuit_reported_open
+        states = await self._store.subscriber_states()
+        for lane in self._lanes.values():
+            if lane.circuit_reported_open != lane.circuit_shared_open:
+                await self._store.set_circuit(lane.name, "open" if lane.circuit_reported_open else "closed")
+                lane.circuit_shared_open = lane.circuit_reported_open
         for lane in self._lanes.values():
             shared = states.get(lane.name)
             paused = shared.paused if shared is not None and shared.paused is not None else not lane.enabled

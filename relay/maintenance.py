@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 
-import asyncpg
-
-from relay import journal, migrate
-from relay.errors import SchemaError
+from relay.gateway import HousekeepingPort, RetentionPort
 from relay.metrics import Metrics
 from relay.settings import RetentionSettings
 from relay.supervisor import Loop
@@ -20,13 +17,13 @@ class Housekeeping:
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        store: HousekeepingPort,
         served: Collection[str],
         metrics: Metrics,
         on_schema: Callable[[bool], None],
         every_s: float,
     ) -> None:
-        self._pool = pool
+        self._store = store
         self._served = served
         self._metrics = metrics
         self._on_schema = on_schema
@@ -36,13 +33,8 @@ class Housekeeping:
         return Loop("housekeeping", self.step, self._every_s)
 
     async def step(self) -> float | None:
-        async with self._pool.acquire() as conn:
-            try:
-                await migrate.check(conn)
-                self._on_schema(True)
-            except SchemaError:
-                self._on_schema(False)
-            counts = await journal.backlog(conn)
+        self._on_schema(await self._store.schema_current())
+        counts = await self._store.backlog()
         for name in set(counts) | set(self._served):
             self._metrics.backlog.labels(name).set(counts.get(name, 0))
         return None
@@ -51,8 +43,8 @@ class Housekeeping:
 class Retention:
     """Prune what retention allows, one bounded batch per step, every retention.interval_s."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: RetentionSettings, served: Collection[str]) -> None:
-        self._pool = pool
+    def __init__(self, store: RetentionPort, settings: RetentionSettings, served: Collection[str]) -> None:
+        self._store = store
         self._settings = settings
         self._served = served
 
@@ -61,13 +53,8 @@ class Retention:
 
     async def step(self) -> float | None:
         r = self._settings
-        async with self._pool.acquire() as conn:
-            deleted = await journal.prune(
-                conn,
-                r.delivered_days * _DAY_S,
-                r.dead_days * _DAY_S,
-                r.rejected_days * _DAY_S,
-                served=self._served,
-            )
+        deleted = await self._store.prune(
+            r.delivered_days * _DAY_S, r.dead_days * _DAY_S, r.rejected_days * _DAY_S, self._served
+        )
         # Until a batch comes back empty, the next one at once (the supervisor checks for shutdown).
         return 0 if deleted else None

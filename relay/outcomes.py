@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-import asyncpg
-
-from relay import journal
 from relay.database import DB_ERRORS
+from relay.gateway import DeliveryPort
 from relay.lanes import Slot
 from relay.logs import get_logger
 from relay.model import BATCH_LIMIT, DeliveryResult
@@ -20,8 +18,8 @@ log = get_logger("relay.dispatch")
 class OutcomeWriter:
     """Buffers outcomes and writes them in batched round trips; then releases their slots."""
 
-    def __init__(self, pool: asyncpg.Pool, owner: str) -> None:
-        self._pool = pool
+    def __init__(self, store: DeliveryPort, owner: str) -> None:
+        self._store = store
         self._owner = owner
         self._pending: list[tuple[DeliveryResult, Slot]] = []
         self._ready = asyncio.Event()
@@ -46,8 +44,7 @@ class OutcomeWriter:
 
     async def _write_batch(self) -> None:
         batch = self._pending[:BATCH_LIMIT]
-        async with self._pool.acquire() as conn:
-            await journal.write_results(conn, [r for r, _ in batch], self._owner)
+        await self._store.write_results([r for r, _ in batch], self._owner)
         del self._pending[: len(batch)]
         for _, slot in batch:
             slot.release()

@@ -12,10 +12,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from uuid import UUID
 
-import asyncpg
-
-from relay import journal
 from relay.contracts import UnknownFields
+from relay.gateway import RoutingPort
 from relay.ingest import route, unroutable
 from relay.logs import get_logger
 from relay.metrics import Metrics
@@ -29,7 +27,7 @@ class Router:
     def __init__(
         self,
         *,
-        pool: asyncpg.Pool,
+        store: RoutingPort,
         metrics: Metrics,
         unknown_fields: UnknownFields,
         configured: Iterable[str],
@@ -37,7 +35,7 @@ class Router:
         batch_size: int = 200,
         poll_interval_s: float = 5.0,
     ) -> None:
-        self._pool = pool
+        self._store = store
         self._metrics = metrics
         self._unknown_fields = unknown_fields
         self._configured = frozenset(configured)
@@ -76,28 +74,28 @@ class Router:
 
     async def route_batch(self) -> int:
         """Route one batch; returns how many events it took."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            rows = await journal.claim_events(conn, self._batch_size)
-            if not rows:
+        async with self._store.routing(self._batch_size) as batch:
+            if not batch.events:
                 return 0
             routed: list[RoutedEvent] = []
             rejected: list[tuple[UUID, Rejection]] = []
-            for row in rows:
+            for event in batch.events:
                 try:
-                    outcome = route(row["event_id"], row["payload"], self._unknown_fields)
+                    outcome = route(event.event_id, event.payload, self._unknown_fields)
                 except Exception as exc:
                     # One event that breaks routing is rejected, visibly; it never blocks the batch.
-                    log.exception("routing an event failed", event_id=str(row["event_id"]))
-                    outcome = unroutable(row["event_id"], exc)
-                self._metrics.events_received.labels(row["source"]).inc()
+                    log.exception("routing an event failed", event_id=str(event.event_id))
+                    outcome = unroutable(event.event_id, exc)
+                self._metrics.events_received.labels(event.source).inc()
                 if isinstance(outcome, RoutedEvent):
                     routed.append(self._served_only(outcome))
                 else:
-                    rejected.append((row["event_id"], outcome))
-            await journal.write_routing(conn, routed, rejected)
+                    rejected.append((event.event_id, outcome))
+            await batch.write(routed, rejected)
+            taken = len(batch.events)
         subscribers: set[str] = set()
-        for event in routed:
-            subscribers.update(event.subscribers)
+        for routed_event in routed:
+            subscribers.update(routed_event.subscribers)
         for event_id, rejection in rejected:
             self._metrics.events_rejected.labels(rejection.reason).inc()
             log.warning(
@@ -109,4 +107,4 @@ class Router:
             )
         if subscribers:
             self._on_routed(subscribers)
-        return len(rows)
+        return taken

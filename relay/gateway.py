@@ -1,0 +1,153 @@
+"""The loops' door to PostgreSQL: small ports (what each loop needs) and one gateway over the pool.
+
+Each loop depends on the Protocol of the few operations it uses, never on a connection; the
+gateway runs them through `relay.journal`'s named queries, and `relay.testing.twin` satisfies the
+same ports in memory (tests/test_gateway_contract.py holds the two to the same results).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Collection, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Protocol
+from uuid import UUID
+
+import asyncpg
+
+from relay import journal, migrate
+from relay.errors import SchemaError
+from relay.journal import SubscriberState
+from relay.model import ClaimedDelivery, DeliveryResult, Rejection, RoutedEvent, Source
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PendingEvent:
+    """A journaled event not yet routed: its payload as the journal keeps it (JSON text)."""
+
+    event_id: UUID
+    payload: str
+    source: Source
+
+
+class DeliveryPort(Protocol):
+    """What the delivery lanes, the outcome writer and the lane states need."""
+
+    async def claim_deliveries(
+        self, subscriber: str, owner: str, limit: int, lease_s: float
+    ) -> list[ClaimedDelivery]: ...
+
+    async def seconds_until_due(self, subscriber: str) -> float | None: ...
+
+    async def release_leases(self, owner: str, keys: Sequence[tuple[UUID, str]]) -> None: ...
+
+    async def write_results(self, results: Sequence[DeliveryResult], owner: str) -> int: ...
+
+    async def subscriber_states(self) -> dict[str, SubscriberState]: ...
+
+    async def set_circuit(self, subscriber: str, state: str) -> None: ...
+
+
+class RoutingBatch(Protocol):
+    """Pending events held by this instance until the batch ends; their routing written inside it."""
+
+    @property
+    def events(self) -> Sequence[PendingEvent]: ...
+
+    async def write(
+        self, routed: Sequence[RoutedEvent], rejected: Sequence[tuple[UUID, Rejection]]
+    ) -> None: ...
+
+
+class RoutingPort(Protocol):
+    def routing(self, limit: int) -> AbstractAsyncContextManager[RoutingBatch]:
+        """Claim up to `limit` pending events; the routing commits when the block ends cleanly."""
+        ...
+
+
+class HousekeepingPort(Protocol):
+    async def schema_current(self) -> bool: ...
+
+    async def backlog(self) -> dict[str, int]: ...
+
+
+class RetentionPort(Protocol):
+    async def prune(
+        self, delivered_s: float, dead_s: float, rejected_s: float, served: Collection[str]
+    ) -> int: ...
+
+
+class _PgRoutingBatch:
+    def __init__(self, conn: asyncpg.Connection, events: list[PendingEvent]) -> None:
+        self._conn = conn
+        self._events = events
+
+    @property
+    def events(self) -> Sequence[PendingEvent]:
+        return self._events
+
+    async def write(self, routed: Sequence[RoutedEvent], rejected: Sequence[tuple[UUID, Rejection]]) -> None:
+        await journal.write_routing(self._conn, routed, rejected)
+
+
+class Gateway:
+    """The PostgreSQL implementation of every port, over the daemon's pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def claim_deliveries(
+        self, subscriber: str, owner: str, limit: int, lease_s: float
+    ) -> list[ClaimedDelivery]:
+        async with self._pool.acquire() as conn:
+            return await journal.claim_deliveries(conn, subscriber, owner, limit, lease_s)
+
+    async def seconds_until_due(self, subscriber: str) -> float | None:
+        async with self._pool.acquire() as conn:
+            return await journal.seconds_until_due(conn, subscriber)
+
+    async def release_leases(self, owner: str, keys: Sequence[tuple[UUID, str]]) -> None:
+        async with self._pool.acquire() as conn:
+            await journal.release_leases(conn, owner, keys)
+
+    async def write_results(self, results: Sequence[DeliveryResult], owner: str) -> int:
+        async with self._pool.acquire() as conn:
+            return await journal.write_results(conn, results, owner)
+
+    async def subscriber_states(self) -> dict[str, SubscriberState]:
+        async with self._pool.acquire() as conn:
+            return await journal.subscriber_states(conn)
+
+    async def set_circuit(self, subscriber: str, state: str) -> None:
+        async with self._pool.acquire() as conn:
+            await journal.set_circuit(conn, subscriber, state)
+
+    @asynccontextmanager
+    async def routing(self, limit: int) -> AsyncIterator[RoutingBatch]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await journal.claim_events(conn, limit)
+            yield _PgRoutingBatch(
+                conn,
+                [
+                    PendingEvent(event_id=r["event_id"], payload=r["payload"], source=r["source"])
+                    for r in rows
+                ],
+            )
+
+    async def schema_current(self) -> bool:
+        async with self._pool.acquire() as conn:
+            try:
+                await migrate.check(conn)
+            except SchemaError:
+                return False
+            return True
+
+    async def backlog(self) -> dict[str, int]:
+        async with self._pool.acquire() as conn:
+            return await journal.backlog(conn)
+
+    async def prune(
+        self, delivered_s: float, dead_s: float, rejected_s: float, served: Collection[str]
+    ) -> int:
+        async with self._pool.acquire() as conn:
+            return await journal.prune(conn, delivered_s, dead_s, rejected_s, served=served)

@@ -1,0 +1,1 @@
+"""Testing support shipped with the package: the gateway's in-memory twin and a webhook sink."""

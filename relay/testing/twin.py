@@ -1,0 +1,228 @@
+"""The in-memory twin of the gateway: the same ports, kept in dicts, so the loops run without a database.
+
+It keeps the journal's rules — claims in due order with leases that expire, an attempt counted at
+claim and given back on release, outcomes written only by the lease holder, routing atomic per
+batch — and tests/test_gateway_contract.py runs the same calls on it and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from uuid import UUID
+
+from relay.gateway import PendingEvent, RoutingBatch
+from relay.journal import SubscriberState
+from relay.model import (
+    AttemptRecord,
+    ClaimedDelivery,
+    DeliveryResult,
+    DeliveryStatus,
+    EventStatus,
+    Rejection,
+    RoutedEvent,
+    Source,
+)
+
+
+@dataclass(slots=True)
+class TwinEvent:
+    event_id: UUID
+    event_type: str
+    payload: str
+    source: Source
+    seq: int
+    created_at: datetime
+    status: EventStatus = "pending"
+    locked: bool = False
+    entity_key: str | None = None
+
+
+@dataclass(slots=True)
+class TwinDelivery:
+    event_id: UUID
+    subscriber: str
+    event_type: str
+    seq: int
+    next_attempt_at: float
+    status: DeliveryStatus = "pending"
+    attempts: int = 0
+    failed_rounds: int = 0
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+    last_status: int | None = None
+    last_error: str | None = None
+    history: list[AttemptRecord] = field(default_factory=list)
+
+
+class _TwinBatch:
+    def __init__(self, twin: Twin, events: list[TwinEvent]) -> None:
+        self._twin = twin
+        self._held = events
+        self.written: tuple[Sequence[RoutedEvent], Sequence[tuple[UUID, Rejection]]] | None = None
+
+    @property
+    def events(self) -> Sequence[PendingEvent]:
+        return [PendingEvent(event_id=e.event_id, payload=e.payload, source=e.source) for e in self._held]
+
+    async def write(self, routed: Sequence[RoutedEvent], rejected: Sequence[tuple[UUID, Rejection]]) -> None:
+        self.written = (routed, rejected)
+
+
+class Twin:
+    """Every port of `relay.gateway.Gateway`, in memory; `clock` is monotonic seconds."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.events: dict[UUID, TwinEvent] = {}
+        self.deliveries: dict[tuple[UUID, str], TwinDelivery] = {}
+        self.rejections: list[Rejection] = []
+        self.states: dict[str, SubscriberState] = {}
+        self.schema_is_current = True
+        self._seq = itertools.count()
+
+    # ─── producing (what publish() and routing would have written) ──────────────────────────────
+
+    def journal(self, event_id: UUID, event_type: str, payload: str, source: Source = "publish") -> None:
+        """An event as publish() journals it: pending, for the router."""
+        self.events.setdefault(
+            event_id,
+            TwinEvent(event_id, event_type, payload, source, next(self._seq), datetime.now(UTC)),
+        )
+
+    # ─── DeliveryPort ──────────────────────────────────────────────────────────────────────────
+
+    async def claim_deliveries(
+        self, subscriber: str, owner: str, limit: int, lease_s: float
+    ) -> list[ClaimedDelivery]:
+        now = self.clock()
+        due = sorted(
+            (
+                d
+                for d in self.deliveries.values()
+                if d.subscriber == subscriber
+                and d.status == "pending"
+                and d.next_attempt_at <= now
+                and (d.lease_expires_at is None or d.lease_expires_at < now)
+            ),
+            key=lambda d: (d.next_attempt_at, d.seq),
+        )[:limit]
+        claimed = []
+        for d in due:
+            d.lease_owner, d.lease_expires_at, d.attempts = owner, now + lease_s, d.attempts + 1
+            event = self.events[d.event_id]
+            claimed.append(
+                ClaimedDelivery(
+                    event_id=d.event_id,
+                    subscriber=subscriber,
+                    event_type=d.event_type,
+                    attempts=d.attempts,
+                    failed_rounds=d.failed_rounds,
+                    body=event.payload.encode(),
+                    journaled_at=event.created_at,
+                )
+            )
+        return claimed
+
+    async def seconds_until_due(self, subscriber: str) -> float | None:
+        pending = [
+            max(d.next_attempt_at, d.lease_expires_at or d.next_attempt_at)
+            for d in self.deliveries.values()
+            if d.subscriber == subscriber and d.status == "pending"
+        ]
+        return min(pending) - self.clock() if pending else None
+
+    async def release_leases(self, owner: str, keys: Sequence[tuple[UUID, str]]) -> None:
+        for key in keys:
+            d = self.deliveries.get(key)
+            if d is not None and d.lease_owner == owner and d.status == "pending":
+                d.lease_owner, d.lease_expires_at, d.attempts = None, None, d.attempts - 1
+
+    async def write_results(self, results: Sequence[DeliveryResult], owner: str) -> int:
+        written = 0
+        now = self.clock()
+        for r in results:
+            d = self.deliveries.get((r.event_id, r.subscriber))
+            if d is None or d.lease_owner != owner:
+                continue  # another instance holds it now, and so its history
+            d.status, d.attempts, d.failed_rounds = r.status, r.attempts, r.failed_rounds
+            if r.retry_in_s is not None:
+                d.next_attempt_at = now + r.retry_in_s
+            d.last_status, d.last_error = r.last_status, r.last_error
+            d.lease_owner = d.lease_expires_at = None
+            d.history.extend(r.history)
+            written += 1
+        return written
+
+    async def subscriber_states(self) -> dict[str, SubscriberState]:
+        return dict(self.states)
+
+    async def set_circuit(self, subscriber: str, state: str) -> None:
+        old = self.states.get(subscriber)
+        self.states[subscriber] = SubscriberState(
+            paused=old.paused if old else None,
+            changed_at=old.changed_at if old else None,
+            changed_by=old.changed_by if old else None,
+            circuit=state,
+            circuit_changed_at=datetime.now(UTC),
+        )
+
+    def set_paused(self, subscriber: str, paused: bool, by: str = "test") -> None:
+        old = self.states.get(subscriber)
+        self.states[subscriber] = SubscriberState(
+            paused=paused,
+            changed_at=datetime.now(UTC),
+            changed_by=by,
+            circuit=old.circuit if old else "closed",
+            circuit_changed_at=old.circuit_changed_at if old else None,
+        )
+
+    # ─── RoutingPort ───────────────────────────────────────────────────────────────────────────
+
+    @asynccontextmanager
+    async def routing(self, limit: int) -> AsyncIterator[RoutingBatch]:
+        held = sorted(
+            (e for e in self.events.values() if e.status == "pending" and not e.locked),
+            key=lambda e: e.seq,
+        )[:limit]
+        for e in held:
+            e.locked = True
+        batch = _TwinBatch(self, held)
+        try:
+            yield batch
+            if batch.written is not None:
+                self._apply_routing(*batch.written)  # commits only when the block ends cleanly
+        finally:
+            for e in held:
+                e.locked = False
+
+    def _apply_routing(
+        self, routed: Sequence[RoutedEvent], rejected: Sequence[tuple[UUID, Rejection]]
+    ) -> None:
+        now = self.clock()
+        for r in routed:
+            event = self.events[r.event_id]
+            event.status, event.payload, event.entity_key = "routed", r.body.decode(), r.entity_key
+            for s in r.subscribers:
+                self.deliveries.setdefault(
+                    (r.event_id, s), TwinDelivery(r.event_id, s, r.event_type, next(self._seq), now)
+                )
+        for event_id, rejection in rejected:
+            self.events[event_id].status = "rejected"
+            self.rejections.append(rejection)
+
+    # ─── HousekeepingPort ───────────────────────────────────────────────────────────────────────
+
+    async def schema_current(self) -> bool:
+        return self.schema_is_current
+
+    async def backlog(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for d in self.deliveries.values():
+            if d.status == "pending":
+                counts[d.subscriber] = counts.get(d.subscriber, 0) + 1
+        return counts
