@@ -180,6 +180,9 @@ async def claim_deliveries(
             failed_rounds=r["failed_rounds"],
             body=r["body"].encode(),
             journaled_at=r["created_at"],
+            generation=r["replays"],
+            entity_key=r["entity_key"],
+            organization_id=r["organization_id"],
         )
         for r in rows
     ]

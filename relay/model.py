@@ -91,6 +91,11 @@ class ClaimedDelivery:
     failed_rounds: int
     body: bytes
     journaled_at: datetime
+    # How many times an operator replayed it (a broker message id includes it), and what a
+    # broker's routing templates may name.
+    generation: int = 0
+    entity_key: str | None = None
+    organization_id: UUID | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

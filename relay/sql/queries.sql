@@ -83,7 +83,8 @@ UPDATE it_relay.deliveries d
            FOR UPDATE SKIP LOCKED) c,
        it_relay.events e
  WHERE d.event_id = c.event_id AND d.subscriber = c.subscriber AND e.event_id = d.event_id
-RETURNING d.event_id, d.event_type, d.attempts, d.failed_rounds, e.payload::text AS body, e.created_at;
+RETURNING d.event_id, d.event_type, d.attempts, d.failed_rounds, e.payload::text AS body, e.created_at,
+          d.replays, e.entity_key, e.organization_id;
 
 -- name: next_due
 -- Seconds until the next delivery of a subscriber becomes due, by the database's clock (NULL when
@@ -135,6 +136,7 @@ UPDATE it_relay.deliveries
 -- name: replay
 -- Deliveries back to pending, due now, with a fresh retry schedule and the same event_id; with $7
 -- (a dry run) only counted. Per subscriber: how many, and one of their events (for the wake-up).
+-- Each replay is a new generation (a broker stores it again instead of dropping a duplicate).
 WITH chosen AS (
     SELECT event_id, subscriber, event_type
       FROM it_relay.deliveries
@@ -146,7 +148,7 @@ WITH chosen AS (
        AND ($6::timestamptz IS NULL OR created_at < $6)
 ), requeued AS (
     UPDATE it_relay.deliveries d
-       SET status = 'pending', next_attempt_at = clock_timestamp(), failed_rounds = 0,
+       SET status = 'pending', next_attempt_at = clock_timestamp(), failed_rounds = 0, replays = d.replays + 1,
            lease_owner = NULL, lease_expires_at = NULL, delivered_at = NULL, updated_at = clock_timestamp()
       FROM chosen c
      WHERE NOT $7::bool AND d.event_id = c.event_id AND d.subscriber = c.subscriber
