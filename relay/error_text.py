@@ -7,7 +7,6 @@ verbatim; the text lands in attempts, last_error, `status --json` and `send-test
 
 from __future__ import annotations
 
-import ast
 import re
 
 from relay.redaction import REDACTED, fold, mask_urls, scrub_text
@@ -22,37 +21,52 @@ _SPACE = re.compile(r"\s+")
 # innermost, the subscriber's), then strings (aiohttp's pure-Python parser quotes str).
 _QUOTED_BYTES = re.compile(r"""(?<![0-9A-Za-z_])b(?:'(?:[^'\\]|\\.)*(?:'|$)|"(?:[^"\\]|\\.)*(?:"|$))""")
 _QUOTED = re.compile(r"""'(?:[^'\\]|\\.)*(?:'|$)|"(?:[^"\\]|\\.)*(?:"|$)""")
+_ESCAPE = re.compile(rb"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|.)", re.DOTALL)
+_SIMPLE = {b"n": b"\n", b"r": b"\r", b"t": b"\t"}
 _KEY_WORD = re.compile(r"licen[cs]ekey")
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 
 
 def safe_reason(text: str) -> str:
-    """One line, no NUL or lone surrogate (PostgreSQL stores neither), quoted bytes that name a
-    licence key dropped, other licence keys scrubbed and URL secrets masked; then cut."""
+    """One line, no NUL or lone surrogate (PostgreSQL stores neither), licence keys scrubbed,
+    quoted runs that name one dropped, URL secrets masked; then cut to REASON_CHARS."""
     text = text[:_SCANNED_CHARS].encode("utf-8", "replace").decode("utf-8")
     # Control characters become U+FFFD rather than vanish, so they never join a key to its value.
     text = _SPACE.sub(" ", _CONTROL.sub("\ufffd", text)).strip()
+    # Assignments first (a quoted key name is what marks its value), then quoted runs; all of it
+    # before the cut, which could otherwise leave the start of a value unrecognised.
+    text = scrub_text(text)
     text = _QUOTED.sub(_drop_if_naming_a_key, _QUOTED_BYTES.sub(_drop_if_naming_a_key, text))
-    # Scrubbed whole before the cut: a cut first could leave the start of a value unrecognised.
-    return mask_urls(scrub_text(text))[:REASON_CHARS]
+    return mask_urls(text)[:REASON_CHARS]
 
 
 def _drop_if_naming_a_key(match: re.Match[str]) -> str:
     # Quoted raw bytes are the subscriber's, not prose: a header line `License-Key SECRET` has
     # lost the colon that would make it an assignment, so any mention of the key drops the run.
     quoted = match.group(0)
-    return f"'{REDACTED}'" if _names_key(quoted) or _names_key(_unquoted(quoted)) else quoted
+    return f"'{REDACTED}'" if any(_names_key(text) for text in _readings(quoted)) else quoted
 
 
-def _unquoted(quoted: str) -> str:
-    """The text a repr() stands for (escapes such as \\xc2\\xad decoded), or '' if it is not one."""
-    try:
-        value = ast.literal_eval(quoted)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        return ""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return value if isinstance(value, str) else ""
+def _readings(quoted: str) -> set[str]:
+    """The run as written, and read with one and two levels of repr() escapes undone (a bytes
+    repr inside a str repr doubles them), each \\xNN read as a UTF-8 byte and as U+00NN."""
+    forms = {quoted.encode("utf-8", "replace")}
+    for _ in range(2):
+        forms |= {_unescaped(f, code_points) for f in forms if b"\\" in f for code_points in (False, True)}
+    return {f.decode("utf-8", "replace") for f in forms}
+
+
+def _unescaped(data: bytes, code_points: bool) -> bytes:
+    def one(match: re.Match[bytes]) -> bytes:
+        escape = match.group(1)
+        if len(escape) == 1:
+            return _SIMPLE.get(escape, escape)
+        code = int(escape[1:], 16)
+        if escape[:1] == b"x" and not code_points:
+            return bytes([code])
+        return chr(code).encode("utf-8", "replace")
+
+    return _ESCAPE.sub(one, data)
 
 
 def _names_key(text: str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from base64 import b64encode
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -69,8 +70,16 @@ def _proxy_credentials(proxy: str) -> tuple[str, dict[str, str]]:
     if parts.username is None:
         return proxy, {}
     host = parts.netloc.rpartition("@")[2]
-    auth = aiohttp.BasicAuth(unquote(parts.username), unquote(parts.password or ""))
-    return urlunsplit(parts._replace(netloc=host)), {"Proxy-Authorization": auth.encode()}
+    pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+    return urlunsplit(parts._replace(netloc=host)), {
+        "Proxy-Authorization": f"Basic {b64encode(pair).decode()}"
+    }
+
+
+def _to_proxy(url: str, headers: Mapping[str, str], credentials: Mapping[str, str]) -> Mapping[str, str]:
+    """The request's headers, with the proxy's credentials when the proxy reads the request itself
+    (plain HTTP): aiohttp sends its proxy headers only in a CONNECT, which an https:// URL gets."""
+    return {**headers, **credentials} if credentials and url[:5].lower() == "http:" else headers
 
 
 class AiohttpSender:
@@ -105,18 +114,22 @@ class AiohttpSender:
             async with self._client().post(
                 url,
                 data=body,
-                headers=headers,
+                headers=_to_proxy(url, headers, self._proxy_headers),
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
                 allow_redirects=False,
                 proxy=self._proxy,
                 proxy_headers=self._proxy_headers or None,
             ) as response:
-                body = await response.content.read(self._max_response_bytes + 1)
-                if len(body) > self._max_response_bytes or not response.content.at_eof():
+                limit = self._max_response_bytes
+                kept = bytearray()
+                # read(n) returns what has arrived so far: read on until the cap or the end.
+                while len(kept) <= limit and (chunk := await response.content.read(limit + 1 - len(kept))):
+                    kept += chunk
+                if len(kept) > limit or not response.content.at_eof():
                     # More than we keep: drop the rest with the connection rather than read it.
                     response.close()
-                    body = body[: self._max_response_bytes]
-                return Response(response.status, {k.lower(): v for k, v in response.headers.items()}, body)
+                answered = {k.lower(): v for k, v in response.headers.items()}
+                return Response(response.status, answered, bytes(kept[:limit]))
         except TimeoutError:
             raise SendError(f"timeout after {timeout_s:g}s") from None
         except (OSError, aiohttp.ClientError) as exc:
@@ -332,10 +345,13 @@ class HttpxSender:
         self._max_response_bytes = max_response_bytes
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         through = None
+        # The credentials as a header: httpx-aiohttp would hand them to aiohttp's deprecated proxy_auth.
+        self._plain_proxy_headers: dict[str, str] = {}
         if proxy:
-            # The credentials as a header: httpx-aiohttp would hand them to aiohttp's deprecated proxy_auth.
             url, proxy_headers = _proxy_credentials(proxy)
             through = httpx.Proxy(url, headers=proxy_headers)
+            if transport == "httpx-aiohttp":
+                self._plain_proxy_headers = proxy_headers
         if transport == "httpx-aiohttp":
             from httpx_aiohttp import AiohttpTransport
 
@@ -356,7 +372,11 @@ class HttpxSender:
             async with (
                 asyncio.timeout(timeout_s),
                 self._client.stream(
-                    "POST", url, content=body, headers=dict(headers), timeout=timeout_s
+                    "POST",
+                    url,
+                    content=body,
+                    headers=dict(_to_proxy(url, headers, self._plain_proxy_headers)),
+                    timeout=timeout_s,
                 ) as response,
             ):
                 kept = bytearray()
@@ -367,9 +387,13 @@ class HttpxSender:
                 status, response_headers = response.status_code, response.headers
         except TimeoutError:
             raise SendError(f"timeout after {timeout_s:g}s") from None
-        except httpx.TimeoutException:
-            raise SendError(f"timeout after {timeout_s:g}s") from None
         except httpx.HTTPError as exc:
+            cause = exc.__cause__
+            # httpx-aiohttp calls every failed connection (refused, bad certificate) ConnectTimeout.
+            if isinstance(cause, aiohttp.ClientError) and not isinstance(cause, TimeoutError):
+                raise SendError(describe(cause)) from None
+            if isinstance(exc, httpx.TimeoutException):
+                raise SendError(f"timeout after {timeout_s:g}s") from None
             raise SendError(describe(exc)) from None
         except (OSError, aiohttp.ClientError) as exc:
             raise SendError(describe(exc)) from None

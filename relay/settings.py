@@ -611,8 +611,8 @@ def masked(settings: Settings) -> dict[str, Any]:
     """The effective configuration as plain data, every secret shown as '**********'."""
     data = settings.model_dump(mode="json")
     data["database"]["url"] = mask_url(settings.database.url)
-    if settings.delivery.proxy:
-        data["delivery"]["proxy"] = mask_url(settings.delivery.proxy)
+    # Shown as it is written: "none" rather than null, a URL without its password.
+    data["delivery"]["proxy"] = mask_url(settings.delivery.proxy) if settings.delivery.proxy else _NO_PROXY
     for name, subscriber in settings.subscribers.items():
         data["subscribers"][name]["url"] = mask_url(str(subscriber.url))
         if subscriber.proxy:

@@ -256,6 +256,7 @@ def test_proxies_are_configured_explicitly_and_masked(tmp_path: Path) -> None:
     assert "pr0xyPW" not in str(shown) and "hrPW" not in str(shown)
     # The default is no proxy, "none" and an empty value say so explicitly.
     assert load_settings(None).delivery.proxy is None
+    assert masked(load_settings(None))["delivery"]["proxy"] == "none"
     for none in ("none", "", " NONE "):
         assert load_settings(None, delivery={"proxy": none}).delivery.proxy is None
 
