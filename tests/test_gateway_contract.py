@@ -1,0 +1,181 @@
+"""One contract, two implementations: the same calls give the same results on PostgreSQL (the
+gateway) and in memory (the twin), so the unit tier's twin cannot drift from the journal."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+import pytest
+
+from relay import codec, journal
+from relay.contracts.examples import example
+from relay.gateway import Gateway
+from relay.ingest import route
+from relay.model import DeliveryResult, RoutedEvent
+from relay.testing.twin import Twin
+from tests.support.postgres import fresh_name, upgraded, with_database
+
+OWNER, OTHER = "host:1:aaaa", "host:2:bbbb"
+
+
+@dataclass
+class Store:
+    """A port implementation and how to journal an event into it (as publish() would)."""
+
+    port: Gateway | Twin
+    conn: asyncpg.Connection | None = None
+
+    async def journal(self, payload: dict[str, Any]) -> UUID:
+        if self.conn is not None:
+            return await journal.publish(self.conn, payload)
+        assert isinstance(self.port, Twin)
+        event_id = UUID(str(payload["event_id"]))
+        self.port.journal(event_id, str(payload["event_type"]), codec.dumps(payload).decode())
+        return event_id
+
+
+@pytest.fixture(params=["twin", pytest.param("postgres", marks=pytest.mark.db)])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    if request.param == "twin":
+        yield Store(Twin())
+        return
+    server: str = request.getfixturevalue("pg_server_url")
+    name = fresh_name()
+    admin = await asyncpg.connect(server)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = await upgraded(with_database(server, name))
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+    conn = await asyncpg.connect(url)
+    try:
+        yield Store(Gateway(pool), conn)
+    finally:
+        await conn.close()
+        await pool.close()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+def payload(tag: str) -> dict[str, Any]:
+    return example("it_asset_purchased") | {"event_id": str(uuid4()), "asset_tag": tag}
+
+
+async def route_all(store: Store, limit: int = 100) -> list[UUID]:
+    """Route every pending event to its contract's subscribers (FA here), as the router does."""
+    async with store.port.routing(limit) as batch:
+        routed = []
+        for event in batch.events:
+            outcome = route(event.event_id, event.payload, "keep")
+            assert isinstance(outcome, RoutedEvent)
+            routed.append(outcome)
+        await batch.write(routed, [])
+    return [r.event_id for r in routed]
+
+
+async def test_routing_takes_pending_events_in_journal_order_once(store: Store) -> None:
+    ids = [await store.journal(payload(f"T-{i}")) for i in range(5)]
+    async with store.port.routing(3) as batch:
+        assert [e.event_id for e in batch.events] == ids[:3]
+        assert {e.source for e in batch.events} == {"publish"}
+    # Nothing written: the three are still pending, and come first again.
+    assert await route_all(store, 3) == ids[:3]
+    assert await route_all(store) == ids[3:]
+    assert await route_all(store) == []
+
+
+async def test_a_routing_batch_that_fails_leaves_its_events_pending(store: Store) -> None:
+    event_id = await store.journal(payload("FAILS"))
+
+    async def route_then_die() -> None:
+        async with store.port.routing(10) as batch:
+            outcome = route(batch.events[0].event_id, batch.events[0].payload, "keep")
+            assert isinstance(outcome, RoutedEvent)
+            await batch.write([outcome], [])
+            raise RuntimeError("the router died mid-batch")
+
+    with pytest.raises(RuntimeError):
+        await route_then_die()
+    assert await route_all(store) == [event_id]
+
+
+async def test_claims_lease_in_due_order_count_the_attempt_and_skip_leased_rows(store: Store) -> None:
+    ids = [await store.journal(payload(f"C-{i}")) for i in range(3)]
+    await route_all(store)
+    first = await store.port.claim_deliveries("FA", OWNER, 2, 30)
+    assert [(c.event_id, c.attempts, c.failed_rounds) for c in first] == [(ids[0], 1, 0), (ids[1], 1, 0)]
+    assert codec.loads(first[0].body)["asset_tag"] == "C-0"
+    second = await store.port.claim_deliveries("FA", OTHER, 5, 30)
+    assert [c.event_id for c in second] == [ids[2]]
+    assert await store.port.claim_deliveries("FA", OTHER, 5, 30) == []
+    # Another subscriber's lane has nothing of these.
+    assert await store.port.claim_deliveries("HR", OWNER, 5, 30) == []
+    assert await store.port.backlog() == {"FA": 3}
+
+
+async def test_a_released_lease_gives_the_attempt_back_and_only_its_owner_can_release(store: Store) -> None:
+    event_id = await store.journal(payload("R"))
+    await route_all(store)
+    [claimed] = await store.port.claim_deliveries("FA", OWNER, 1, 30)
+    await store.port.release_leases(OTHER, [(event_id, "FA")])
+    assert await store.port.claim_deliveries("FA", OTHER, 1, 30) == []
+    await store.port.release_leases(OWNER, [(event_id, "FA")])
+    [again] = await store.port.claim_deliveries("FA", OTHER, 1, 30)
+    assert (again.event_id, again.attempts) == (claimed.event_id, 1)
+
+
+async def test_outcomes_are_written_only_by_the_lease_holder_and_schedule_the_next_attempt(
+    store: Store,
+) -> None:
+    a = await store.journal(payload("A"))
+    b = await store.journal(payload("B"))
+    await route_all(store)
+    await store.port.claim_deliveries("FA", OWNER, 2, 30)
+
+    def result(event_id: UUID, status: str, retry_in_s: float | None) -> DeliveryResult:
+        return DeliveryResult(
+            event_id=event_id,
+            subscriber="FA",
+            status=status,  # type: ignore[arg-type]
+            attempts=1,
+            failed_rounds=0 if status == "delivered" else 1,
+            retry_in_s=retry_in_s,
+            last_status=200 if status == "delivered" else 503,
+            last_error=None if status == "delivered" else "HTTP 503",
+        )
+
+    assert await store.port.write_results([result(a, "delivered", None)], OTHER) == 0
+    written = await store.port.write_results(
+        [result(a, "delivered", None), result(b, "pending", 3600)], OWNER
+    )
+    assert written == 2
+    assert await store.port.backlog() == {"FA": 1}
+    due = await store.port.seconds_until_due("FA")
+    assert due is not None and 3500 < due <= 3600
+    assert await store.port.claim_deliveries("FA", OWNER, 5, 30) == []
+
+
+async def test_a_subscriber_with_nothing_pending_has_nothing_due(store: Store) -> None:
+    assert await store.port.seconds_until_due("FA") is None
+    await store.journal(payload("D"))
+    await route_all(store)
+    due = await store.port.seconds_until_due("FA")
+    assert due is not None and due <= 0
+    await store.port.claim_deliveries("FA", OWNER, 1, 30)
+    leased = await store.port.seconds_until_due("FA")
+    assert leased is not None and 25 < leased <= 30  # due again when its lease expires
+
+
+async def test_circuit_states_are_shared_and_pauses_read_back(store: Store) -> None:
+    assert await store.port.subscriber_states() == {}
+    await store.port.set_circuit("FA", "open")
+    states = await store.port.subscriber_states()
+    assert states["FA"].circuit == "open" and states["FA"].paused is None
+    await store.port.set_circuit("FA", "closed")
+    assert (await store.port.subscriber_states())["FA"].circuit == "closed"
+
+
+async def test_the_schema_is_current(store: Store) -> None:
+    assert await store.port.schema_current() is True

@@ -1,0 +1,227 @@
+"""The loops on the in-memory twin: delivery rounds, slots, the circuit, shutdown and routing, in
+seconds and without PostgreSQL. The twin is held to the journal by tests/test_gateway_contract.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+
+from relay import codec
+from relay.contracts.examples import example
+from relay.destination import Answer
+from relay.dispatch import Dispatcher
+from relay.metrics import Metrics
+from relay.request import Request
+from relay.router import Router
+from relay.settings import DeliverySettings, SubscriberSettings
+from relay.testing.twin import Twin
+from tests.support.relay import wait_until
+
+OWNER = "unit:1:twin"
+SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+@dataclass
+class Scripted:
+    """A destination that answers from a script (then 200), records every request and how many
+    were in flight at once; `hang` holds answers until released."""
+
+    script: list[Answer | Exception] = field(default_factory=list)
+    requests: list[Request] = field(default_factory=list)
+    in_flight: int = 0
+    peak: int = 0
+    hang: asyncio.Event | None = None
+
+    async def send(self, request: Request, timeout_s: float, at: datetime) -> Answer:
+        self.requests.append(request)
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            if self.hang is not None:
+                await self.hang.wait()
+            await asyncio.sleep(0)
+            step = self.script.pop(0) if self.script else Answer("delivered", 200, None)
+            if isinstance(step, Exception):
+                raise step
+            return step
+        finally:
+            self.in_flight -= 1
+
+    async def aclose(self) -> None:
+        pass
+
+
+def delivery(**overrides: Any) -> DeliverySettings:
+    values: dict[str, Any] = {
+        "retry_schedule_s": [0.05, 0.05, 0.05],
+        "inprocess_retries": 0,
+        "circuit_failure_threshold": 2,
+        "circuit_cooldown_s": 0.2,
+        "shutdown_grace_s": 0.5,
+        "jitter": 0.0,
+    }
+    return DeliverySettings(**(values | overrides))
+
+
+@dataclass
+class Relay:
+    twin: Twin
+    destination: Scripted
+    dispatcher: Dispatcher
+    router: Router
+    stopping: asyncio.Event
+
+    async def publish(self, n: int, tag: str = "U") -> list[UUID]:
+        ids = []
+        for i in range(n):
+            event_id = uuid4()
+            payload = example("it_asset_purchased") | {"event_id": str(event_id), "asset_tag": f"{tag}-{i}"}
+            self.twin.journal(event_id, "it_asset_purchased", codec.dumps(payload).decode())
+            ids.append(event_id)
+        while await self.router.route_batch():
+            pass
+        self.dispatcher.wake()
+        return ids
+
+    def statuses(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for d in self.twin.deliveries.values():
+            counts[d.status] = counts.get(d.status, 0) + 1
+        return counts
+
+
+@pytest.fixture
+async def make_relay() -> AsyncIterator[Callable[..., Any]]:
+    running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+
+    async def start(settings: DeliverySettings | None = None, max_in_flight: int = 4, **dest: Any) -> Relay:
+        twin = Twin()
+        destination = Scripted(**dest)
+        metrics = Metrics()
+        subscribers = {
+            "FA": SubscriberSettings(url="http://fa.invalid/hook", secret=SECRET, max_in_flight=max_in_flight)
+        }
+        dispatcher = Dispatcher(
+            store=twin,
+            delivery=settings or delivery(),
+            subscribers=subscribers,
+            destinations={"FA": destination},
+            metrics=metrics,
+            owner=OWNER,
+            poll_interval_s=0.05,
+        )
+        router = Router(
+            store=twin,
+            metrics=metrics,
+            unknown_fields="keep",
+            configured=["FA"],
+            on_routed=dispatcher.wake,
+            poll_interval_s=0.05,
+        )
+        stopping = asyncio.Event()
+        running.append((stopping, asyncio.create_task(dispatcher.run(stopping))))
+        return Relay(twin, destination, dispatcher, router, stopping)
+
+    yield start
+    for stopping, task in running:
+        stopping.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_every_delivery_goes_out_once_and_a_lane_never_exceeds_its_slots(make_relay: Any) -> None:
+    relay: Relay = await make_relay(max_in_flight=3)
+    ids = await relay.publish(40)
+    await wait_until(lambda: relay.statuses() == {"delivered": 40}, within=10)
+    assert sorted(r.headers["webhook-id"] for r in relay.destination.requests) == sorted(map(str, ids))
+    assert relay.destination.peak <= 3
+    assert relay.dispatcher.in_flight == 0
+
+
+async def test_a_failed_attempt_waits_its_schedule_then_delivers(make_relay: Any) -> None:
+    relay: Relay = await make_relay(script=[Answer("retry", 503, "HTTP 503")])
+    [event_id] = await relay.publish(1)
+    await wait_until(lambda: relay.statuses() == {"delivered": 1})
+    row = relay.twin.deliveries[(event_id, "FA")]
+    assert (row.attempts, row.failed_rounds) == (2, 1)
+    assert [r.headers["x-it-delivery-attempt"] for r in relay.destination.requests] == ["1", "2"]
+    assert [h.http_status for h in row.history] == [503, 200]
+
+
+async def test_quick_retries_stay_in_one_round(make_relay: Any) -> None:
+    relay: Relay = await make_relay(
+        delivery(inprocess_retries=2, inprocess_retry_wait_s=0.0),
+        script=[Answer("retry", 503, "HTTP 503"), Answer("retry", None, "timeout after 1s")],
+    )
+    [event_id] = await relay.publish(1)
+    await wait_until(lambda: relay.statuses() == {"delivered": 1})
+    row = relay.twin.deliveries[(event_id, "FA")]
+    assert (row.attempts, row.failed_rounds) == (3, 0)
+
+
+async def test_a_crash_is_recorded_on_the_schedule_and_goes_dead_when_it_runs_out(make_relay: Any) -> None:
+    relay: Relay = await make_relay(script=[RuntimeError("bug")] * 4)
+    [event_id] = await relay.publish(1)
+    await wait_until(lambda: relay.statuses() == {"dead": 1})
+    row = relay.twin.deliveries[(event_id, "FA")]
+    assert (row.attempts, row.failed_rounds, row.last_error) == (4, 4, "internal: RuntimeError")
+
+
+async def test_the_circuit_opens_then_a_probe_that_raises_is_followed_by_one_that_closes_it(
+    make_relay: Any,
+) -> None:
+    refused = Answer("retry", None, "ConnectError: refused")
+    relay: Relay = await make_relay(
+        delivery(retry_schedule_s=[0.01] * 10),
+        max_in_flight=1,
+        script=[refused, refused, RuntimeError("bug")],
+    )
+    await relay.publish(3)
+    await wait_until(lambda: relay.statuses() == {"delivered": 3}, within=10)
+    lane = relay.dispatcher.lanes["FA"]
+    assert lane.breaker.state == "closed" and not lane.breaker.probing
+    # Two refusals opened it; nothing was sent until the cool-down let one probe through.
+    assert len(relay.destination.requests) == 6
+
+
+async def test_shutdown_finishes_within_the_grace_and_records_what_was_cut_short(make_relay: Any) -> None:
+    hang = asyncio.Event()
+    relay: Relay = await make_relay(hang=hang)
+    [event_id] = await relay.publish(1)
+    await wait_until(lambda: relay.destination.in_flight == 1)
+    relay.stopping.set()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while relay.dispatcher.in_flight:
+        await asyncio.sleep(0.01)
+        assert loop.time() - started < 5, "shutdown outlived its grace period"
+    await wait_until(lambda: relay.twin.deliveries[(event_id, "FA")].lease_owner is None)
+    row = relay.twin.deliveries[(event_id, "FA")]
+    assert (row.status, row.attempts, row.last_error) == ("pending", 1, "interrupted by shutdown")
+
+
+async def test_a_paused_subscriber_is_not_claimed_until_resumed(make_relay: Any) -> None:
+    relay: Relay = await make_relay()
+    relay.twin.set_paused("FA", True)
+    await relay.dispatcher._states.sync()
+    await relay.publish(2)
+    await asyncio.sleep(0.2)  # the lane is awake and polling: it must still not claim
+    assert relay.destination.requests == []
+    relay.twin.set_paused("FA", False)
+    await relay.dispatcher._states.sync()
+    await wait_until(lambda: relay.statuses() == {"delivered": 2})
+
+
+async def test_the_router_rejects_a_bad_event_and_routes_the_rest_in_one_batch(make_relay: Any) -> None:
+    relay: Relay = await make_relay()
+    bad = uuid4()
+    relay.twin.journal(bad, "it_asset_purchased", codec.dumps({"event_type": "it_asset_purchased"}).decode())
+    ids = await relay.publish(2)
+    assert relay.twin.events[bad].status == "rejected"
+    assert [r.reason for r in relay.twin.rejections] == ["schema"]
+    assert {k[0] for k in relay.twin.deliveries} == set(ids)
