@@ -16,13 +16,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import pytest
 import trustme
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from relay import journal
+from relay.contracts.examples import example
 from relay.sender import Response, Sender, SendError, Transport, make_sender
-from tests.support.sink import PATIENCE
+from tests.support.relay import cli, path_of, relay_settings, running, wait_for_rows, write_config
+from tests.support.sink import PATIENCE, Sink
 
 TRANSPORTS: list[Transport] = ["pyreqwest", "pyqwest", "aiohttp", "httpx-aiohttp", "httpx"]
 CAP = 1024
@@ -543,3 +547,76 @@ async def test_only_ssl_cert_file_of_the_environment_changes_what_is_trusted(
     for request in (*tls.requests, *plain.requests):
         assert "authorization" not in request.headers
     assert not await asyncio.to_thread(ambient_trust.exists)
+
+
+# Through the relay: the daemon and send-test build their senders from the configuration.
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_the_relay_delivers_through_the_configured_proxy_never_the_environments(
+    transport: Transport,
+    tmp_path: Path,
+    relay_db: str,
+    db: asyncpg.Connection,
+    sink: Sink,
+    servers: Servers,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    trap = await servers(_recorder)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{trap.port}")  # the CLI's process inherits them
+    proxy = await servers(_forward_proxy)
+    settings = relay_settings(
+        relay_db,
+        sink,
+        ["FA", "GR"],
+        subscriber_overrides={"GR": {"proxy": "none"}},
+        delivery={"transport": transport, "proxy": f"http://relay:S3cret@127.0.0.1:{proxy.port}"},
+    )
+    async with running(settings):
+        await journal.publish(db, example("it_asset_disposed"))  # routed to FA and GR
+        await wait_for_rows(
+            db, "SELECT count(*) FROM it_relay.deliveries WHERE status = 'delivered'", lambda n: n == 2
+        )
+    sent = await cli(
+        "send-test", "--subscriber", "FA", "--config", str(write_config(tmp_path / "r.toml", settings))
+    )
+    assert sent.returncode == 0 and ": HTTP 299 in " in sent.stdout, sent.stderr
+    # FA's deliveries went to the proxy (which answered 299 itself), GR's straight to the sink.
+    assert [r.line for r in proxy.requests] == [f"POST {sink.url(path_of('FA'))} HTTP/1.1"] * 2
+    assert (len(sink.at(path_of("FA"))), len(sink.at(path_of("GR"))), trap.connections) == (0, 1, 0)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_no_store_or_printout_holds_a_licence_key_a_malformed_answer_carried(
+    transport: Transport,
+    tmp_path: Path,
+    relay_db: str,
+    db: asyncpg.Connection,
+    sink: Sink,
+    servers: Servers,
+) -> None:
+    bad = await servers(_answering(MALFORMED["header without colon"]))
+    settings = relay_settings(
+        relay_db,
+        sink,
+        ["FA"],
+        subscriber_overrides={"FA": {"url": f"http://127.0.0.1:{bad.port}/fa"}},
+        delivery={"transport": transport, "retry_schedule_s": [60]},
+    )
+    config = str(write_config(tmp_path / "relay.toml", settings))
+    async with running(settings):
+        await journal.publish(db, example("it_asset_purchased"))
+        error = await wait_for_rows(
+            db, "SELECT last_error FROM it_relay.deliveries WHERE attempts > 0", lambda v: v is not None
+        )
+    attempts = [row["error"] for row in await db.fetch("SELECT error FROM it_relay.attempts")]
+    printed = await asyncio.gather(
+        cli("status", "--json", "--config", config),
+        cli("deliveries", "list", "--wide", "--config", config),
+        cli("send-test", "--subscriber", "FA", "--config", config),
+    )
+    assert attempts and all(attempts)
+    for text in (error, *attempts, *(p.stdout + p.stderr for p in printed)):
+        assert VALUE not in text, text
+    assert printed[2].returncode == 1 and "no response" in printed[2].stdout
