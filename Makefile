@@ -27,6 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check relay tests $(wildcard bench)
 	$(BIN)/ruff format --check relay tests $(wildcard bench)
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/pytest

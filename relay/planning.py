@@ -11,11 +11,21 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
-
-from relay.settings import SlaTarget
+from typing import Any, Protocol
 
 Row = Mapping[str, Any]
+
+
+class SlaTarget(Protocol):
+    """A priority's targets in hours (the settings' `scheduler.sla_hours` values are these)."""
+
+    @property
+    def response(self) -> float: ...
+
+    @property
+    def resolution(self) -> float: ...
+
+
 _HOURS = Decimal("0.01")
 
 
