@@ -186,7 +186,7 @@ class Daemon:
 
         listener = Listener(
             connect=lambda: database.connect(s.database, database.LISTENER_APPLICATION),
-            pool=pool,
+            store=gateway,
             channel=s.database.channel,
             metrics=self.metrics,
             on_wake=on_wake,
@@ -220,6 +220,7 @@ class Daemon:
         poll = s.database.poll_interval_s
         served = c.dispatcher.lanes
         loops = [
+            c.listener.ingest_loop(),
             c.router.loop(),
             Housekeeping(c.gateway, served, self.metrics, self._set_schema_current, poll).loop(),
             Retention(c.gateway, s.retention, served).loop(),

@@ -7,6 +7,7 @@ same ports in memory (tests/test_gateway_contract.py holds the two to the same r
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -18,7 +19,16 @@ import asyncpg
 from relay import journal, migrate
 from relay.errors import SchemaError
 from relay.journal import SubscriberState
-from relay.model import ClaimedDelivery, DeliveryResult, Rejection, RoutedEvent, Source
+from relay.model import (
+    NOTIFY_LIMIT_BYTES,
+    ClaimedDelivery,
+    DeliveryResult,
+    NotifiedEvent,
+    Rejection,
+    RoutedEvent,
+    Source,
+)
+from relay.redaction import scrub_text
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,6 +72,21 @@ class RoutingBatch(Protocol):
 class RoutingPort(Protocol):
     def routing(self, limit: int) -> AbstractAsyncContextManager[RoutingBatch]:
         """Claim up to `limit` pending events; the routing commits when the block ends cleanly."""
+        ...
+
+
+class IngestPort(Protocol):
+    """What the listener needs to journal notifications."""
+
+    async def journaled_ids(self, ids: Sequence[UUID]) -> set[UUID]: ...
+
+    async def backend_roles(self, pids: Sequence[int]) -> dict[int, str]: ...
+
+    async def journal_batch(
+        self, events: Sequence[NotifiedEvent], rejections: Sequence[Rejection]
+    ) -> list[Rejection]:
+        """Journal the events and record the rejections in one transaction; an event the database
+        cannot store becomes a rejection instead (returned) and never blocks the others."""
         ...
 
 
@@ -122,6 +147,28 @@ class Gateway:
         async with self._pool.acquire() as conn:
             await journal.set_circuit(conn, subscriber, state)
 
+    async def journaled_ids(self, ids: Sequence[UUID]) -> set[UUID]:
+        async with self._pool.acquire() as conn:
+            return await journal.journaled_ids(conn, ids)
+
+    async def backend_roles(self, pids: Sequence[int]) -> dict[int, str]:
+        async with self._pool.acquire() as conn:
+            return await journal.backend_roles(conn, pids)
+
+    async def journal_batch(
+        self, events: Sequence[NotifiedEvent], rejections: Sequence[Rejection]
+    ) -> list[Rejection]:
+        async with self._pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    await journal.journal_notified(conn, events)
+                    await journal.record_rejected(conn, rejections)
+            except journal.UNSTORABLE:
+                # Something PostgreSQL cannot store (a \u0000 in text, a number beyond numeric):
+                # one poisoned notification must not block the batch, so go one by one.
+                return await _one_by_one(conn, events, rejections)
+        return []
+
     @asynccontextmanager
     async def routing(self, limit: int) -> AsyncIterator[RoutingBatch]:
         async with self._pool.acquire() as conn, conn.transaction():
@@ -151,3 +198,32 @@ class Gateway:
     ) -> int:
         async with self._pool.acquire() as conn:
             return await journal.prune(conn, delivered_s, dead_s, rejected_s, served=served)
+
+
+async def _one_by_one(
+    conn: asyncpg.Connection, events: Sequence[NotifiedEvent], rejections: Sequence[Rejection]
+) -> list[Rejection]:
+    """Journal what can be stored; what cannot becomes a rejection kept as scrubbed text."""
+    unstorable: list[Rejection] = []
+    for event in events:
+        try:
+            async with conn.transaction():
+                await journal.journal_notified(conn, [event])
+        except journal.UNSTORABLE as exc:
+            unstorable.append(unstorable_rejection(event, exc))
+    for rejection in [*rejections, *unstorable]:
+        await journal.record_rejected_safely(conn, rejection)
+    return unstorable
+
+
+def unstorable_rejection(event: NotifiedEvent, exc: Exception) -> Rejection:
+    """A notified event the database cannot hold, as a rejection it can."""
+    return Rejection(
+        reason="schema",
+        errors=(f"$: cannot be stored ({type(exc).__name__})",),
+        source="notify",
+        event_id=event.event_id,
+        # The standard library writes any string as ASCII escapes: this text is storable even
+        # when the payload (the reason we are here) is not.
+        raw_text=scrub_text(json.dumps(event.payload, ensure_ascii=True, default=str)[:NOTIFY_LIMIT_BYTES]),
+    )

@@ -8,21 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Awaitable, Callable, Iterable
 
 import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from relay import journal
-from relay.aio import wait_any
 from relay.database import DB_ERRORS
+from relay.gateway import IngestPort
 from relay.health import Heartbeats
 from relay.ingest import announced_id, classify, unknown_stub, unprocessable, untrusted
 from relay.logs import get_logger
 from relay.metrics import Metrics
-from relay.model import BATCH_LIMIT, NOTIFY_LIMIT_BYTES, NotifiedEvent, Rejection
-from relay.redaction import scrub_text
+from relay.model import BATCH_LIMIT, NotifiedEvent, Rejection
+from relay.supervisor import Loop
 
 log = get_logger("relay.listener")
 
@@ -38,7 +37,7 @@ class Listener:
         self,
         *,
         connect: Callable[[], Awaitable[asyncpg.Connection]],
-        pool: asyncpg.Pool,
+        store: IngestPort,
         channel: str,
         metrics: Metrics,
         on_wake: Callable[[bool], None],
@@ -50,7 +49,7 @@ class Listener:
         poll_interval_s: float = 5.0,
     ) -> None:
         self._connect = connect
-        self._pool = pool
+        self._store = store
         self._channel = channel
         self._metrics = metrics
         self._on_wake = on_wake
@@ -80,25 +79,17 @@ class Listener:
         self._beat = self._heartbeats.register(
             "listener", max(self._probe_interval_s + self._probe_timeout_s, 25)
         )
-        ingest_beat = self._heartbeats.register("listener-ingest", self._poll_interval_s)
-        ingest = asyncio.create_task(self._ingest_loop(stopping, ingest_beat), name="listener-ingest")
-        try:
-            while not stopping.is_set():
-                conn = await self._connect_with_retry(stopping)
-                if conn is None:
-                    break
-                try:
-                    await self._listen(conn, stopping)
-                finally:
-                    self.connected.clear()
-                    self._metrics.listener_connected.set(0)
-                    with contextlib.suppress(Exception):
-                        conn.terminate()
-        finally:
-            ingest.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ingest
-            await self._flush()
+        while not stopping.is_set():
+            conn = await self._connect_with_retry(stopping)
+            if conn is None:
+                break
+            try:
+                await self._listen(conn, stopping)
+            finally:
+                self.connected.clear()
+                self._metrics.listener_connected.set(0)
+                with contextlib.suppress(Exception):
+                    conn.terminate()
 
     async def _connect_with_retry(self, stopping: asyncio.Event) -> asyncpg.Connection | None:
         retrying = AsyncRetrying(
@@ -149,25 +140,34 @@ class Listener:
         if lost.is_set():
             log.warning("listener connection lost, reconnecting")
 
-    async def _ingest_loop(self, stopping: asyncio.Event, beat: Callable[[], None]) -> None:
-        """Journal what the inbox holds; never ends but by cancellation, whatever a batch does."""
-        while True:
-            beat()
-            if not await wait_any(self._inbox_ready, within=self._poll_interval_s):
-                continue
-            self._inbox_ready.clear()
-            try:
+    def ingest_loop(self) -> Loop:
+        """Journal what the inbox holds, whenever a notification arrives; the last of it at shutdown."""
+        return Loop(
+            "listener-ingest",
+            self.ingest_step,
+            self._poll_interval_s,
+            wake=self._inbox_ready,
+            db_error_wait_s=0.5,
+            close=self._flush_at_stop,
+        )
+
+    async def ingest_step(self) -> float | None:
+        # On a database error the notifications stay in the inbox for the next step (and the
+        # catch-up scan finds publish()'d events anyway); the supervisor says so and backs off.
+        try:
+            await self._flush()
+        except DB_ERRORS:
+            raise
+        except Exception:
+            # A bug, not bad input (bad input is a rejection): say so now, keep ingesting.
+            log.exception("journaling notifications failed unexpectedly; the batch is skipped")
+            self._skip_batch()
+        return 0 if self._inbox else None
+
+    async def _flush_at_stop(self) -> None:
+        with contextlib.suppress(*DB_ERRORS):
+            while self._inbox:
                 await self._flush()
-            except DB_ERRORS as exc:
-                # The notifications stay in the inbox; the next flush (or the catch-up scan of
-                # publish()'d events) picks them up.
-                log.warning("journaling notifications failed, will retry", error=type(exc).__name__)
-                await asyncio.sleep(0.5)
-                self._inbox_ready.set()
-            except Exception:
-                # A bug, not bad input (bad input is a rejection): say so now, keep ingesting.
-                log.exception("journaling notifications failed unexpectedly; the batch is skipped")
-                self._skip_batch()
 
     def _skip_batch(self) -> None:
         skipped = self._inbox[:BATCH_LIMIT]
@@ -176,36 +176,6 @@ class Listener:
         if self._inbox:
             self._inbox_ready.set()
 
-    async def _one_by_one(
-        self,
-        conn: asyncpg.Connection,
-        events: list[NotifiedEvent],
-        rejections: list[Rejection],
-    ) -> list[Rejection]:
-        """Journal what can be stored; what cannot becomes a rejection kept as scrubbed text."""
-        unstorable: list[Rejection] = []
-        for event in events:
-            try:
-                async with conn.transaction():
-                    await journal.journal_notified(conn, [event])
-            except journal.UNSTORABLE as exc:
-                unstorable.append(
-                    Rejection(
-                        reason="schema",
-                        errors=(f"$: cannot be stored ({type(exc).__name__})",),
-                        source="notify",
-                        event_id=event.event_id,
-                        # The standard library writes any string as ASCII escapes: this text is
-                        # storable even when the payload (the reason we are here) is not.
-                        raw_text=scrub_text(
-                            json.dumps(event.payload, ensure_ascii=True, default=str)[:NOTIFY_LIMIT_BYTES]
-                        ),
-                    )
-                )
-        for rejection in [*rejections, *unstorable]:
-            await journal.record_rejected_safely(conn, rejection)
-        return unstorable
-
     async def _flush(self) -> None:
         if not self._inbox:
             return
@@ -213,14 +183,13 @@ class Listener:
         events: list[NotifiedEvent] = []
         rejections: list[Rejection] = []
         announced = [announced_id(raw) for _, raw in batch]
-        async with self._pool.acquire() as conn:
-            known = await journal.journaled_ids(conn, [i for i, _ in announced if i is not None])
-            legacy = [
-                (pid, raw)
-                for (pid, raw), (event_id, _) in zip(batch, announced, strict=True)
-                if event_id is None or event_id not in known
-            ]
-            senders = await self._untrusted(conn, [pid for pid, _ in legacy])
+        known = await self._store.journaled_ids([i for i, _ in announced if i is not None])
+        legacy = [
+            (pid, raw)
+            for (pid, raw), (event_id, _) in zip(batch, announced, strict=True)
+            if event_id is None or event_id not in known
+        ]
+        senders = await self._untrusted([pid for pid, _ in legacy])
         # A known id is a wake-up from publish() (the router has work) or from a replay (lanes do).
         lanes = any(wake for event_id, wake in announced if event_id is not None and event_id in known)
         for pid, raw in legacy:
@@ -237,15 +206,7 @@ class Listener:
             else:
                 rejections.append(unknown_stub(raw))
         if events or rejections:
-            async with self._pool.acquire() as conn:
-                try:
-                    async with conn.transaction():
-                        await journal.journal_notified(conn, events)
-                        await journal.record_rejected(conn, rejections)
-                except journal.UNSTORABLE:
-                    # Something PostgreSQL cannot store (a \u0000 in text, a number beyond numeric):
-                    # one poisoned notification must not block the batch, so go one by one.
-                    rejections += await self._one_by_one(conn, events, rejections)
+            rejections += await self._store.journal_batch(events, rejections)
         del self._inbox[: len(batch)]
         for r in rejections:
             self._metrics.events_rejected.labels(r.reason).inc()
@@ -253,13 +214,13 @@ class Listener:
             self._inbox_ready.set()
         self._on_wake(lanes)
 
-    async def _untrusted(self, conn: asyncpg.Connection, pids: list[int]) -> dict[int, str]:
+    async def _untrusted(self, pids: list[int]) -> dict[int, str]:
         """The senders among `pids` whose full-payload notifications must not be journaled, and why."""
         if not pids or (self._legacy and not self._legacy_senders):
             return {}
         if not self._legacy:
             return dict.fromkeys(pids, "legacy notifications are turned off (ingest.legacy = false)")
-        roles = await journal.backend_roles(conn, pids)
+        roles = await self._store.backend_roles(pids)
         out: dict[int, str] = {}
         for pid in pids:
             role = roles.get(pid)

@@ -19,13 +19,14 @@ import pytest
 
 from relay import codec, database, journal
 from relay.contracts.examples import example
+from relay.gateway import Gateway
 from relay.listener import Listener
 from relay.metrics import Metrics
 from relay.model import DeliveryResult, NotifiedEvent, Rejection
 from relay.planning import Emission, StateUpdate
 from relay.settings import load_settings
 from relay.sql import QUERIES
-from tests.support.relay import wait_for_rows, wait_until
+from tests.support.relay import listening, wait_for_rows, wait_until
 
 OBSERVED = (
     "events",
@@ -101,7 +102,7 @@ async def test_a_batch_of_only_rejections_commits_synchronously(
     settings = load_settings(None, database={"url": relay_db})
     listener = Listener(
         connect=lambda: database.connect(settings.database, database.LISTENER_APPLICATION),
-        pool=pool,
+        store=Gateway(pool),
         channel=settings.database.channel,
         metrics=Metrics(),
         on_wake=lambda _everything: None,
@@ -109,7 +110,7 @@ async def test_a_batch_of_only_rejections_commits_synchronously(
         poll_interval_s=0.2,
     )
     stopping = asyncio.Event()
-    task = asyncio.create_task(listener.run(stopping))
+    task = asyncio.create_task(listening(listener, stopping))
     try:
         await wait_until(listener.connected.is_set, task=task)
         # One transaction: the listener hears them together, as one batch.

@@ -15,11 +15,12 @@ import asyncpg
 import pytest
 
 from relay import database
+from relay.gateway import Gateway
 from relay.listener import Listener
 from relay.metrics import Metrics
 from relay.settings import load_settings
 from tests.support.postgres import fresh_name, upgraded, with_database
-from tests.support.relay import wait_for_rows, wait_until
+from tests.support.relay import listening, wait_for_rows, wait_until
 from tests.support.sink import PATIENCE
 
 pytestmark = pytest.mark.faults
@@ -69,14 +70,14 @@ async def test_rejected_notifications_survive_a_postgresql_crash(lazy_wal_pg: ob
     pool = await database.create_pool(settings.database)
     listener = Listener(
         connect=lambda: database.connect(settings.database, database.LISTENER_APPLICATION),
-        pool=pool,
+        store=Gateway(pool),
         channel=settings.database.channel,
         metrics=Metrics(),
         on_wake=lambda _everything: None,
         poll_interval_s=0.2,
     )
     stopping = asyncio.Event()
-    task = asyncio.create_task(listener.run(stopping))
+    task = asyncio.create_task(listening(listener, stopping))
     sender = await asyncpg.connect(url)
     try:
         await wait_until(listener.connected.is_set, task=task)

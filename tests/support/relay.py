@@ -18,7 +18,10 @@ import asyncpg
 from relay import logs
 from relay.contracts import SUBSCRIBERS
 from relay.daemon import Daemon
+from relay.health import Heartbeats
+from relay.listener import Listener
 from relay.settings import Settings, load_settings
+from relay.supervisor import supervise
 from tests.support.sink import PATIENCE, Sink
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -206,3 +209,8 @@ async def stop_process(
     if proc.poll() is None:
         proc.send_signal(sig)
     return await asyncio.to_thread(proc.wait, within * PATIENCE)
+
+
+async def listening(listener: Listener, stopping: asyncio.Event) -> None:
+    """A listener on its own, as the daemon runs it: its connection, and its supervised ingest."""
+    await asyncio.gather(listener.run(stopping), supervise(listener.ingest_loop(), stopping, Heartbeats()))
