@@ -8,13 +8,13 @@ import os
 import signal
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import asyncpg
 
 from relay import database, migrate
-from relay.destination import HttpDestination, destinations_for
+from relay.destination import Destination, HttpDestination, destinations_for
 from relay.dispatch import Dispatcher
 from relay.errors import UserError
 from relay.gateway import Gateway
@@ -109,52 +109,56 @@ class Daemon:
                 loop.remove_signal_handler(sig)
 
     async def _run(self, s: Settings) -> None:
-        pool = await database.create_pool(s.database)
-        sender = self._sender or make_sender(
-            s.delivery.transport,
-            s.delivery.concurrency,
-            s.delivery.max_response_bytes,
-            proxy=s.delivery.proxy,
-            proxies=s.subscriber_proxies(),
-        )
-        c: Components | None = None
         try:
+            async with self.open() as c:
+                log.info(
+                    "it-relay started",
+                    owner=self.owner,
+                    schema_version=migrate.code_version(),
+                    subscribers=sorted(c.dispatcher.lanes),
+                    channel=s.database.channel,
+                    # The bound address: with port 0 the OS chose it.
+                    metrics=f"http://{c.server.host}:{c.server.port}/metrics" if c.server else None,
+                )
+                loops, services = self._loops(c)
+                await asyncio.gather(
+                    supervise_all(loops, self.stopping, self.heartbeats),
+                    *(asyncio.create_task(keep_running(n, f, self.stopping), name=n) for n, f in services),
+                )
+        finally:
+            self._notifier.notify("STOPPING=1", "STATUS=stopped")
+            log.info("it-relay stopped", owner=self.owner)
+
+    @contextlib.asynccontextmanager
+    async def open(self) -> AsyncIterator[Components]:
+        """Every component built and opened (pool, schema checked, ops server listening), before
+        any loop runs; all of it closed, in reverse order, when the block ends."""
+        s = self.settings
+        async with contextlib.AsyncExitStack() as stack:
+            pool = await database.create_pool(s.database)
+            stack.push_async_callback(_close_pool, pool)
+            sender = self._sender or make_sender(
+                s.delivery.transport,
+                s.delivery.concurrency,
+                s.delivery.max_response_bytes,
+                proxy=s.delivery.proxy,
+                proxies=s.subscriber_proxies(),
+            )
+            stack.push_async_callback(sender.aclose)
             async with pool.acquire() as conn:
-                version = await migrate.check(conn)
+                await migrate.check(conn)
                 await migrate.check_channel(conn, s.database.channel)
             self._set_schema_current(True)
             c = self.components = self._build(pool, sender)
+            stack.push_async_callback(_close_destinations, c.dispatcher.destinations.values())
             self.metrics.prepare(c.dispatcher.lanes)
             if c.server is not None:
                 try:
                     await c.server.start()
                 except OSError as exc:
                     raise UserError(f"server.listen {s.server.listen}: {exc.strerror or exc}") from None
-            log.info(
-                "it-relay started",
-                owner=self.owner,
-                schema_version=version,
-                subscribers=sorted(c.dispatcher.lanes),
-                channel=s.database.channel,
-                metrics=f"http://{s.server.listen}/metrics" if s.server.enabled else None,
-            )
-            loops, services = self._loops(c)
-            await asyncio.gather(
-                supervise_all(loops, self.stopping, self.heartbeats),
-                *(asyncio.create_task(keep_running(n, f, self.stopping), name=n) for n, f in services),
-            )
-        finally:
-            self._notifier.notify("STOPPING=1", "STATUS=stopped")
-            if c is not None and c.server is not None:
-                await c.server.stop()
-            if c is not None:
-                for destination in {id(d): d for d in c.dispatcher.destinations.values()}.values():
-                    with contextlib.suppress(Exception):
-                        await destination.aclose()
-            await sender.aclose()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(pool.close(), 10)
-            log.info("it-relay stopped", owner=self.owner)
+                stack.push_async_callback(c.server.stop)
+            yield c
 
     def _build(self, pool: asyncpg.Pool, sender: Sender) -> Components:
         s = self.settings
@@ -277,3 +281,14 @@ class Daemon:
 
 
 Service = Callable[[asyncio.Event], Awaitable[None]]
+
+
+async def _close_pool(pool: asyncpg.Pool) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(pool.close(), 10)
+
+
+async def _close_destinations(destinations: Iterable[Destination]) -> None:
+    for destination in {id(d): d for d in destinations}.values():
+        with contextlib.suppress(Exception):
+            await destination.aclose()

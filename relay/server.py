@@ -17,7 +17,7 @@ class OpsServer:
     def __init__(self, metrics: Metrics, readiness: Readiness, host: str, port: int) -> None:
         self._metrics = metrics
         self._readiness = readiness
-        self._host = host
+        self.host = self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
         self.port = port
