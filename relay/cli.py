@@ -15,18 +15,18 @@ import asyncpg
 import typer
 
 from relay import __version__, cli_common, codec, database, journal, migrate
+from relay.attempts import SendTestResult
+from relay.attempts import send_test as send_one
 from relay.cli_common import ConfigOption, LogFormat, LogLevel
 from relay.cli_operate import register as register_operator_commands
 from relay.contracts import REGISTRY, SUBSCRIBERS, Accepted, UnknownFields, parse_event, routed_subscribers
 from relay.contracts.examples import example
 from relay.daemon import Daemon
-from relay.attempts import SendTestResult
-from relay.attempts import send_test as send_one
-from relay.destination import HttpDestination
+from relay.destination import HttpDestination, Watched, destinations_for
 from relay.errors import InputError, UserError
 from relay.ingest import route
 from relay.metrics import Metrics
-from relay.model import RoutedEvent
+from relay.model import Answer, RoutedEvent
 from relay.planning import Emission
 from relay.redaction import redact
 from relay.scheduler import Scheduler
@@ -328,22 +328,30 @@ def send_test(
     routed_event = route(uuid4(), codec.dumps(example(chosen)).decode(), settings.validation.unknown_fields)
     assert isinstance(routed_event, RoutedEvent), "a contract example must validate"
 
-    async def send() -> SendTestResult:
+    async def send() -> tuple[SendTestResult, Answer | None]:
         d = settings.delivery
         sender = make_sender(
             d.transport, 1, d.max_response_bytes, proxy=d.proxy, proxies=settings.subscriber_proxies()
         )
+        # The subscriber's own destination (a webhook or a broker), watched for its answer.
+        watched = Watched(destinations_for({name: conf}, HttpDestination(sender))[name])
         try:
-            return await send_one(HttpDestination(sender), conf, settings.delivery, routed_event.body, chosen)
+            result = await send_one(watched, conf, settings.delivery, routed_event.body, chosen)
+            return result, watched.answer
         finally:
+            await watched.aclose()
             await sender.aclose()
 
-    result = cli_common.run_async(send())
-    outcome = "no response" if result.status is None else f"HTTP {result.status}"
+    result, answer = cli_common.run_async(send())
+    delivered = answer is not None and answer.outcome == "delivered"
+    if conf.kind != "http":
+        outcome = "confirmed by the broker" if delivered else "not confirmed"
+    else:
+        outcome = "no response" if result.status is None else f"HTTP {result.status}"
     typer.echo(f"{name} <- {chosen} {result.event_id}: {outcome} in {result.elapsed_s * 1000:.0f} ms")
     if result.excerpt:
         typer.echo(result.excerpt)
-    raise typer.Exit(0 if result.status is not None and 200 <= result.status < 300 else 1)
+    raise typer.Exit(0 if delivered else 1)
 
 
 @app.command("check-config")

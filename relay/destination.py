@@ -7,26 +7,14 @@ subscriber said — and never raises for anything the subscriber or the network 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from relay import retry
-from relay.model import Outcome
+from relay import broker_routes, retry
+from relay.model import Answer as Answer  # re-exported: every destination answers with it
 from relay.request import Request
 from relay.sender import Sender, SendError
 from relay.settings import SubscriberSettings
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    outcome: Outcome
-    # The HTTP status (None: no response), the reason when not delivered, the subscriber's
-    # Retry-After in seconds, and the start of its response (raw: the caller scrubs it).
-    status: int | None
-    error: str | None
-    retry_after_s: float | None = None
-    body: bytes = b""
 
 
 class Destination(Protocol):
@@ -56,8 +44,60 @@ class HttpDestination:
         """The sender belongs to whoever made it (the daemon, or send-test): it closes it."""
 
 
+class Watched:
+    """A destination that keeps its last answer (send-test: a broker's has no HTTP status)."""
+
+    def __init__(self, destination: Destination) -> None:
+        self._destination = destination
+        self.answer: Answer | None = None
+
+    async def send(self, request: Request, timeout_s: float, at: datetime) -> Answer:
+        self.answer = await self._destination.send(request, timeout_s, at)
+        return self.answer
+
+    async def aclose(self) -> None:
+        await self._destination.aclose()
+
+
 def destinations_for(
     subscribers: Mapping[str, SubscriberSettings], http: Destination
 ) -> dict[str, Destination]:
-    """Each configured subscriber's destination, chosen by its URL's scheme (webhooks share one)."""
-    return {name: http for name in subscribers}
+    """Each configured subscriber's destination, chosen by its URL's scheme: webhooks share `http`;
+    a broker's subscribers share one connection per URL (each closes its part with `aclose`)."""
+    out: dict[str, Destination] = {}
+    brokers: dict[str, object] = {}
+    for name, conf in subscribers.items():
+        if conf.kind == "http":
+            out[name] = http
+        elif conf.kind == "amqp":
+            out[name] = _amqp(name, conf, brokers)
+        else:
+            out[name] = _nats(name, conf, brokers)
+    return out
+
+
+# The broker clients load only when a broker subscriber is configured: every command imports this
+# module, and aio-pika with nats-py take ~0.15 s to import.
+def _amqp(name: str, conf: SubscriberSettings, brokers: dict[str, object]) -> Destination:
+    from relay.brokers.amqp import AmqpBroker, AmqpDestination
+
+    url = conf.broker_url()
+    broker = brokers.get(url)
+    if not isinstance(broker, AmqpBroker):
+        broker = brokers[url] = AmqpBroker(url)
+    return AmqpDestination(
+        broker,
+        subscriber=name,
+        exchange=conf.exchange or "",
+        routing_key=broker_routes.parse(conf.routing_key or ""),
+    )
+
+
+def _nats(name: str, conf: SubscriberSettings, brokers: dict[str, object]) -> Destination:
+    from relay.brokers.nats import NatsBroker, NatsDestination
+
+    url = conf.broker_url()
+    broker = brokers.get(url)
+    if not isinstance(broker, NatsBroker):
+        broker = brokers[url] = NatsBroker(url)
+    return NatsDestination(broker, subscriber=name, subject=broker_routes.parse(conf.subject or ""))

@@ -98,6 +98,20 @@ class ClaimedDelivery:
     organization_id: UUID | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a destination (webhook or broker) made of one request."""
+
+    outcome: Outcome
+    # The HTTP status (None: no response, or a broker, which has none), the reason when not
+    # delivered, the subscriber's Retry-After in seconds, and the start of its response (raw: the
+    # caller scrubs it).
+    status: int | None
+    error: str | None
+    retry_after_s: float | None = None
+    body: bytes = b""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AttemptRecord:
     """One HTTP attempt as the attempts history keeps it (excerpt already scrubbed)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from uuid import UUID
 
 from relay import signing
 from relay.contracts import REGISTRY
@@ -25,6 +26,12 @@ class Request:
     url: str
     body: bytes
     headers: dict[str, str]
+    # What a broker destination names its message by and routes it with ("" when unknown).
+    event_id: str = ""
+    event_type: str = ""
+    entity_key: str = ""
+    organization_id: str = ""
+    generation: int = 0
 
 
 def build(
@@ -37,8 +44,12 @@ def build(
     at: datetime,
     journaled_at: datetime | None = None,
     test: bool = False,
+    entity_key: str | None = None,
+    organization_id: UUID | str | None = None,
+    generation: int = 0,
 ) -> Request:
-    """The signed request of one attempt (re-signed at `at`); `test` marks a send-test."""
+    """The signed request of one attempt (re-signed at `at`); `test` marks a send-test. The
+    entity, organisation and replay generation matter only to broker destinations."""
     contract = REGISTRY.get(event_type) if target.cloudevents else None
     headers = signing.headers(
         event_id=event_id,
@@ -53,4 +64,13 @@ def build(
     )
     if test:
         headers["x-it-test"] = "true"
-    return Request(target.url, body, headers)
+    return Request(
+        target.url,
+        body,
+        headers,
+        event_id,
+        event_type,
+        entity_key or "",
+        "" if organization_id is None else str(organization_id),
+        generation,
+    )

@@ -21,13 +21,14 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
-    AnyHttpUrl,
+    AnyUrl,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -40,6 +41,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from relay import broker_routes
 from relay.contracts import SUBSCRIBERS, format_errors
 from relay.errors import ConfigError
 from relay.redaction import mask_url
@@ -298,7 +300,8 @@ class SchedulerSettings(Section):
 
 
 class SubscriberSettings(Section):
-    url: AnyHttpUrl
+    # The scheme chooses the destination: a webhook, RabbitMQ or NATS JetStream (relay.brokers).
+    url: AnyUrl
     secret: SecretStr | None = None
     # Several secrets while rotating: every request is signed with each (space-separated).
     secrets: list[SecretStr] | None = None
@@ -308,10 +311,54 @@ class SubscriberSettings(Section):
     max_in_flight: PositiveInt = 16
     format: Literal["standard", "cloudevents"] = "standard"
     enabled: bool = True
+    # "entity": one delivery in flight per entity, in journal order (docs/reliability.md, Ordering).
+    ordering: Literal["none", "entity"] = "none"
+    # Ordered subscribers, when an entity's head goes dead: "skip" goes on, "hold" waits for release.
+    on_exhausted: Literal["skip", "hold"] = "skip"
     # This subscriber's proxy instead of delivery.proxy; "none" sends it directly. None: delivery's.
     proxy: str | None = None
+    # RabbitMQ: the existing exchange and the routing key template; NATS: the subject template.
+    exchange: str | None = Field(None, validate_default=True)
+    routing_key: str | None = Field(None, validate_default=True)
+    subject: str | None = Field(None, validate_default=True)
+    # A broker's password, when not in url.
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    password_credential: str | None = None
 
     _proxy = field_validator("proxy")(_proxy_url)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: AnyUrl) -> AnyUrl:
+        if broker_routes.kind(str(value)) is None:
+            raise ValueError(broker_routes.SCHEMES_HELP)
+        if not value.host:
+            raise ValueError("the URL names no host")
+        return value
+
+    @field_validator(
+        "exchange", "routing_key", "subject", "proxy", "password", "password_file", "password_credential"
+    )
+    @classmethod
+    def _belongs_to_the_url(cls, value: Any, info: ValidationInfo) -> Any:
+        url = info.data.get("url")
+        kind = broker_routes.kind(str(url)) if url is not None else None
+        problem = None if kind is None else broker_routes.key_problem(info.field_name or "", kind, value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @property
+    def kind(self) -> broker_routes.Kind:
+        """webhook (http), amqp or nats, by the url's scheme."""
+        return broker_routes.kind(str(self.url)) or "http"
+
+    def broker_url(self) -> str:
+        """The URL to connect to a broker with, its password resolved from a file or credential."""
+        password = _read_secret(self.password, self.password_file, self.password_credential, "password")
+        url = str(self.url)
+        return url if password is None else broker_routes.with_password(url, password)
 
     def signing_secrets(self) -> list[str]:
         """The secrets to sign with, newest first; resolved from files or credentials."""
@@ -330,6 +377,8 @@ class SubscriberSettings(Section):
 
     @model_validator(mode="after")
     def _check_secrets(self) -> SubscriberSettings:
+        if self.kind != "http":
+            self.broker_url()
         secrets = self.signing_secrets()
         if not secrets:
             raise ValueError("secrets must not be empty")
@@ -462,8 +511,12 @@ class Settings(BaseSettings):
         return self
 
     def subscriber_proxies(self) -> dict[str, str | None]:
-        """Each subscriber's URL and the proxy its requests go through (None: directly)."""
-        return {str(s.url): _effective_proxy(self.delivery, s) for s in self.subscribers.values()}
+        """Each webhook's URL and the proxy its requests go through (None: directly)."""
+        return {
+            str(s.url): _effective_proxy(self.delivery, s)
+            for s in self.subscribers.values()
+            if s.kind == "http"
+        }
 
     def as_owner(self, url: str) -> Settings:
         """These settings connecting as another login (the schema owner's, for `db upgrade`)."""

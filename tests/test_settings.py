@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import hypothesis
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from relay import broker_routes
 from relay.errors import ConfigError
-from relay.settings import load_settings, masked
+from relay.settings import Settings, load_settings, masked
 from tests.support.relay import example_credentials
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -315,3 +320,115 @@ def test_subscribers_sharing_a_url_share_its_proxy() -> None:
         None, delivery={"proxy": "http://a:1"}, subscribers={"FA": one | {"proxy": "http://a:1"}, "GR": one}
     )
     assert same.subscriber_proxies() == {"https://shared.example/hook": "http://a:1"}
+
+
+# Broker subscribers (url = amqp:// or nats://): their keys, templates and credentials.
+AMQP = "url = 'amqp://relay@mq.internal:5672/it'\nexchange = 'it.events'\n"
+NATS = "url = 'nats://nats.internal:4222'\n"
+
+
+def _broker(tmp_path: Path, keys: str) -> Settings:
+    return load_settings(_write(tmp_path, f"[subscribers.IT-07]\nsecret = '{SECRET}'\n{keys}"))
+
+
+@pytest.mark.parametrize(
+    ("keys", "named"),
+    [
+        (AMQP, "subscribers.IT-07.routing_key: required for an amqp(s):// url"),
+        (
+            "url = 'amqp://mq/'\nrouting_key = '{event_type}'\n",
+            "subscribers.IT-07.exchange: required for an amqp",
+        ),
+        (NATS, "subscribers.IT-07.subject: required for a nats:// (or tls://) url"),
+        (NATS + "subject = 'it'\nexchange = 'x'\n", "subscribers.IT-07.exchange: only for an amqp(s):// url"),
+        (AMQP + "routing_key = 'k'\nsubject = 'it'\n", "subscribers.IT-07.subject: only for a nats://"),
+        ("url = 'https://a/'\nsubject = 'it'\n", "subscribers.IT-07.subject: only for a nats://"),
+        ("url = 'https://a/'\npassword = 'x'\n", "subscribers.IT-07.password: only for a broker url"),
+        (NATS + "subject = 'it'\nproxy = 'none'\n", "subscribers.IT-07.proxy: only for a webhook"),
+        (AMQP + "routing_key = '{event}'\n", "subscribers.IT-07.routing_key: unknown placeholder {event};"),
+        (NATS + "subject = 'it.{tenant}'\n", "subscribers.IT-07.subject: unknown placeholder {tenant};"),
+        (NATS + "subject = 'it.{event_type!r}'\n", "takes no format or conversion"),
+        (NATS + "subject = 'it.{0}'\n", "unknown placeholder {?}"),
+        (NATS + "subject = 'it.{event_type'\n", "subscribers.IT-07.subject: not a template"),
+        (NATS + "subject = 'it..{event_type}'\n", "subject: renders to a subject that has an empty token"),
+        (NATS + "subject = 'it.>'\n", "contains a wildcard token"),
+        (NATS + "subject = 'it {event_type}'\n", "contains whitespace"),
+        (AMQP + f"routing_key = '{'k' * 256}'\n", "routing_key: rendered is longer than 255 bytes"),
+        ("url = 'kafka://k:9092'\n", "subscribers.IT-07.url: URL scheme should be 'http' or 'https'"),
+        ("url = 'nats://'\nsubject = 'it'\n", "subscribers.IT-07.url: the URL names no host"),
+        (
+            "url = 'amqp://u:inline@mq/'\nexchange = ''\nrouting_key = 'q'\npassword = 'other'\n",
+            "give the password in url or in password",
+        ),
+    ],
+)
+def test_a_broker_subscribers_bad_key_is_named_on_one_line(tmp_path: Path, keys: str, named: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        _broker(tmp_path, keys)
+    assert named in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_the_url_scheme_chooses_the_destination(tmp_path: Path) -> None:
+    amqp = _broker(tmp_path, AMQP + "routing_key = '{event_type}.{entity_key}'\n").subscribers["IT-07"]
+    assert (amqp.kind, amqp.exchange, amqp.routing_key) == ("amqp", "it.events", "{event_type}.{entity_key}")
+    nats = _broker(tmp_path, "url = 'tls://n:4222'\nsubject = 'it.{organization_id}'\n").subscribers["IT-07"]
+    assert nats.kind == "nats"
+    default_exchange = _broker(tmp_path, "url = 'amqps://mq/'\nexchange = ''\nrouting_key = 'q'\n")
+    assert default_exchange.subscribers["IT-07"].exchange == ""
+    assert _broker(tmp_path, "url = 'https://a/'\n").subscribers["IT-07"].kind == "http"
+
+
+def test_a_broker_password_from_a_file_or_credential_is_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "mq.password").write_text("p@ss:w/rd%\n")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "nats-password").write_text("n4tsPassw0rd")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    path = _write(
+        tmp_path,
+        f"[subscribers.IT-07]\nsecret = '{SECRET}'\n{AMQP}routing_key = 'k'\n"
+        f"password_file = '{tmp_path / 'mq.password'}'\n"
+        f"[subscribers.PF-11]\nsecret = '{SECRET}'\nurl = 'nats://relay@n:4222'\nsubject = 'it'\n"
+        "password_credential = 'nats-password'\n"
+        f"[subscribers.FA]\nsecret = '{SECRET}'\nurl = 'amqp://relay:inl1nePw@mq/'\nexchange = 'x'\n"
+        "routing_key = 'k'\n",
+    )
+    settings = load_settings(path)
+    assert settings.subscribers["IT-07"].broker_url() == "amqp://relay:p%40ss%3Aw%2Frd%25@mq.internal:5672/it"
+    assert settings.subscribers["PF-11"].broker_url() == "nats://relay:n4tsPassw0rd@n:4222"
+    assert settings.subscribers["FA"].broker_url() == "amqp://relay:inl1nePw@mq/"
+    shown = json.dumps(masked(settings))
+    assert not any(p in shown for p in ("p@ss", "p%40ss", "n4tsPassw0rd", "inl1nePw"))
+    assert "amqp://relay:***@mq/" in shown
+
+
+@given(st.text(max_size=60))
+@hypothesis.settings(max_examples=300, deadline=None)
+def test_any_subject_template_is_taken_or_named_on_one_line(text: str) -> None:
+    message = ""
+    try:
+        load_settings(None, subscribers={"PF-11": {"url": "nats://n", "secret": SECRET, "subject": text}})
+    except ConfigError as exc:
+        message = str(exc)
+    assert not message or message.startswith("config error: subscribers.PF-11.subject: ")
+    assert "\n" not in message
+
+
+_LITERAL = st.text(alphabet=st.characters(exclude_characters="{}", codec="utf-8"), max_size=8)
+
+
+@given(
+    st.lists(st.tuples(_LITERAL, st.sampled_from(broker_routes.PLACEHOLDERS)), max_size=5),
+    _LITERAL,
+    st.fixed_dictionaries({p: st.text(max_size=12) for p in broker_routes.PLACEHOLDERS}),
+)
+def test_a_template_renders_as_str_format_would(
+    parts: list[tuple[str, str]], tail: str, values: dict[str, str]
+) -> None:
+    text = "".join(f"{literal}{{{name}}}" for literal, name in parts) + tail + "{{x}}"
+    template = broker_routes.parse(text)
+    assert template.render(values) == text.format(**values)
+    assert template.names == {name for _, name in parts}
