@@ -30,12 +30,15 @@ _INVISIBLE = re.compile("[\u00ad\u0300-\u036f\u200b-\u200f\u2060-\u2064\ufeff]")
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 _KEY_WORD = re.compile(r"licen[cs]ekey")
-# In folded text: the key's letters (a few separators allowed between them), any suffix, an
-# optional closing quote or escape, then ':' or '='. The same expression is in the SQL.
-_S = r"[^0-9a-z]{0,3}"
-# After "key": the rest of the key's name (a suffix, spaces), then quotes, escapes or spaces.
-_REST = r"""[^"'\n:=]{0,32}["'\\\s]{0,4}"""
-_ASSIGNMENT = re.compile(rf"l{_S}i{_S}c{_S}e{_S}n{_S}[cs]{_S}e[^0-9a-z]{{0,8}}k{_S}e{_S}y{_REST}[:=]")
+# In folded text: the key's letters (any run of separators between them, as is_sensitive_key
+# allows), any suffix, an optional closing quote or escape, then ':' or '='. The same expression is
+# in the SQL (relay/sql/migrations/0008_redaction_separators.sql). Linear: a separator is never a
+# letter or a digit, so each run is matched one way.
+_S = r"[^0-9a-z]*"
+# After "key": the rest of the key's name (up to 32 letters and digits, any runs of separators
+# around them), then quotes, escapes or spaces.
+_REST = r"""(?:[^0-9a-z"'\n:=]*[0-9a-z]){0,32}[^0-9a-z"'\n:=]*["'\\\s]{0,4}"""
+_ASSIGNMENT = re.compile(rf"l{_S}i{_S}c{_S}e{_S}n{_S}[cs]{_S}e{_S}k{_S}e{_S}y{_REST}[:=]")
 # Anything that could fold to the start of a licence key: non-ASCII text, escapes, or the
 # letters l, i, c, e, n in order with anything but letters and digits between them. Text without
 # any of these provably holds no licence key by the rules above (a cheap skip, never a guess).
@@ -45,12 +48,11 @@ _LETTERS = r"l[^0-9a-z]*i[^0-9a-z]*c[^0-9a-z]*e[^0-9a-z]*n"
 _MAY_MENTION = re.compile(_LETTERS)
 _MAY_MENTION_BYTES = re.compile(_LETTERS.encode())
 
-# For text that is not JSON: a key spelled with ASCII letters (any case, separators or JSON \u
-# escapes between the words), an optional closing quote, a separator, then the value up to the end
-# of its quoted string (or of the text when the quote is never closed) or the next delimiter.
-_TEXT_KEY = (
-    r"""licen[cs]e(?:[^0-9a-z"'\n]|\\u[0-9a-f]{4}){0,8}key[^"'\n:=]{0,32}["'\\\s]{0,4}(?:=>|[:=])\s*"""
-)
+# For text that is not JSON: a key spelled with ASCII letters (any case, any run of separators or
+# JSON \u escapes between them), an optional closing quote, a separator, then the value up to the
+# end of its quoted string (or of the text when the quote is never closed) or the next delimiter.
+_SEP = r"""(?:[^0-9a-z"'\n]|\\u[0-9a-f]{4})*"""
+_TEXT_KEY = _SEP.join(["l", "i", "c", "e", "n", "[cs]", "e", "k", "e", "y"]) + _REST + r"(?:=>|[:=])\s*"
 _TEXT_PATTERN = re.compile(
     f"(?P<key>{_TEXT_KEY})"
     r"""(?P<value>"(?:[^"\\]|\\.)*(?:"|\\?$)|'(?:[^'\\]|\\.)*(?:'|\\?$)|[^\s,;&}\]]+)""",

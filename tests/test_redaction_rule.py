@@ -4,6 +4,7 @@ UTF-8 and on a C-locale database, and publish() stores none of the corpus's keys
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -35,6 +36,10 @@ SENSITIVE_KEYS = [
     "licen\u017fe_key",  # long s
     "LICENSE_\u212aEY",  # Kelvin sign
     "licen\u00dfe_key"[:0] + "licence\ufeffkey",  # BOM inside
+    # Any run of separators, as the rule says (issue 22, finding 10).
+    "license" + "_" * 20 + "key",
+    "licence_-_. _-_.-_-_key",
+    "l____i____c____e____n____s____e________k____e____y",
 ]
 PLAIN_KEYS = ["license", "key", "license_count", "licensed_to", "keys", "software_name", "licen", "icensekey"]
 ASSIGNING = [
@@ -45,8 +50,20 @@ ASSIGNING = [
     "LİCENSE_KEY = ABCD",
     "\uff4c\uff49\uff43\uff45\uff4e\uff53\uff45_key: ABCD",
     "lic\u200bense_key=ABCD",
+    "license" + "_" * 20 + "key=ABCD",
+    "{'licence_-_. _-_.-_-_key': 'ABCD'}",
+    '{"l____i____c____e____n____s____e________k____e____y": "ABCD"}',
+    "license" + " " * 9 + "key: ABCD",
+    "licensekey" + "-" * 40 + "=ABCD",
+    "license_key_hash" + " " * 40 + ": ABCD",
 ]
-PROSE = ["Renew the license key for Visio", "licence keys are in the vault", "no key here", "license: MIT"]
+PROSE = [
+    "Renew the license key for Visio",
+    "licence keys are in the vault",
+    "no key here",
+    "license: MIT",
+    "the license key rotation is documented in the operations handbook: see there",
+]
 
 
 @pytest.fixture(params=["utf8", "c_locale"])
@@ -80,6 +97,32 @@ async def test_python_and_sql_agree_on_the_corpus(rule_db: asyncpg.Connection) -
     assert not any(assigns_key(s) for s in PROSE)
 
 
+def _generated_corpus(count: int) -> list[str]:
+    """Key names and assignments with separator runs of every length and kind between and after
+    the letters, a fixed seed (so both sides see the same strings)."""
+    rng = random.Random(22)
+    runs = ["", "_", "-", " ", ".", "/", "\u200b", "__", "_-. ", "\t"]
+    out = []
+    for _ in range(count):
+        word = rng.choice(["license", "licence", "LICENSE"]) + rng.choice(["key", "KEY"])
+        name = "".join(ch + rng.choice(runs) * rng.choice([0, 1, 2, 9, 25]) for ch in word)
+        name += rng.choice(["", "s", "_hash", "_" * 40, " (old)", "x" * 40])
+        out += [name, name + rng.choice(["=", ": ", '": "', "' => '"]) + "V", "see the " + name]
+    return out
+
+
+async def test_python_and_sql_agree_on_a_generated_corpus(rule_db: asyncpg.Connection) -> None:
+    strings = _generated_corpus(300)
+    keys = await rule_db.fetch("SELECT k, it_relay.is_licence_key(k) FROM unnest($1::text[]) k", strings)
+    assert {r[0]: r[1] for r in keys} == {k: is_sensitive_key(k) for k in strings}
+    assigns = await rule_db.fetch(
+        "SELECT s, it_relay.assigns_licence_key(s) FROM unnest($1::text[]) s", strings
+    )
+    assert {r[0]: r[1] for r in assigns} == {s: assigns_key(s) for s in strings}
+    # Every name with at most 32 letters after "key", followed by = or :, assigns a key.
+    assert all(assigns_key(s) for s in strings[1::3] if "x" * 40 not in s)
+
+
 async def test_publish_stores_no_key_of_the_corpus(rule_db: asyncpg.Connection) -> None:
     payload = example("it_license_created") | {k: f"RAWKEY-{i}" for i, k in enumerate(SENSITIVE_KEYS)}
     payload |= {f"note_{i}": s.replace("ABCD", f"RAWVAL-{i}") for i, s in enumerate(ASSIGNING)}
@@ -109,7 +152,9 @@ async def test_publish_refuses_what_is_too_deep_before_walking_it(rule_db: async
 
 
 # Disguises of the key's name a hostile producer might try.
-_disguise = st.sampled_from(["", "_", "-", " ", ".", "\u200b", "\u00ad", "\u0301", "\ufeff", "__"])
+_disguise = st.sampled_from(
+    ["", "_", "-", " ", ".", "\u200b", "\u00ad", "\u0301", "\ufeff", "__", "_" * 9, "_-. " * 6, "-" * 40]
+)
 
 
 @st.composite
