@@ -13,6 +13,9 @@ together):
   `LİCENSE_KEY`, `licence_key_hash`, fullwidth letters and `lic\u200bense_key` all are);
 - a string value that assigns one (`license_key=...`, `"licence-key": "..."`, JSON inside a
   string) is replaced whole; prose that only mentions a licence key is kept.
+
+Text from outside that is stored or shown (responses, error texts, rejected notifications, log
+lines) passes through `scrub_external`, which also reads it decoded (relay/scrub.py).
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ import unicodedata
 from collections.abc import Iterable, Mapping, MutableMapping
 from functools import lru_cache
 from typing import Any
+from urllib.parse import unquote
+
+from relay.scrub import cut, find_spelled, mask, plain, spelled_start, views
 
 REDACTED = "[REDACTED]"
 
@@ -62,6 +68,14 @@ _TEXT_PATTERN = re.compile(
 _SCRUBBED = re.compile(_TEXT_KEY + r'"\[REDACTED\]"', re.IGNORECASE)
 _JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
 
+MASK = "***"
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"'<>]+")
+# Shorter known secrets are not searched for: they would mask ordinary words.
+MIN_SECRET = 8
+# How much of a secret's start (after whsec_) at the end of a text is masked as the secret: a cut
+# inside it leaves that; fewer characters tell next to nothing of a secret.
+_LEAST_TAIL = 4
+
 
 def fold(text: str) -> str:
     """The folded form every licence-key rule reads (see the module's docstring)."""
@@ -87,6 +101,11 @@ def may_mention_licence(text: str | bytes) -> bool:
     if isinstance(text, bytes):
         return b"\\" in text or _MAY_MENTION_BYTES.search(text.lower()) is not None
     return "\\" in text or _MAY_MENTION.search(text.lower()) is not None
+
+
+def _may_spell_key(view: str) -> bool:
+    """may_mention_licence for one view of a text: its escapes are read by another view."""
+    return not view.isascii() or _MAY_MENTION.search(view.lower()) is not None
 
 
 def redact(value: Any) -> Any:
@@ -125,25 +144,115 @@ def _json_type(value: Any) -> str:
 
 
 def scrub_text(text: str) -> str:
-    """Text that may not be valid JSON (logs, rejected notifications), licence key values replaced.
+    """Text that may not be valid JSON (logs, rejected notifications), licence key values replaced,
+    in the text as written and as its common encodings read (see scrub_external).
 
     When a licence key might survive the pattern (spelled with characters it does not know), the
     text is withheld whole: only its length and a hash are kept.
     """
-    if not may_mention_licence(text):
-        return text
-    scrubbed = _TEXT_PATTERN.sub(lambda m: f'{m.group("key")}"{REDACTED}"', text)
-    residue = _SCRUBBED.sub("", scrubbed)
-    folded = fold(_JSON_ESCAPE.sub(_decode_escape, residue))
-    if _KEY_WORD.search(_NON_ALNUM.sub("", folded)) and _ASSIGNMENT.search(folded):
-        return withheld(text)
+    return _scrub(text, (), urls=False)
+
+
+def scrub_external(text: str, secrets: Iterable[str] = (), limit: int | None = None) -> str:
+    """Text from outside (a response, an error text, a notification) fit to store and show, cut to
+    at most `limit` bytes of UTF-8 after masking; what is masked is said below."""
+    # Licence-key values, the secrets given (8 characters or more; a whsec_ one also without its
+    # prefix) and URL credentials, as written and as JSON escapes, percent-encoding, + for a space
+    # and HTML references read them; NUL, which PostgreSQL text cannot hold. An end that spells
+    # the start of a secret is masked too: the cut, or whoever cut the text before, split it.
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    forms = _forms(tuple(secrets))
+    scrubbed = _scrub(text, forms, urls=True)
+    if limit is not None:
+        scrubbed = cut(scrubbed, limit)
+    if forms and (at := _secret_at_end(scrubbed, forms)) is not None:
+        scrubbed = scrubbed[:at] + MASK
     return scrubbed
+
+
+def excerpt(body: bytes, limit: int, secrets: Iterable[str] = ()) -> str:
+    """The start of a response body fit to store and show: scrub_external over enough of the body
+    that a secret running past `limit`, each character encoded, is found whole before the cut."""
+    secrets = tuple(secrets)
+    window = limit + 12 * max(map(len, secrets), default=0) + 64
+    return scrub_external(body[:window].decode("utf-8", errors="replace"), secrets, limit)
+
+
+def scrub_bytes(data: bytes) -> str:
+    """Decode bytes that may not be UTF-8 (undecodable bytes become U+FFFD), then scrub them."""
+    return scrub_text(data.decode("utf-8", errors="replace"))
+
+
+@lru_cache(maxsize=256)
+def _forms(secrets: tuple[str, ...]) -> tuple[str, ...]:
+    """What to search for: each secret, and a Standard Webhooks one also without whsec_."""
+    found = {f for s in secrets for f in (s, s.removeprefix("whsec_")) if len(f) >= MIN_SECRET}
+    return tuple(sorted(found, key=len, reverse=True))
+
+
+def _scrub(text: str, forms: tuple[str, ...], *, urls: bool) -> str:
+    if plain(text) and not _may_spell_key(text) and not (urls and "://" in text):
+        for form in forms:
+            if form in text:
+                break
+        else:
+            return text  # the common case, checked per delivery: nothing to read twice
+    spans: list[tuple[int, int, str]] = []
+    suspect = False
+    for view in views(text):
+        spans += [(*view.span(a, b), MASK) for a, b in find_spelled(view.text, forms)]
+        if _may_spell_key(view.text):
+            suspect = True
+            for match in _TEXT_PATTERN.finditer(view.text):
+                spans.append((*view.span(*match.span("value")), f'"{REDACTED}"'))
+        if urls and "://" in view.text:
+            for match in _URL.finditer(view.text):
+                for a, b in _url_secrets_at(match.group()):
+                    if b > a:
+                        spans.append((*view.span(match.start() + a, match.start() + b), MASK))
+    if not spans and not suspect:
+        return text
+    masked = mask(text, spans)
+    return withheld(text) if _remains(masked, forms) else masked
+
+
+def _remains(text: str, forms: tuple[str, ...]) -> bool:
+    """True when masked text still holds a secret or a licence key in any view."""
+    for view in views(text):
+        if next(find_spelled(view.text, forms), None):
+            return True
+        if _may_spell_key(view.text):
+            residue = _SCRUBBED.sub("", view.text)
+            folded = fold(_JSON_ESCAPE.sub(_decode_escape, residue))
+            if _KEY_WORD.search(_NON_ALNUM.sub("", folded)) and _ASSIGNMENT.search(folded):
+                return True
+    return False
+
+
+def _secret_at_end(text: str, forms: tuple[str, ...]) -> int | None:
+    """Where the text's end (in any view) starts to spell a secret: a cut was made inside it. The
+    whsec_ prefix is public: only a start of what follows it counts."""
+    bodies = _bodies(forms)
+    if plain(text):
+        return spelled_start(text, bodies, _LEAST_TAIL)
+    found = [
+        view.position(at)
+        for view in views(text)
+        if (at := spelled_start(view.text, bodies, _LEAST_TAIL)) is not None
+    ]
+    return min(found, default=None)
+
+
+@lru_cache(maxsize=256)
+def _bodies(forms: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple({form.removeprefix("whsec_") for form in forms} - {""})
 
 
 def withheld(text: str) -> str:
     """What is kept of text that cannot be shown: its length and a digest, never its content."""
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-    return f"[WITHHELD: {len(text)} characters that may hold a licence key; sha256 {digest}]"
+    return f"[WITHHELD: {len(text)} characters that may hold a licence key or a secret; sha256 {digest}]"
 
 
 def _decode_escape(match: re.Match[str]) -> str:
@@ -151,27 +260,38 @@ def _decode_escape(match: re.Match[str]) -> str:
     return char if not 0xD800 <= ord(char) <= 0xDFFF else ""
 
 
-_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"'<>]+")
-MASK = "***"
+def _url_secrets_at(url: str) -> list[tuple[int, int]]:
+    """Where a URL holds secrets: its password (or a bare userinfo, often a token) and each query
+    value; the authority ends at the first /, ? or #."""
+    begin = url.find("://")
+    if begin < 0:
+        return []
+    begin += 3
+    authority_end = min((at for at in (url.find(c, begin) for c in "/?#") if at >= 0), default=len(url))
+    spans = []
+    at = url.rfind("@", begin, authority_end)
+    if at >= 0:
+        colon = url.find(":", begin, at)
+        spans.append((colon + 1 if colon >= 0 else begin, at))
+    question = url.find("?", authority_end)
+    if question >= 0:
+        fragment = url.find("#", question)
+        pos = question + 1
+        for pair in url[pos : fragment if fragment >= 0 else len(url)].split("&"):
+            if (eq := pair.find("=")) >= 0:
+                spans.append((pos + eq + 1, pos + len(pair)))
+            pos += len(pair) + 1
+    return spans
 
 
 def mask_url(url: str) -> str:
     """A URL fit to show: the password (or a bare userinfo, often a token) and every query value
     replaced by ***; scheme, host, path and query names kept."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    authority, slash, tail = rest.partition("/")
-    if "@" in authority:
-        userinfo, _, host = authority.rpartition("@")
-        user, colon, _password = userinfo.partition(":")
-        authority = f"{user}:{MASK}@{host}" if colon else f"{MASK}@{host}"
-    path, question, query = (slash + tail).partition("?")
-    if question:
-        query, hash_, fragment = query.partition("#")
-        pairs = [p.partition("=") for p in query.split("&")]
-        query = "&".join(f"{k}={MASK}" if eq else k for k, eq, _ in pairs) + hash_ + fragment
-    return f"{scheme}://{authority}{path}{question}{query}"
+    out, pos = [], 0
+    for start, end in _url_secrets_at(url):
+        out += [url[pos:start], MASK]
+        pos = end
+    return "".join(out) + url[pos:]
 
 
 def mask_urls(text: str) -> str:
@@ -179,21 +299,11 @@ def mask_urls(text: str) -> str:
     return _URL.sub(lambda m: mask_url(m.group(0)), text) if "://" in text else text
 
 
-def excerpt(body: bytes, limit: int, secrets: Iterable[str] = ()) -> str:
-    """The start of a response body fit to store and show: the caller's secrets, URL secrets
-    and licence keys masked; NUL (which PostgreSQL text cannot hold) replaced."""
-    text = body[:limit].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-    for secret in secrets:
-        # A signing secret echoed back, whole or without its whsec_ prefix.
-        for form in (secret, secret.removeprefix("whsec_")):
-            if len(form) >= 8:
-                text = text.replace(form, MASK)
-    return mask_urls(scrub_text(text))
-
-
-def scrub_bytes(data: bytes) -> str:
-    """Decode bytes that may not be UTF-8 (undecodable bytes become U+FFFD), then scrub them."""
-    return scrub_text(data.decode("utf-8", errors="replace"))
+def url_secrets(url: str) -> list[str]:
+    """The secrets a URL holds, as written and percent-decoded: known secrets for scrub_external,
+    so that they are masked wherever a text repeats them, not only inside a URL."""
+    found = [url[a:b] for a, b in _url_secrets_at(url) if b > a]
+    return found + [d for d in map(unquote, found) if d not in found]
 
 
 def structlog_processor(
@@ -204,7 +314,7 @@ def structlog_processor(
         if is_sensitive_key(key):
             event_dict[key] = REDACTED
         elif isinstance(value, str):
-            event_dict[key] = mask_urls(scrub_text(value))
+            event_dict[key] = scrub_external(value)
         elif isinstance(value, Mapping | list | tuple):
             event_dict[key] = _scrub_nested(redact(value))
     return event_dict
@@ -216,5 +326,5 @@ def _scrub_nested(value: Any) -> Any:
     if isinstance(value, list):
         return [_scrub_nested(v) for v in value]
     if isinstance(value, str):
-        return mask_urls(scrub_text(value))
+        return scrub_external(value)
     return value

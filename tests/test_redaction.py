@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import random
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,13 +16,25 @@ from hypothesis import strategies as st
 from relay import codec, logs
 from relay.contracts import Accepted, UnknownFields, parse_event, validate
 from relay.contracts.examples import example
-from relay.redaction import REDACTED, is_sensitive_key, may_mention_licence, redact, scrub_text
+from relay.redaction import REDACTED, excerpt, is_sensitive_key, may_mention_licence, redact, scrub_text
 
 # Keys carry markers so that "the key appears" cannot be a coincidence with other text.
 keys = st.text(min_size=1, max_size=200).map(lambda s: f"LKEY{s}YEKL") | st.text(
     alphabet="\"\\'{}[]:,= \n\t\u00e9\u4e2d\U0001f511", min_size=1, max_size=10_000
 ).map(lambda s: f"LKEY{s}YEKL")
-key_names = st.sampled_from(["license_key", "License_Key", "LICENSE-KEY", "licenseKey", "license key"])
+key_names = st.sampled_from(
+    [
+        "license_key",
+        "License_Key",
+        "LICENSE-KEY",
+        "licenseKey",
+        "license key",
+        # Any run of separators, as is_sensitive_key allows (issue 22, finding 10).
+        "license" + "_" * 20 + "key",
+        "licence_-_. _-_.-_key",
+        "l__i__c__e__n__s__e____k__e__y",
+    ]
+)
 
 
 def _forms(key: str) -> list[str]:
@@ -192,3 +206,67 @@ def test_urls_in_error_text_and_logs_lose_their_secrets(user: str, secret: str, 
     logs.configure("DEBUG", "json", stream=out)
     logs.get_logger("test").warning("delivery failed", url=url, error=f"to {url}")
     assert secret not in out.getvalue()
+
+
+SIGNING = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD/w=="
+
+
+@pytest.mark.parametrize("kept", [6, 8, 12, 20, 30, len(SIGNING) - 1])
+def test_a_secret_straddling_the_excerpt_cut_is_masked_before_the_cut(kept: int) -> None:
+    # Issue 22, finding 2: the cut came first, so the part of the secret before it was kept.
+    body = b"." * (1024 - kept) + SIGNING.encode() + b" and more"
+    out = excerpt(body, 1024, [SIGNING])
+    assert SIGNING[:kept] not in out and SIGNING[6 : max(kept, 10)] not in out
+    assert len(out.encode()) <= 1024 and out.startswith("." * 100)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        json.dumps({"echo": SIGNING}).replace("/", "\\/"),  # JSON with / escaped
+        '{"echo": "' + "".join(f"\\u{ord(c):04x}" for c in SIGNING) + '"}',
+        "secret=" + SIGNING.replace("+", "%2B").replace("/", "%2F").replace("=", "%3D"),
+        "secret=" + SIGNING.replace("+", "%2b").replace("/", "%2f"),
+        "<p>" + SIGNING.replace("+", "&#43;").replace("/", "&#x2F;") + "</p>",
+    ],
+)
+def test_an_encoded_secret_is_masked_in_excerpts(body: str) -> None:
+    # Issue 22, finding 3: only the raw spelling was masked.
+    out = excerpt(body.encode(), 1024, [SIGNING])
+    for reading in (out, unquote(out), html.unescape(out), out.encode().decode("unicode_escape")):
+        assert "C2FVsBQIhrscChlQIMV" not in reading and "b5sSYspob7oD" not in reading
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "licence%20key=LKEYrawYEKL&next=1",
+        "licence+key=LKEYrawYEKL&next=1",
+        "license%5Fkey%3DLKEYrawYEKL",
+        "%7B%22license_key%22%3A%20%22LKEYrawYEKL%22%7D",
+        "{&quot;license_key&quot;: &quot;LKEYrawYEKL&quot;}",
+        "{&#34;licence-key&#34;:&#34;LKEYrawYEKL&#34;}",
+        '{"license' + "_" * 20 + 'key": "LKEYrawYEKL", broken',
+    ],
+)
+def test_an_encoded_licence_key_is_masked_in_excerpts_and_rejections(body: str) -> None:
+    assert "LKEYraw" not in excerpt(body.encode(), 1024)
+    assert "LKEYraw" not in scrub_text(body)
+
+
+@pytest.mark.parametrize("separators", ["_" * 20, "_-_. -_" * 4, " " * 12, "-" * 40])
+def test_a_key_name_with_a_long_separator_run_is_scrubbed_from_text(separators: str) -> None:
+    # Issue 22, finding 10: the text pattern allowed 8 separators, the normaliser any run.
+    name = f"license{separators}key"
+    assert is_sensitive_key(name)
+    for text in (f'{{"{name}": "LKEYrawYEKL", broken', f"{name}=LKEYrawYEKL", f"{{'{name}': 'LKEYrawYEKL'"):
+        assert "LKEYraw" not in scrub_text(text)
+        result = parse_event(text.encode())
+        assert "LKEYraw" not in str(result.payload)
+
+
+def test_a_url_without_a_path_loses_its_query_values() -> None:
+    from relay.redaction import mask_url, mask_urls
+
+    assert mask_url("https://hooks.example?token=SECRET1") == "https://hooks.example?token=***"
+    assert "SECRET1" not in mask_urls("to https://u:SECRET1@hooks.example#frag now")
