@@ -432,3 +432,22 @@ def test_a_template_renders_as_str_format_would(
     template = broker_routes.parse(text)
     assert template.render(values) == text.format(**values)
     assert template.names == {name for _, name in parts}
+
+
+def test_the_examples_broker_subscribers_are_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The commented IT-07 and PF-11 tables of the example, uncommented, load as they are.
+    text = EXAMPLE.read_text()
+    tables = text[text.index("# [subscribers.IT-07]") :]
+    uncommented = "\n".join(line.removeprefix("#").removeprefix(" ") for line in tables.splitlines())
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    for name in ("it07-amqp-password", "it07-webhook-secret", "pf11-webhook-secret"):
+        (creds / name).write_text(SECRET if "webhook" in name else "mq-password")
+    (creds / "n").write_text("nats-password")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    settings = load_settings(
+        _write(tmp_path, uncommented.replace("/etc/it-relay/nats.password", str(creds / "n")))
+    )
+    assert settings.subscribers["IT-07"].kind == "amqp" and settings.subscribers["PF-11"].kind == "nats"
+    assert settings.subscribers["IT-07"].broker_url() == "amqps://it-relay:mq-password@mq.internal:5671/it"
+    assert settings.subscribers["PF-11"].broker_url() == "nats://it-relay:nats-password@nats.internal:4222"
