@@ -93,6 +93,10 @@ class Attempts:
             attempt=attempt,
             at=now,
             journaled_at=item.journaled_at,
+            entity_key=item.entity_key,
+            organization_id=item.organization_id,
+            generation=item.generation,
+            sequence=item.sequence,
         )
         started = time.perf_counter()
         answer = await lane.destination.send(request, lane.timeout_s, now)

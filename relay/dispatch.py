@@ -62,6 +62,13 @@ class Dispatcher:
                 timeout_s=conf.timeout_s or delivery.timeout_s,
                 max_in_flight=conf.max_in_flight,
                 breaker=CircuitBreaker(delivery.circuit_failure_threshold, delivery.circuit_cooldown_s),
+                policy=RetryPolicy(
+                    delivery.retry_schedule_s,
+                    delivery.retry_after_max_s,
+                    delivery.jitter,
+                    hold=conf.ordering == "entity" and conf.on_exhausted == "hold",
+                ),
+                ordered=conf.ordering == "entity",
                 duration=metrics.delivery_duration.labels(name),
                 outcomes={o: metrics.deliveries.labels(name, o) for o in OUTCOMES},
                 enabled=conf.enabled,
@@ -71,7 +78,6 @@ class Dispatcher:
         }
         self._states = LaneStates(store, self.lanes, metrics, poll_interval_s)
         self._attempts = Attempts(delivery=delivery, metrics=metrics)
-        self._policy = RetryPolicy(delivery.retry_schedule_s, delivery.retry_after_max_s, delivery.jitter)
         self._slots = Slots(delivery.concurrency, self.wake)
         self._writer = OutcomeWriter(store, owner)
         self._tasks: dict[asyncio.Task[None], tuple[UUID, str]] = {}
@@ -154,7 +160,9 @@ class Dispatcher:
         limit, allowed = self._claim_limit(lane, now)
         if limit <= 0:
             return lane.breaker.seconds_until_probe(now) or None
-        claimed = await self._store.claim_deliveries(lane.name, self._owner, limit, self._settings.lease_s)
+        claimed = await self._store.claim_deliveries(
+            lane.name, self._owner, limit, self._settings.lease_s, lane.ordered
+        )
         probe = allowed == 1 and bool(claimed)
         if probe:
             lane.breaker.claimed_probe()
@@ -190,7 +198,7 @@ class Dispatcher:
                 await asyncio.sleep(self._settings.inprocess_retry_wait_s)
         except asyncio.CancelledError:
             ending: Ending = "unattempted" if attempts < item.attempts else "interrupted"
-            await self._settle(item, slot, probe, settle(item, tried, attempts, ending, self._policy))
+            await self._settle(item, slot, probe, settle(item, tried, attempts, ending, slot.lane.policy))
             raise
         except Exception as exc:
             # A bug, not a delivery outcome: settled as a failed round with an internal: error, so
@@ -198,10 +206,10 @@ class Dispatcher:
             log.exception(
                 "delivery failed unexpectedly", event_id=str(item.event_id), subscriber=slot.lane.name
             )
-            crashed = settle(item, tried, attempts, "crashed", self._policy, error=type(exc).__name__)
+            crashed = settle(item, tried, attempts, "crashed", slot.lane.policy, error=type(exc).__name__)
             await self._settle(item, slot, probe, crashed)
             return
-        await self._settle(item, slot, probe, settle(item, tried, attempts, "answered", self._policy))
+        await self._settle(item, slot, probe, settle(item, tried, attempts, "answered", slot.lane.policy))
 
     async def _settle(self, item: ClaimedDelivery, slot: Slot, probe: bool, settlement: Settlement) -> None:
         """The one place a round ends: the breaker (and the probe) learn, the outcome is queued with

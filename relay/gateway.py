@@ -44,8 +44,10 @@ class DeliveryPort(Protocol):
     """What the delivery lanes, the outcome writer and the lane states need."""
 
     async def claim_deliveries(
-        self, subscriber: str, owner: str, limit: int, lease_s: float
-    ) -> list[ClaimedDelivery]: ...
+        self, subscriber: str, owner: str, limit: int, lease_s: float, ordered: bool = False
+    ) -> list[ClaimedDelivery]:
+        """Due deliveries leased to `owner` (an attempt counted); `ordered`: each entity's head only."""
+        ...
 
     async def seconds_until_due(self, subscriber: str) -> float | None: ...
 
@@ -122,10 +124,10 @@ class Gateway:
         self._pool = pool
 
     async def claim_deliveries(
-        self, subscriber: str, owner: str, limit: int, lease_s: float
+        self, subscriber: str, owner: str, limit: int, lease_s: float, ordered: bool = False
     ) -> list[ClaimedDelivery]:
         async with self._pool.acquire() as conn:
-            return await journal.claim_deliveries(conn, subscriber, owner, limit, lease_s)
+            return await journal.claim_deliveries(conn, subscriber, owner, limit, lease_s, ordered)
 
     async def seconds_until_due(self, subscriber: str) -> float | None:
         async with self._pool.acquire() as conn:

@@ -168,9 +168,11 @@ async def write_routing(
 
 @redoable("a lost claim never leased anything; the delivery is claimed again")
 async def claim_deliveries(
-    conn: asyncpg.Connection, subscriber: str, owner: str, limit: int, lease_s: float
+    conn: asyncpg.Connection, subscriber: str, owner: str, limit: int, lease_s: float, ordered: bool = False
 ) -> list[ClaimedDelivery]:
-    rows = await conn.fetch(query("claim_deliveries"), subscriber, owner, limit, lease_s)
+    """Due deliveries leased to `owner`; for an ordered subscriber, only each entity's head."""
+    name = "claim_ordered" if ordered else "claim_deliveries"
+    rows = await conn.fetch(query(name), subscriber, owner, limit, lease_s)
     return [
         ClaimedDelivery(
             event_id=r["event_id"],
@@ -183,6 +185,7 @@ async def claim_deliveries(
             generation=r["replays"],
             entity_key=r["entity_key"],
             organization_id=r["organization_id"],
+            sequence=r["seq"],
         )
         for r in rows
     ]
@@ -218,6 +221,7 @@ async def write_results(conn: asyncpg.Connection, results: Sequence[DeliveryResu
         [a.error for _, a in tried],
         [a.duration_ms for _, a in tried],
         [a.excerpt for _, a in tried],
+        [r.hold for r in results],
     )
     return len(rows)
 
@@ -307,6 +311,37 @@ async def set_paused(conn: asyncpg.Connection, subscriber: str, paused: bool, by
 @redoable("each instance reports its circuit again when it changes")
 async def set_circuit(conn: asyncpg.Connection, subscriber: str, state: str) -> None:
     await conn.execute(query("set_circuit"), subscriber, state)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Released:
+    """What `it-relay release` freed: dead heads no longer holding, held deliveries now pending."""
+
+    heads: int
+    released: int
+
+
+@sole_record("an operator's release of a held entity")
+async def release_entity(conn: asyncpg.Connection, channel: str, subscriber: str, entity: str) -> Released:
+    row = await conn.fetchrow(query("release_entity"), subscriber, entity)
+    assert row is not None
+    if row["event_id"] is not None:
+        await wake(conn, channel, row["event_id"], row["event_type"])
+    return Released(heads=row["heads"], released=row["released"])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeldEntities:
+    entities: int
+    oldest_s: float
+
+
+async def entities_held(conn: asyncpg.Connection) -> dict[str, HeldEntities]:
+    """Per subscriber: how many entities wait behind a dead head, and the oldest's age."""
+    return {
+        r["subscriber"]: HeldEntities(entities=r["entities"], oldest_s=r["oldest_s"])
+        for r in await conn.fetch(query("entities_held"))
+    }
 
 
 async def subscriber_stats(conn: asyncpg.Connection) -> list[asyncpg.Record]:

@@ -19,6 +19,7 @@ from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.model import Outcome
 from relay.request import Target
+from relay.settle import RetryPolicy
 from relay.supervisor import Loop
 
 log = get_logger("relay.dispatch")
@@ -32,9 +33,12 @@ class Lane:
     timeout_s: float
     max_in_flight: int
     breaker: CircuitBreaker
+    policy: RetryPolicy
     # The lane's metric children, looked up once rather than per delivery.
     duration: Histogram
     outcomes: dict[Outcome, Counter]
+    # One delivery in flight per entity, in journal order (ordering = "entity").
+    ordered: bool = False
     circuit_reported_open: bool = False
     # Held by `enabled = false` or `it-relay subscribers pause` (read from the database).
     enabled: bool = True

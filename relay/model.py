@@ -16,7 +16,7 @@ BATCH_LIMIT: Final = 1000
 EXCERPT_BYTES: Final = 1024
 
 EventStatus = Literal["pending", "routed", "rejected"]
-DeliveryStatus = Literal["pending", "delivered", "dead"]
+DeliveryStatus = Literal["pending", "delivered", "dead", "held"]
 Outcome = Literal["delivered", "retry", "dead"]
 # How an event reached the journal (events.source), or where a rejection was decided.
 Source = Literal["publish", "notify", "journal", "parse"]
@@ -96,6 +96,8 @@ class ClaimedDelivery:
     generation: int = 0
     entity_key: str | None = None
     organization_id: UUID | None = None
+    # Its event's place in journal order (x-it-entity-sequence: strictly increasing per entity).
+    sequence: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,3 +157,6 @@ class DeliveryResult:
     last_error: str | None
     # The HTTP attempts this claim made (quick retries included), oldest first.
     history: Sequence[AttemptRecord] = ()
+    # Gone dead on an ordered subscriber with on_exhausted = "hold": its entity's later deliveries
+    # are held until released.
+    hold: bool = False

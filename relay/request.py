@@ -47,6 +47,7 @@ def build(
     entity_key: str | None = None,
     organization_id: UUID | str | None = None,
     generation: int = 0,
+    sequence: int | None = None,
 ) -> Request:
     """The signed request of one attempt (re-signed at `at`); `test` marks a send-test. The
     entity, organisation and replay generation matter only to broker destinations."""
@@ -62,6 +63,11 @@ def build(
         publisher=contract.publisher if contract else "",
         journaled_at=journaled_at,
     )
+    if entity_key and sequence is not None:
+        # Every delivery names its entity and its place in journal order: a subscriber can drop a
+        # stale event with one comparison.
+        headers["x-it-entity-key"] = entity_key
+        headers["x-it-entity-sequence"] = str(sequence)
     if test:
         headers["x-it-test"] = "true"
     return Request(

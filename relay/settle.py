@@ -14,7 +14,15 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from relay import retry
-from relay.model import STATUS_AFTER, Attempt, ClaimedDelivery, DeliveryResult, Outcome
+from relay.model import (
+    STATUS_AFTER,
+    Attempt,
+    AttemptRecord,
+    ClaimedDelivery,
+    DeliveryResult,
+    DeliveryStatus,
+    Outcome,
+)
 
 Ending = Literal["answered", "crashed", "interrupted", "unattempted"]
 # What the breaker learns: a success closes it, a failure counts (and re-opens a half-open one),
@@ -27,6 +35,8 @@ class RetryPolicy:
     schedule_s: Sequence[float]
     retry_after_max_s: float = 3600.0
     jitter: float = 0.2
+    # An ordered subscriber with on_exhausted = "hold": a delivery gone dead holds its entity.
+    hold: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +84,7 @@ def settle(
             None,
             last_error,
         )
-        return Settlement(replace(result, history=history), "failure", decision.outcome, decision.wait_s)
+        return Settlement(_final(result, history, policy), "failure", decision.outcome, decision.wait_s)
     last = tried[-1]
     decision = retry.decide(
         last.outcome,
@@ -96,12 +106,12 @@ def settle(
     )
     # A 4xx that goes dead is the subscriber answering: its endpoint is up.
     note: BreakerNote = "failure" if last.outcome == "retry" else "success"
-    return Settlement(replace(result, history=history), note, decision.outcome, decision.wait_s)
+    return Settlement(_final(result, history, policy), note, decision.outcome, decision.wait_s)
 
 
 def _result(
     item: ClaimedDelivery,
-    status: Literal["pending", "delivered", "dead"],
+    status: DeliveryStatus,
     attempts: int,
     failed_rounds: int,
     retry_in_s: float | None,
@@ -118,3 +128,7 @@ def _result(
         last_status=last_status,
         last_error=last_error,
     )
+
+
+def _final(result: DeliveryResult, history: Sequence[AttemptRecord], policy: RetryPolicy) -> DeliveryResult:
+    return replace(result, history=history, hold=policy.hold and result.status == "dead")

@@ -170,6 +170,11 @@ async def _sole_record_writes(db: asyncpg.Connection) -> dict[str, Write]:
     )
     licence = uuid.uuid4()
     notified = example("it_asset_assigned")
+    holding = await _routed_event(db, "PF-10")
+    await db.execute(
+        "UPDATE it_relay.deliveries SET status = 'dead', holds = true, entity_key = 'asset_id:held' WHERE event_id = $1",
+        holding,
+    )
     return {
         "publish": lambda c: journal.publish(c, example("it_ticket_created")),
         "journal_notified": lambda c: journal.journal_notified(
@@ -201,6 +206,7 @@ async def _sole_record_writes(db: asyncpg.Connection) -> dict[str, Write]:
             dry_run=False,
         ),
         "set_paused": lambda c: journal.set_paused(c, "PF-10", True, "tester"),
+        "release_entity": lambda c: journal.release_entity(c, "it_events", "PF-10", "asset_id:held"),
         "republish": lambda c: journal.republish(
             c,
             "it_events",

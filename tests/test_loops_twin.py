@@ -37,6 +37,8 @@ class Scripted:
     in_flight: int = 0
     peak: int = 0
     hang: asyncio.Event | None = None
+    # Answers for one event (by its asset_tag) before it gets 200s; the script is for any event.
+    by_tag: dict[str, list[Answer]] = field(default_factory=dict)
 
     async def send(self, request: Request, timeout_s: float, at: datetime) -> Answer:
         self.requests.append(request)
@@ -46,7 +48,10 @@ class Scripted:
             if self.hang is not None:
                 await self.hang.wait()
             await asyncio.sleep(0)
-            step = self.script.pop(0) if self.script else Answer("delivered", 200, None)
+            own = self.by_tag.get(str(codec.loads(request.body).get("asset_tag")))
+            step = (
+                own.pop(0) if own else self.script.pop(0) if self.script else Answer("delivered", 200, None)
+            )
             if isinstance(step, Exception):
                 raise step
             return step
@@ -100,12 +105,20 @@ class Relay:
 async def make_relay() -> AsyncIterator[Callable[..., Any]]:
     running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
 
-    async def start(settings: DeliverySettings | None = None, max_in_flight: int = 4, **dest: Any) -> Relay:
+    async def start(
+        settings: DeliverySettings | None = None,
+        max_in_flight: int = 4,
+        subscriber: dict[str, Any] | None = None,
+        **dest: Any,
+    ) -> Relay:
         twin = Twin()
         destination = Scripted(**dest)
         metrics = Metrics()
         subscribers = {
-            "FA": SubscriberSettings(url="http://fa.invalid/hook", secret=SECRET, max_in_flight=max_in_flight)
+            "FA": SubscriberSettings.model_validate(
+                {"url": "http://fa.invalid/hook", "secret": SECRET, "max_in_flight": max_in_flight}
+                | (subscriber or {})
+            )
         }
         dispatcher = Dispatcher(
             store=twin,
@@ -225,3 +238,76 @@ async def test_the_router_rejects_a_bad_event_and_routes_the_rest_in_one_batch(m
     assert relay.twin.events[bad].status == "rejected"
     assert [r.reason for r in relay.twin.rejections] == ["schema"]
     assert {k[0] for k in relay.twin.deliveries} == set(ids)
+
+
+async def publish_for(relay: Relay, asset: str, tags: list[str]) -> list[UUID]:
+    ids = []
+    for tag in tags:
+        event_id = uuid4()
+        payload = example("it_asset_purchased") | {
+            "event_id": str(event_id),
+            "asset_id": asset,
+            "asset_tag": tag,
+        }
+        relay.twin.journal(event_id, "it_asset_purchased", codec.dumps(payload).decode())
+        ids.append(event_id)
+    while await relay.router.route_batch():
+        pass
+    relay.dispatcher.wake()
+    return ids
+
+
+def ordered(max_in_flight: int = 8, on_exhausted: str = "skip") -> dict[str, Any]:
+    return {"ordering": "entity", "on_exhausted": on_exhausted, "max_in_flight": max_in_flight}
+
+
+async def test_an_ordered_entity_waits_out_its_heads_retry_while_other_entities_go_on(
+    make_relay: Any,
+) -> None:
+    relay: Relay = await make_relay(
+        subscriber=ordered(),
+        by_tag={"A1": [Answer("retry", 503, "HTTP 503"), Answer("retry", 429, "HTTP 429", 0.2)]},
+    )
+    a, b = str(uuid4()), str(uuid4())
+    first = await publish_for(relay, a, ["A1", "A2", "A3"])
+    other = await publish_for(relay, b, ["B1", "B2"])
+    await wait_until(lambda: relay.statuses() == {"delivered": 5}, within=10)
+    sent = [(r.headers["x-it-entity-key"], r.headers["webhook-id"]) for r in relay.destination.requests]
+    for asset, ids in ((a, first), (b, other)):
+        mine = [event for key, event in sent if key == f"asset_id:{asset}"]
+        # The first of A went out three times (a 503, a 429 with Retry-After); nothing overtook it.
+        assert list(dict.fromkeys(mine)) == [str(i) for i in ids]
+    assert [e for _, e in sent].count(str(first[0])) == 3
+    # Waiting behind the head is never an attempt.
+    assert {relay.twin.deliveries[(i, "FA")].attempts for i in first[1:] + other} == {1}
+    sequences = [
+        int(r.headers["x-it-entity-sequence"])
+        for r in relay.destination.requests
+        if r.headers["webhook-id"] in map(str, first)
+    ]
+    assert sequences == sorted(sequences)
+
+
+async def test_hold_keeps_an_entity_behind_its_dead_head_skip_goes_on(make_relay: Any) -> None:
+    gone = Answer("dead", 410, "HTTP 410")
+    held: Relay = await make_relay(subscriber=ordered(on_exhausted="hold"), by_tag={"H1": [gone]})
+    asset = str(uuid4())
+    ids = await publish_for(held, asset, ["H1", "H2", "H3"])
+    await wait_until(lambda: held.statuses() == {"dead": 1, "held": 2})
+    # One routed later joins the held ones.
+    later = await publish_for(held, asset, ["H4"])
+    assert held.twin.deliveries[(later[0], "FA")].status == "held"
+    assert [r.headers["webhook-id"] for r in held.destination.requests] == [str(ids[0])]
+
+    skipped: Relay = await make_relay(subscriber=ordered(on_exhausted="skip"), by_tag={"S1": [gone]})
+    await publish_for(skipped, asset, ["S1", "S2", "S3"])
+    await wait_until(lambda: skipped.statuses() == {"dead": 1, "delivered": 2})
+
+
+async def test_an_unordered_subscriber_does_not_wait_for_an_entitys_head(make_relay: Any) -> None:
+    relay: Relay = await make_relay(by_tag={"U1": [Answer("retry", 503, "HTTP 503")]})
+    asset = str(uuid4())
+    ids = await publish_for(relay, asset, ["U1", "U2"])
+    await wait_until(lambda: relay.statuses() == {"delivered": 2})
+    # The second went out while the first waited out its retry.
+    assert [r.headers["webhook-id"] for r in relay.destination.requests][:2] == [str(ids[0]), str(ids[1])]

@@ -12,8 +12,8 @@ SELECT it_relay.publish($1::jsonb);
 -- name: journal_notified
 -- Events heard on the channel without a journal row (legacy producers); already-journaled ids are
 -- no-ops, so two instances that hear the same notification journal it once.
-INSERT INTO it_relay.events (event_id, event_type, payload, source, organization_id)
-SELECT r.event_id, r.event_type, r.payload, 'notify', r.organization_id
+INSERT INTO it_relay.events (event_id, event_type, payload, source, organization_id, entity_key)
+SELECT r.event_id, r.event_type, r.payload, 'notify', r.organization_id, it_relay.entity_key(r.payload)
   FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::uuid[]) AS r(event_id, event_type, payload, organization_id)
 ON CONFLICT (event_id) DO NOTHING;
 
@@ -54,8 +54,17 @@ WITH routed AS (
      WHERE e.event_id = r.event_id
     RETURNING e.event_id
 ), added AS (
-    INSERT INTO it_relay.deliveries (event_id, subscriber, event_type)
-    SELECT * FROM unnest($6::uuid[], $7::text[], $8::text[])
+    -- Each delivery carries its entity and journal place; behind a head held under
+    -- on_exhausted = "hold" it starts held.
+    INSERT INTO it_relay.deliveries (event_id, subscriber, event_type, entity_key, seq, status)
+    SELECT p.event_id, p.subscriber, p.event_type, k.entity_key, e.seq,
+           CASE WHEN k.entity_key IS NOT NULL AND EXISTS (
+                    SELECT 1 FROM it_relay.deliveries h
+                     WHERE h.holds AND h.subscriber = p.subscriber AND h.entity_key = k.entity_key)
+                THEN 'held' ELSE 'pending' END
+      FROM unnest($6::uuid[], $7::text[], $8::text[]) AS p(event_id, subscriber, event_type)
+      JOIN unnest($1::uuid[], $3::text[]) AS k(event_id, entity_key) ON k.event_id = p.event_id
+      JOIN it_relay.events e ON e.event_id = p.event_id
     ON CONFLICT (event_id, subscriber) DO NOTHING
     RETURNING 1
 )
@@ -84,7 +93,57 @@ UPDATE it_relay.deliveries d
        it_relay.events e
  WHERE d.event_id = c.event_id AND d.subscriber = c.subscriber AND e.event_id = d.event_id
 RETURNING d.event_id, d.event_type, d.attempts, d.failed_rounds, e.payload::text AS body, e.created_at,
-          d.replays, e.entity_key, e.organization_id;
+          d.replays, e.entity_key, e.organization_id, e.seq;
+
+-- name: claim_ordered
+-- As claim_deliveries, for a subscriber with ordering = "entity": only an entity's head — no
+-- earlier delivery of its entity to this subscriber unfinished (pending, in flight, held), no
+-- earlier event of its entity still unrouted — so one per entity is in flight, in journal order.
+UPDATE it_relay.deliveries d
+   SET lease_owner = $2, lease_expires_at = clock_timestamp() + make_interval(secs => $4),
+       attempts = d.attempts + 1
+  FROM (SELECT c.event_id, c.subscriber
+          FROM it_relay.deliveries c
+         WHERE c.subscriber = $1
+           AND c.status = 'pending'
+           AND c.next_attempt_at <= clock_timestamp()
+           AND (c.lease_expires_at IS NULL OR c.lease_expires_at < clock_timestamp())
+           AND (c.entity_key IS NULL OR (
+                NOT EXISTS (SELECT 1 FROM it_relay.deliveries p
+                             WHERE p.subscriber = c.subscriber AND p.entity_key = c.entity_key
+                               AND p.seq < c.seq AND p.status IN ('pending', 'held'))
+                AND NOT EXISTS (SELECT 1 FROM it_relay.events u
+                                 WHERE u.entity_key = c.entity_key AND u.seq < c.seq AND u.status = 'pending')))
+         ORDER BY c.next_attempt_at, c.seq
+         LIMIT $3
+           FOR UPDATE SKIP LOCKED) c,
+       it_relay.events e
+ WHERE d.event_id = c.event_id AND d.subscriber = c.subscriber AND e.event_id = d.event_id
+RETURNING d.event_id, d.event_type, d.attempts, d.failed_rounds, e.payload::text AS body, e.created_at,
+          d.replays, e.entity_key, e.organization_id, e.seq;
+
+-- name: release_entity
+-- `it-relay release`: an entity held behind its dead head goes on; the head stays dead (replayable).
+WITH freed AS (
+    UPDATE it_relay.deliveries SET holds = false, updated_at = clock_timestamp()
+     WHERE subscriber = $1 AND entity_key = $2 AND holds
+    RETURNING event_id
+), released AS (
+    UPDATE it_relay.deliveries SET status = 'pending', next_attempt_at = clock_timestamp(),
+           updated_at = clock_timestamp()
+     WHERE subscriber = $1 AND entity_key = $2 AND status = 'held'
+    RETURNING event_id, event_type
+)
+SELECT (SELECT count(*) FROM freed) AS heads, (SELECT count(*) FROM released) AS released,
+       (SELECT event_id FROM released LIMIT 1) AS event_id, (SELECT event_type FROM released LIMIT 1) AS event_type;
+
+-- name: entities_held
+-- Per subscriber: entities held behind a dead head, and since when (the oldest).
+SELECT subscriber, count(*) AS entities,
+       extract(epoch FROM clock_timestamp() - min(updated_at))::float8 AS oldest_s
+  FROM it_relay.deliveries
+ WHERE holds
+ GROUP BY subscriber;
 
 -- name: next_due
 -- Seconds until the next delivery of a subscriber becomes due, by the database's clock (NULL when
@@ -110,11 +169,19 @@ WITH written AS (
            delivered_at = CASE WHEN r.status = 'delivered' THEN clock_timestamp() END,
            updated_at = clock_timestamp(),
            lease_owner = NULL,
-           lease_expires_at = NULL
-      FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::int[], $6::float8[], $7::int[], $8::text[])
-           AS r(event_id, subscriber, status, attempts, failed_rounds, retry_in_s, last_status, last_error)
+           lease_expires_at = NULL,
+           holds = r.status = 'dead' AND r.hold AND d.entity_key IS NOT NULL
+      FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::int[], $6::float8[], $7::int[], $8::text[],
+                  $18::bool[])
+           AS r(event_id, subscriber, status, attempts, failed_rounds, retry_in_s, last_status, last_error, hold)
      WHERE d.event_id = r.event_id AND d.subscriber = r.subscriber AND d.lease_owner = $9
-    RETURNING d.event_id, d.subscriber
+    RETURNING d.event_id, d.subscriber, d.entity_key, d.seq, d.holds
+), held AS (
+    -- A head gone dead under on_exhausted = "hold": its entity's later deliveries wait for an operator.
+    UPDATE it_relay.deliveries h SET status = 'held', updated_at = clock_timestamp()
+      FROM written w
+     WHERE w.holds AND h.subscriber = w.subscriber AND h.entity_key = w.entity_key AND h.seq > w.seq
+       AND h.status = 'pending' AND h.lease_owner IS NULL
 ), history AS (
     INSERT INTO it_relay.attempts (event_id, subscriber, attempt, attempted_at, http_status, error,
                                    duration_ms, response_excerpt)
@@ -136,9 +203,10 @@ UPDATE it_relay.deliveries
 -- name: replay
 -- Deliveries back to pending, due now, with a fresh retry schedule and the same event_id; with $7
 -- (a dry run) only counted. Per subscriber: how many, and one of their events (for the wake-up).
--- Each replay is a new generation (a broker stores it again instead of dropping a duplicate).
+-- Each replay is a new generation (a broker stores it again instead of dropping a duplicate). A
+-- replayed head that held its entity frees it: the head goes first (journal order), the rest follow.
 WITH chosen AS (
-    SELECT event_id, subscriber, event_type
+    SELECT event_id, subscriber, event_type, entity_key, holds
       FROM it_relay.deliveries
      WHERE ($1::uuid IS NULL OR event_id = $1)
        AND ($2::text[] IS NULL OR subscriber = ANY($2))
@@ -149,13 +217,21 @@ WITH chosen AS (
 ), requeued AS (
     UPDATE it_relay.deliveries d
        SET status = 'pending', next_attempt_at = clock_timestamp(), failed_rounds = 0, replays = d.replays + 1,
-           lease_owner = NULL, lease_expires_at = NULL, delivered_at = NULL, updated_at = clock_timestamp()
+           lease_owner = NULL, lease_expires_at = NULL, delivered_at = NULL, updated_at = clock_timestamp(),
+           holds = false
       FROM chosen c
      WHERE NOT $7::bool AND d.event_id = c.event_id AND d.subscriber = c.subscriber
     RETURNING d.event_id, d.subscriber, d.event_type
+), unheld AS (
+    UPDATE it_relay.deliveries h
+       SET status = 'pending', next_attempt_at = clock_timestamp(), updated_at = clock_timestamp()
+      FROM chosen c
+     WHERE NOT $7::bool AND c.holds AND h.subscriber = c.subscriber AND h.entity_key = c.entity_key
+       AND h.status = 'held'
 )
 SELECT subscriber, count(*) AS n, (array_agg(event_id))[1] AS event_id, (array_agg(event_type))[1] AS event_type
-  FROM (SELECT * FROM chosen WHERE $7::bool UNION ALL SELECT * FROM requeued) x
+  FROM (SELECT event_id, subscriber, event_type FROM chosen WHERE $7::bool
+        UNION ALL SELECT event_id, subscriber, event_type FROM requeued) x
  GROUP BY subscriber
  ORDER BY subscriber;
 

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from uuid import UUID
 
+from relay.contracts import Accepted, parse_event
 from relay.gateway import PendingEvent, RoutingBatch
+from relay.ingest import entity_key
 from relay.journal import SubscriberState
 from relay.model import (
     AttemptRecord,
@@ -52,8 +54,10 @@ class TwinDelivery:
     status: DeliveryStatus = "pending"
     attempts: int = 0
     failed_rounds: int = 0
+    entity_key: str | None = None
     lease_owner: str | None = None
     lease_expires_at: float | None = None
+    holds: bool = False
     last_status: int | None = None
     last_error: str | None = None
     history: list[AttemptRecord] = field(default_factory=list)
@@ -88,16 +92,20 @@ class Twin:
     # ─── producing (what publish() and routing would have written) ──────────────────────────────
 
     def journal(self, event_id: UUID, event_type: str, payload: str, source: Source = "publish") -> None:
-        """An event as publish() journals it: pending, for the router."""
+        """An event as publish() journals it: pending, for the router, its entity named."""
+        accepted = parse_event(payload, "keep")
+        entity = entity_key(accepted) if isinstance(accepted, Accepted) else None
         self.events.setdefault(
             event_id,
-            TwinEvent(event_id, event_type, payload, source, next(self._seq), datetime.now(UTC)),
+            TwinEvent(
+                event_id, event_type, payload, source, next(self._seq), datetime.now(UTC), entity_key=entity
+            ),
         )
 
     # ─── DeliveryPort ──────────────────────────────────────────────────────────────────────────
 
     async def claim_deliveries(
-        self, subscriber: str, owner: str, limit: int, lease_s: float
+        self, subscriber: str, owner: str, limit: int, lease_s: float, ordered: bool = False
     ) -> list[ClaimedDelivery]:
         now = self.clock()
         due = sorted(
@@ -108,6 +116,7 @@ class Twin:
                 and d.status == "pending"
                 and d.next_attempt_at <= now
                 and (d.lease_expires_at is None or d.lease_expires_at < now)
+                and (not ordered or self._is_head(d))
             ),
             key=lambda d: (d.next_attempt_at, d.seq),
         )[:limit]
@@ -124,9 +133,27 @@ class Twin:
                     failed_rounds=d.failed_rounds,
                     body=event.payload.encode(),
                     journaled_at=event.created_at,
+                    entity_key=event.entity_key,
+                    sequence=event.seq,
                 )
             )
         return claimed
+
+    def _is_head(self, d: TwinDelivery) -> bool:
+        """No earlier delivery of its entity to its subscriber unfinished, no earlier event unrouted."""
+        if d.entity_key is None:
+            return True
+        earlier = self.events[d.event_id].seq
+        return not any(
+            o.subscriber == d.subscriber
+            and o.entity_key == d.entity_key
+            and o.status in ("pending", "held")
+            and self.events[o.event_id].seq < earlier
+            for o in self.deliveries.values()
+        ) and not any(
+            e.entity_key == d.entity_key and e.status == "pending" and e.seq < earlier
+            for e in self.events.values()
+        )
 
     async def seconds_until_due(self, subscriber: str) -> float | None:
         pending = [
@@ -154,7 +181,18 @@ class Twin:
                 d.next_attempt_at = now + r.retry_in_s
             d.last_status, d.last_error = r.last_status, r.last_error
             d.lease_owner = d.lease_expires_at = None
+            d.holds = r.status == "dead" and r.hold and d.entity_key is not None
             d.history.extend(r.history)
+            if d.holds:
+                for later in self.deliveries.values():
+                    if (
+                        later.subscriber == d.subscriber
+                        and later.entity_key == d.entity_key
+                        and self.events[later.event_id].seq > self.events[d.event_id].seq
+                        and later.status == "pending"
+                        and later.lease_owner is None
+                    ):
+                        later.status = "held"
             written += 1
         return written
 
@@ -208,8 +246,21 @@ class Twin:
             event = self.events[r.event_id]
             event.status, event.payload, event.entity_key = "routed", r.body.decode(), r.entity_key
             for s in r.subscribers:
+                held = r.entity_key is not None and any(
+                    o.holds and o.subscriber == s and o.entity_key == r.entity_key
+                    for o in self.deliveries.values()
+                )
                 self.deliveries.setdefault(
-                    (r.event_id, s), TwinDelivery(r.event_id, s, r.event_type, next(self._seq), now)
+                    (r.event_id, s),
+                    TwinDelivery(
+                        r.event_id,
+                        s,
+                        r.event_type,
+                        event.seq,
+                        now,
+                        status="held" if held else "pending",
+                        entity_key=r.entity_key,
+                    ),
                 )
         for event_id, rejection in rejected:
             self.events[event_id].status = "rejected"

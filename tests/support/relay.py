@@ -144,13 +144,13 @@ def write_config(path: Path, settings: Settings) -> Path:
                 continue
             if value is not None:
                 lines.append(f"{key} = {_toml(value)}")
+    secret_keys = {"secret", "secrets", "secret_file", "secret_credential"}
     for name, conf in settings.subscribers.items():
         lines.append(f'[subscribers."{name}"]')
-        lines.append(f'url = "{conf.url}"')
+        # Every key the test set (the url as given), the signing secrets resolved.
+        for key, value in conf.model_dump(mode="json", exclude_none=True, exclude=secret_keys).items():
+            lines.append(f"{key} = {_toml(value)}")
         lines.append(f"secrets = {_toml(conf.signing_secrets())}")
-        lines.append(f"max_in_flight = {conf.max_in_flight}")
-        if conf.timeout_s:
-            lines.append(f"timeout_s = {conf.timeout_s}")
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -162,6 +162,8 @@ def _toml(value: Any) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml(str(k))} = {_toml(v)}" for k, v in value.items()) + " }"
     return str(value)
 
 
