@@ -19,6 +19,7 @@ from relay.attempts import SendTestResult
 from relay.attempts import send_test as send_one
 from relay.cli_common import ConfigOption, LogFormat, LogLevel
 from relay.cli_operate import register as register_operator_commands
+from relay.cli_order import register as register_order_commands
 from relay.contracts import REGISTRY, SUBSCRIBERS, Accepted, UnknownFields, parse_event, routed_subscribers
 from relay.contracts.examples import example
 from relay.daemon import Daemon
@@ -390,6 +391,7 @@ def _fail(message: str, code: int) -> NoReturn:
 
 
 register_operator_commands(app)
+register_order_commands(app)
 
 
 def main() -> None:

@@ -40,6 +40,7 @@ class DeliveryState(StrEnum):
     pending = "pending"
     delivered = "delivered"
     dead = "dead"
+    held = "held"
 
 
 Reason = StrEnum("Reason", {r: r for r in REJECTION_REASONS})  # type: ignore[misc]

@@ -18,7 +18,7 @@ import asyncpg
 
 from relay import journal, migrate
 from relay.errors import SchemaError
-from relay.journal import SubscriberState
+from relay.journal import HeldEntities, SubscriberState
 from relay.model import (
     NOTIFY_LIMIT_BYTES,
     ClaimedDelivery,
@@ -96,6 +96,8 @@ class HousekeepingPort(Protocol):
     async def schema_current(self) -> bool: ...
 
     async def backlog(self) -> dict[str, int]: ...
+
+    async def entities_held(self) -> dict[str, HeldEntities]: ...
 
 
 class RetentionPort(Protocol):
@@ -194,6 +196,10 @@ class Gateway:
     async def backlog(self) -> dict[str, int]:
         async with self._pool.acquire() as conn:
             return await journal.backlog(conn)
+
+    async def entities_held(self) -> dict[str, HeldEntities]:
+        async with self._pool.acquire() as conn:
+            return await journal.entities_held(conn)
 
     async def prune(
         self, delivered_s: float, dead_s: float, rejected_s: float, served: Collection[str]

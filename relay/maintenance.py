@@ -35,8 +35,12 @@ class Housekeeping:
     async def step(self) -> float | None:
         self._on_schema(await self._store.schema_current())
         counts = await self._store.backlog()
-        for name in set(counts) | set(self._served):
+        held = await self._store.entities_held()
+        for name in set(counts) | set(held) | set(self._served):
             self._metrics.backlog.labels(name).set(counts.get(name, 0))
+            h = held.get(name)
+            self._metrics.entities_held.labels(name).set(h.entities if h else 0)
+            self._metrics.entities_held_oldest.labels(name).set(h.oldest_s if h else 0)
         return None
 
 

@@ -57,6 +57,18 @@ class Metrics:
         self.backlog = Gauge(
             "it_relay_backlog", "Pending deliveries, by subscriber.", ["subscriber"], registry=r
         )
+        self.entities_held = Gauge(
+            "it_relay_entities_held",
+            "Entities whose deliveries are held behind a dead head (ordered, on_exhausted = hold).",
+            ["subscriber"],
+            registry=r,
+        )
+        self.entities_held_oldest = Gauge(
+            "it_relay_entities_held_oldest_seconds",
+            "How long the longest-held entity has waited for `it-relay release` or a replay.",
+            ["subscriber"],
+            registry=r,
+        )
         self.listener_connected = Gauge(
             "it_relay_listener_connected", "1 while the LISTEN connection is up.", registry=r
         )
@@ -102,6 +114,8 @@ class Metrics:
                 self.deliveries.labels(name, outcome)
             self.delivery_duration.labels(name)
             self.backlog.labels(name)
+            self.entities_held.labels(name)
+            self.entities_held_oldest.labels(name)
             self.circuit_open.labels(name)
             self.paused.labels(name)
         for event_type, contract in REGISTRY.items():

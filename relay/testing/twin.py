@@ -18,7 +18,7 @@ from uuid import UUID
 from relay.contracts import Accepted, parse_event
 from relay.gateway import PendingEvent, RoutingBatch
 from relay.ingest import entity_key
-from relay.journal import SubscriberState
+from relay.journal import HeldEntities, SubscriberState
 from relay.model import (
     AttemptRecord,
     ClaimedDelivery,
@@ -277,3 +277,11 @@ class Twin:
             if d.status == "pending":
                 counts[d.subscriber] = counts.get(d.subscriber, 0) + 1
         return counts
+
+    async def entities_held(self) -> dict[str, HeldEntities]:
+        held: dict[str, HeldEntities] = {}
+        for d in self.deliveries.values():
+            if d.holds:
+                old = held.get(d.subscriber)
+                held[d.subscriber] = HeldEntities(entities=(old.entities if old else 0) + 1, oldest_s=0.0)
+        return held
