@@ -91,3 +91,25 @@ async def test_replaying_the_dead_head_sends_it_first_then_the_held_rest(
     order = [r.headers["webhook-id"] for r in sink.at("/fa")]
     assert order == [ids[0], ids[0], ids[1], ids[2]]
     assert await db.fetchval("SELECT count(*) FROM it_relay.deliveries WHERE holds") == 0
+
+
+async def test_a_backfill_to_an_ordered_subscriber_keeps_each_entitys_journal_order(
+    tmp_path: Path, relay_db: str, db: asyncpg.Connection, sink: Sink
+) -> None:
+    asset = str(uuid4())
+    # FA not served yet: the events are journaled and routed, no delivery is created for it.
+    async with running(relay_settings(relay_db, sink, ["HR"])):
+        ids = [await publish(db, asset, f"B-{i}") for i in range(4)]
+        await wait_for_rows(
+            db, "SELECT count(*) FROM it_relay.events WHERE status = 'routed'", lambda v: v == 4
+        )
+    sink.script("/fa", Reply(503))  # the head waits out a retry; nothing overtakes it
+    settings = relay_settings(relay_db, sink, ["FA"], subscriber_overrides=HOLD)
+    config = write_config(tmp_path / "relay.toml", settings)
+    async with running(settings):
+        done = await cli(
+            "backfill", "--subscriber", "FA", "--since", "2000-01-01T00:00:00Z", "--config", str(config)
+        )
+        assert done.returncode == 0, done.stderr
+        await wait_for_rows(db, statuses(ids), lambda v: v == "delivered,delivered,delivered,delivered")
+    assert [r.headers["webhook-id"] for r in sink.at("/fa")] == [ids[0], *ids]

@@ -238,15 +238,16 @@ SELECT subscriber, count(*) AS n, (array_agg(event_id))[1] AS event_id, (array_a
 -- name: backfill
 -- Deliveries for a subscriber added later: routed events of its types journaled in [$3, $4)
 -- that it has no delivery for. Dry run: the same rows, counted, nothing written ($5).
+-- Each carries its entity and journal place, so an ordered subscriber gets them in journal order.
 WITH wanted AS (
-    SELECT e.event_id, e.event_type
+    SELECT e.event_id, e.event_type, e.entity_key, e.seq
       FROM it_relay.events e
      WHERE e.status = 'routed' AND e.event_type = ANY($2::text[])
        AND e.created_at >= $3 AND ($4::timestamptz IS NULL OR e.created_at < $4)
        AND NOT EXISTS (SELECT FROM it_relay.deliveries d WHERE d.event_id = e.event_id AND d.subscriber = $1)
 ), added AS (
-    INSERT INTO it_relay.deliveries (event_id, subscriber, event_type)
-    SELECT event_id, $1, event_type FROM wanted WHERE NOT $5::bool
+    INSERT INTO it_relay.deliveries (event_id, subscriber, event_type, entity_key, seq)
+    SELECT event_id, $1, event_type, entity_key, seq FROM wanted WHERE NOT $5::bool
     ON CONFLICT (event_id, subscriber) DO NOTHING
     RETURNING event_id, event_type
 )
