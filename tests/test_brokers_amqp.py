@@ -265,7 +265,13 @@ async def test_a_broker_that_goes_away_and_comes_back_loses_nothing(
 
 
 async def test_refused_credentials_are_retried_masked_everywhere_and_open_the_circuit(
-    tmp_path: Path, relay_db: str, db: asyncpg.Connection, sink: Sink, mq: Mq, amqp_url: str
+    tmp_path: Path,
+    relay_db: str,
+    db: asyncpg.Connection,
+    sink: Sink,
+    mq: Mq,
+    amqp_url: str,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     exchange = await mq.exchange()
     password = "Wr0ngPassw0rdForTheTest"
@@ -292,9 +298,12 @@ async def test_refused_credentials_are_retried_masked_everywhere_and_open_the_ci
             lambda c: c == "open",
             args=[SUB],
         )
+    logged = capfd.readouterr().err
+    assert "broker connection failed" in logged and "circuit opened" in logged
     error = await db.fetchval("SELECT max(last_error) FROM it_relay.deliveries")
     assert "authentication refused" in error
     shown = [
+        logged,
         error,
         json.dumps([dict(r) for r in await db.fetch("SELECT error FROM it_relay.attempts")]),
         (await cli("status", "--json", "--config", str(config))).stdout,
@@ -302,7 +311,7 @@ async def test_refused_credentials_are_retried_masked_everywhere_and_open_the_ci
         (await cli("send-test", "--subscriber", SUB, "--config", str(config))).stdout,
     ]
     assert all(password not in text for text in shown)
-    assert "***" in shown[3]
+    assert "***" in shown[4]
 
 
 async def test_send_test_publishes_a_marked_message_and_fails_on_no_confirm(

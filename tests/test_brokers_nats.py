@@ -19,7 +19,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RawStreamMsg, StreamConfig
 
-from relay import journal
+from relay import codec, journal
 from relay.contracts.examples import example
 from tests.support.brokers import NATS_ENV, TcpProxy, broker_url, unique, verify, via, write_broker_config
 from tests.support.relay import (
@@ -35,6 +35,7 @@ from tests.support.sink import Sink
 SUB = "PF-11"  # receives it_report_generated
 EVENT = "it_report_generated"
 DELIVERED = "SELECT count(*) FROM it_relay.deliveries WHERE status = 'delivered'"
+LEASED = "SELECT count(*) FROM it_relay.deliveries WHERE status = 'pending' AND lease_owner IS NOT NULL"
 
 
 @pytest.fixture
@@ -233,16 +234,32 @@ async def test_a_server_that_goes_away_and_comes_back_loses_nothing(
 async def test_a_relay_killed_mid_drain_leaves_one_stored_copy_per_event(
     tmp_path: Path, relay_db: str, db: asyncpg.Connection, sink: Sink, js: Js, nats_url: str
 ) -> None:
-    count = 1500
+    count = 6000
     stream = await js.stream(duplicate_window=300.0)
     # A short lease: the killed relay's claims (published, their outcome never written) are
     # claimed again soon, and published again under the same Nats-Msg-Id.
     base = relay_settings(relay_db, sink, [], delivery={"lease_s": 5.0, "timeout_s": 2.0})
-    config = write_broker_config(tmp_path / "relay.toml", base, {SUB: broker_subscriber(nats_url, js)})
-    ids = await publish(db, count)
+    # Paused at first, so that every event is routed before the drain starts: a lane that waits
+    # on the router between batches holds no claim, and the kill must find claims.
+    conf = broker_subscriber(nats_url, js, max_in_flight=64, enabled=False)
+    config = write_broker_config(tmp_path / "relay.toml", base, {SUB: conf})
+    # Journaled in one statement before the relay starts: a backlog the relay is still draining
+    # when it is killed, even on a fast machine.
+    await db.execute(
+        "SELECT it_relay.publish(jsonb_set($1::jsonb, '{report_run_id}', to_jsonb(gen_random_uuid()::text)))"
+        " FROM generate_series(1, $2)",
+        codec.dumps(example(EVENT)).decode(),
+        count,
+    )
+    ids = [str(r["event_id"]) for r in await db.fetch("SELECT event_id FROM it_relay.events")]
     proc = start_relay_process(config, tmp_path / "relay.log")
     try:
-        await wait_for_rows(db, DELIVERED, lambda n: n >= 200, 60)
+        await wait_for_rows(db, "SELECT count(*) FROM it_relay.deliveries", lambda n: n == count, 60)
+        resumed = await cli("subscribers", "resume", SUB, "--config", str(config))
+        assert resumed.returncode == 0, resumed.stderr
+        await wait_for_rows(db, DELIVERED, lambda n: n >= 300, 60)
+        # Killed while it holds claims (published or about to be, their outcome not written).
+        await wait_for_rows(db, LEASED, lambda n: n >= 10, 60)
         await stop_process(proc, signal.SIGKILL)
         assert await db.fetchval(DELIVERED) < count, "killed too late: the drain had ended"
         proc = start_relay_process(config, tmp_path / "relay.log")

@@ -24,6 +24,8 @@ C = TypeVar("C")
 
 # A stored reason is cut to this many bytes (after masking).
 _REASON_BYTES: Final = 400
+# Closing what was lost may wait on a dead peer: never for long.
+_CLOSE_S: Final = 5.0
 
 
 def url_secrets(url: str) -> list[str]:
@@ -68,6 +70,7 @@ class Link(Generic[C]):
         self._next_try = 0.0
         self._last_error = ""
         self._closed = False
+        self._closing: set[asyncio.Task[None]] = set()
 
     def alive_now(self) -> bool:
         return self._conn is not None and self._alive(self._conn)
@@ -90,17 +93,18 @@ class Link(Generic[C]):
     async def _attempt(self, old: C | None) -> C:
         try:
             if old is not None:
+                # Closed aside: a lost peer must not hold up the new one.
                 self._conn = None
-                with contextlib.suppress(Exception):
-                    await self._close(old)
+                closing = asyncio.create_task(self._close_quietly(old))
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
             try:
                 conn = await self._connect()
             except Exception as exc:
                 self._failed(exc)
                 raise Unavailable(self._last_error) from None
             if self._closed:
-                with contextlib.suppress(Exception):
-                    await self._close(conn)
+                await self._close_quietly(conn)
                 raise Unavailable(f"{self._name}: closed (the relay is stopping)")
             if self._wait_s:
                 log.info(f"broker {self._what} open again", broker=self._name)
@@ -111,12 +115,15 @@ class Link(Generic[C]):
             self._pending = None
 
     def _failed(self, exc: Exception) -> None:
-        # What this depends on (the connection under a channel) logged its own failure.
-        below = isinstance(exc, Unavailable)
-        self._last_error = str(exc) if below else self._reason(exc)
+        if isinstance(exc, Unavailable):
+            # What this depends on (the connection under a channel) failed, logged it and paces
+            # its own retries: this one tries again as soon as that is back.
+            self._last_error = str(exc)
+            return
+        self._last_error = self._reason(exc)
         self._wait_s = min(self._max_wait_s, max(self._first_wait_s, self._wait_s * 2))
         self._next_try = time.monotonic() + self._wait_s
-        (log.debug if below else log.warning)(
+        log.warning(
             f"broker {self._what} failed", broker=self._name, error=self._last_error, retry_in_s=self._wait_s
         )
 
@@ -130,5 +137,8 @@ class Link(Generic[C]):
                 await pending
         conn, self._conn = self._conn, None
         if conn is not None:
-            with contextlib.suppress(Exception):
-                await self._close(conn)
+            await self._close_quietly(conn)
+
+    async def _close_quietly(self, conn: C) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._close(conn), _CLOSE_S)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 from collections.abc import Mapping
@@ -112,10 +113,15 @@ def write_broker_config(path: Path, settings: Settings, brokers: Mapping[str, Ma
     for name, keys in brokers.items():
         lines.append(f'[subscribers."{name}"]')
         lines.append(f'secret = "{SECRET}"')
-        lines += [
-            f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}"
-            for key, value in keys.items()
-        ]
+        lines += [f"{key} = {_toml(value)}" for key, value in keys.items()]
     with path.open("a") as out:
         out.write("\n".join(lines) + "\n")
     return path
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string: JSON's escapes are TOML's
+    return str(value)
