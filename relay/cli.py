@@ -14,13 +14,13 @@ from uuid import uuid4
 import asyncpg
 import typer
 
-from relay import __version__, cli_common, codec, database, journal, migrate
+from relay import __version__, cli_common, codec, database, journal, migrate, operate
 from relay.attempts import SendTestResult
 from relay.attempts import send_test as send_one
 from relay.cli_common import ConfigOption, LogFormat, LogLevel
 from relay.cli_operate import register as register_operator_commands
 from relay.cli_order import register as register_order_commands
-from relay.contracts import REGISTRY, SUBSCRIBERS, Accepted, UnknownFields, parse_event, routed_subscribers
+from relay.contracts import Accepted, UnknownFields, parse_event, routed_subscribers
 from relay.contracts.examples import example
 from relay.daemon import Daemon
 from relay.destination import HttpDestination, Watched, destinations_for
@@ -33,7 +33,7 @@ from relay.redaction import redact
 from relay.scheduler import Scheduler
 from relay.schemas import asyncapi, json_schemas
 from relay.sender import make_sender
-from relay.settings import canonical_subscriber, load_settings, masked, sources
+from relay.settings import load_settings, masked, sources
 
 app = typer.Typer(
     name="it-relay",
@@ -312,17 +312,13 @@ def send_test(
 ) -> None:
     """Send one signed example event (x-it-test: true, a fresh event_id); exit 0 on 2xx."""
     settings = cli_common.load(config)
-    name = canonical_subscriber(subscriber)
-    if name is None:
-        raise InputError(
-            f"--subscriber {subscriber!r}: not a subscriber of the contracts ({', '.join(SUBSCRIBERS)})"
-        )
+    name = operate.subscriber_named(subscriber)
     conf = settings.subscribers.get(name)
     if conf is None:
         raise InputError(
             f"--subscriber {name}: not configured here (no [subscribers.{name}] in the configuration)"
         )
-    routed = [t for t, c in REGISTRY.items() if name in c.subscribers]
+    routed = operate.routed_event_types(name)
     chosen = event_type or routed[0]
     if chosen not in routed:
         raise InputError(f"--event-type {chosen!r}: not routed to {name} (routed: {', '.join(routed)})")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -12,7 +14,7 @@ from uuid import UUID
 import asyncpg
 import typer
 
-from relay import database, logs, migrate
+from relay import codec, database, logs, migrate
 from relay.errors import InputError, UserError
 from relay.redaction import mask_url
 from relay.sender import describe
@@ -24,6 +26,8 @@ ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="TOML config file (default: $IT_RELAY_CONFIG)."),
 ]
+AsJson = Annotated[bool, typer.Option("--json", help="JSON, for scripts.")]
+Since = Annotated[datetime | None, typer.Option(help="From this time (UTC if no offset).")]
 
 
 def load(config: Path | None, log_level: str | None = None, log_format: str | None = None) -> Settings:
@@ -111,3 +115,17 @@ def event_id_option(value: str | None) -> UUID | None:
 def cut(text: str, width: int) -> str:
     """Text cut to a column, marked as cut (the whole of it: --wide or --json)."""
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def utc(value: datetime | None) -> datetime | None:
+    """A time given without an offset, as UTC."""
+    return value.replace(tzinfo=value.tzinfo or UTC) if value else None
+
+
+def echo_json(value: Any) -> None:
+    """A record, or a list of records, as JSON: fields by name, nested records as objects."""
+    if isinstance(value, list):
+        value = [dataclasses.asdict(v) for v in value]
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    typer.echo(codec.dumps(value).decode())

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import asyncpg
 from asyncpg.exceptions._base import InternalClientError
+from asyncpg.pool import PoolConnectionProxy
 
 from relay.settings import DatabaseSettings
+
+# What every gateway function takes: a dedicated connection (the listener, the scheduler, the
+# CLI) or one borrowed from the daemon's pool, which asyncpg hands out behind a proxy.
+Conn: TypeAlias = asyncpg.Connection | PoolConnectionProxy
 
 # Everything a lost or restarting database can raise. InternalClientError is asyncpg reporting a
 # connection left mid-operation by a dropped socket; it is a database fault, not a bug of ours.

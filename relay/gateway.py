@@ -7,37 +7,26 @@ same ports in memory (tests/test_gateway_contract.py holds the two to the same r
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
 
 import asyncpg
 
 from relay import journal, migrate
+from relay.database import Conn
 from relay.errors import SchemaError
-from relay.journal import HeldEntities, SubscriberState
 from relay.model import (
-    NOTIFY_LIMIT_BYTES,
     ClaimedDelivery,
     DeliveryResult,
+    HeldEntities,
     NotifiedEvent,
+    PendingEvent,
     Rejection,
     RoutedEvent,
-    Source,
+    SubscriberState,
 )
-from relay.redaction import scrub_text
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PendingEvent:
-    """A journaled event not yet routed: its payload as the journal keeps it (JSON text)."""
-
-    event_id: UUID
-    payload: str
-    source: Source
 
 
 class DeliveryPort(Protocol):
@@ -107,7 +96,7 @@ class RetentionPort(Protocol):
 
 
 class _PgRoutingBatch:
-    def __init__(self, conn: asyncpg.Connection, events: list[PendingEvent]) -> None:
+    def __init__(self, conn: Conn, events: list[PendingEvent]) -> None:
         self._conn = conn
         self._events = events
 
@@ -176,14 +165,7 @@ class Gateway:
     @asynccontextmanager
     async def routing(self, limit: int) -> AsyncIterator[RoutingBatch]:
         async with self._pool.acquire() as conn, conn.transaction():
-            rows = await journal.claim_events(conn, limit)
-            yield _PgRoutingBatch(
-                conn,
-                [
-                    PendingEvent(event_id=r["event_id"], payload=r["payload"], source=r["source"])
-                    for r in rows
-                ],
-            )
+            yield _PgRoutingBatch(conn, await journal.claim_events(conn, limit))
 
     async def schema_current(self) -> bool:
         async with self._pool.acquire() as conn:
@@ -209,7 +191,7 @@ class Gateway:
 
 
 async def _one_by_one(
-    conn: asyncpg.Connection, events: Sequence[NotifiedEvent], rejections: Sequence[Rejection]
+    conn: Conn, events: Sequence[NotifiedEvent], rejections: Sequence[Rejection]
 ) -> list[Rejection]:
     """Journal what can be stored; what cannot becomes a rejection kept as scrubbed text."""
     unstorable: list[Rejection] = []
@@ -231,7 +213,5 @@ def unstorable_rejection(event: NotifiedEvent, exc: Exception) -> Rejection:
         errors=(f"$: cannot be stored ({type(exc).__name__})",),
         source="notify",
         event_id=event.event_id,
-        # The standard library writes any string as ASCII escapes: this text is storable even
-        # when the payload (the reason we are here) is not.
-        raw_text=scrub_text(json.dumps(event.payload, ensure_ascii=True, default=str)[:NOTIFY_LIMIT_BYTES]),
+        raw_text=journal.unstorable_text(event.payload),
     )

@@ -1,48 +1,56 @@
-"""SQL access to the relay's schema: every query it-relay runs against the journal lives here."""
+"""SQL access to the journal: events in, routing, deliveries out, and the subscribers' shared state.
+
+The operators' queries are in `relay.operator_queries`, the scheduler's in `relay.scheduler_queries`
+and schema changes in `relay.migrate`; every writer of all of them is marked here as a sole record
+or redoable. Reads return records (`relay.model`), never driver rows.
+"""
 
 from __future__ import annotations
 
 import functools
 import json
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass, replace
-from datetime import date, datetime
+from dataclasses import replace
+from datetime import datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
 from uuid import UUID
 
 import asyncpg
 
 from relay import codec
+from relay.database import Conn
 from relay.model import (
     NOTIFY_LIMIT_BYTES,
     ClaimedDelivery,
     DeliveryResult,
+    HeldEntities,
     NotifiedEvent,
+    PendingEvent,
     Rejection,
     RoutedEvent,
+    SubscriberState,
 )
-from relay.planning import Emission, StateUpdate
 from relay.redaction import scrub_text
 from relay.sql import query
 
 P = ParamSpec("P")
 R = TypeVar("R")
-Gateway = Callable[Concatenate[asyncpg.Connection, P], Coroutine[Any, Any, R]]
+GatewayFunction = Callable[Concatenate[Conn, P], Coroutine[Any, Any, R]]
 
-# Every writer of this module says which it is (tests/test_durable.py finds the unclassified):
+# Every writer of the gateway says which it is (tests/test_durable.py finds the unclassified):
 # the only record of something (committed synchronously, whatever the connection), or redone by
 # the relay when a PostgreSQL crash loses its asynchronous commit. Name -> what / why.
 SOLE_RECORDS: dict[str, str] = {}
 REDOABLE: dict[str, str] = {}
 
 
-def sole_record(what: str) -> Callable[[Gateway[P, R]], Gateway[P, R]]:
+def sole_record(what: str) -> Callable[[GatewayFunction[P, R]], GatewayFunction[P, R]]:
     """Writes `what`, which exists nowhere else once committed: its transaction (the caller's, or
     one of its own) commits synchronously even on the daemon's asynchronously committing pool."""
 
-    def decorate(func: Gateway[P, R]) -> Gateway[P, R]:
+    def decorate(func: GatewayFunction[P, R]) -> GatewayFunction[P, R]:
         @functools.wraps(func)
-        async def durable(conn: asyncpg.Connection, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        async def durable(conn: Conn, /, *args: P.args, **kwargs: P.kwargs) -> R:
             # SET LOCAL lasts until the top-level transaction ends, a savepoint's release included.
             if conn.is_in_transaction():
                 await conn.execute(query("durable_commit"))
@@ -57,24 +65,27 @@ def sole_record(what: str) -> Callable[[Gateway[P, R]], Gateway[P, R]]:
     return decorate
 
 
-def redoable(why: str) -> Callable[[Gateway[P, R]], Gateway[P, R]]:
+def redoable(why: str) -> Callable[[GatewayFunction[P, R]], GatewayFunction[P, R]]:
     """Writes what the relay does again if a crash loses it (`why`): may commit asynchronously."""
 
-    def decorate(func: Gateway[P, R]) -> Gateway[P, R]:
+    def decorate(func: GatewayFunction[P, R]) -> GatewayFunction[P, R]:
         REDOABLE[func.__name__] = why
         return func
 
     return decorate
 
 
+# ─── Events in ───────────────────────────────────────────────────────────────────────────────
+
+
 @sole_record("an event published by an operator or a test (`it-relay emit`)")
-async def publish(conn: asyncpg.Connection, payload: dict[str, Any]) -> UUID:
+async def publish(conn: Conn, payload: dict[str, Any]) -> UUID:
     event_id: UUID = await conn.fetchval(query("publish"), codec.dumps(payload).decode())
     return event_id
 
 
 @sole_record("a legacy notification's payload: a NOTIFY is kept nowhere else")
-async def journal_notified(conn: asyncpg.Connection, events: Sequence[NotifiedEvent]) -> None:
+async def journal_notified(conn: Conn, events: Sequence[NotifiedEvent]) -> None:
     """Journal notified events (in the caller's transaction)."""
     if not events:
         return
@@ -87,7 +98,7 @@ async def journal_notified(conn: asyncpg.Connection, events: Sequence[NotifiedEv
     )
 
 
-async def journaled_ids(conn: asyncpg.Connection, ids: Sequence[UUID]) -> set[UUID]:
+async def journaled_ids(conn: Conn, ids: Sequence[UUID]) -> set[UUID]:
     """Which of these event ids the journal already holds."""
     if not ids:
         return set()
@@ -95,7 +106,7 @@ async def journaled_ids(conn: asyncpg.Connection, ids: Sequence[UUID]) -> set[UU
 
 
 @sole_record("a rejection: of a notification, the only trace of it")
-async def record_rejected(conn: asyncpg.Connection, rejections: Sequence[Rejection]) -> None:
+async def record_rejected(conn: Conn, rejections: Sequence[Rejection]) -> None:
     if not rejections:
         return
     await conn.execute(
@@ -116,37 +127,67 @@ async def record_rejected(conn: asyncpg.Connection, rejections: Sequence[Rejecti
 UNSTORABLE: tuple[type[Exception], ...] = (asyncpg.DataError, TypeError, ValueError)
 
 
+def unstorable_text(payload: Any, raw_text: str | None = None) -> str:
+    """What is kept of something the database refused to store: its payload as JSON (else the raw
+    text), cut to size and scrubbed, as text it can hold."""
+    # The standard library writes any string (lone surrogates included) as ASCII escapes; a NUL,
+    # which jsonb refuses even escaped, becomes U+FFFD.
+    text = json.dumps(payload, ensure_ascii=True, default=str) if payload is not None else raw_text or ""
+    return scrub_text(text[:NOTIFY_LIMIT_BYTES].replace("\\u0000", "\ufffd"))
+
+
 @sole_record("a rejection: of a notification, the only trace of it")
-async def record_rejected_safely(conn: asyncpg.Connection, rejection: Rejection) -> None:
+async def record_rejected_safely(conn: Conn, rejection: Rejection) -> None:
     """Record one rejection; if its payload cannot be stored as jsonb, keep it as scrubbed text."""
     try:
         async with conn.transaction():
             await record_rejected(conn, [rejection])
     except UNSTORABLE:
-        # The standard library writes any string (lone surrogates included) as ASCII escapes.
-        text = (
-            json.dumps(rejection.payload, ensure_ascii=True, default=str)
-            if rejection.payload is not None
-            else rejection.raw_text or ""
-        )
         fallback = replace(
-            rejection,
-            payload=None,
-            raw_text=scrub_text(text[:NOTIFY_LIMIT_BYTES].replace("\\u0000", "\ufffd")),
+            rejection, payload=None, raw_text=unstorable_text(rejection.payload, rejection.raw_text)
         )
         async with conn.transaction():
             await record_rejected(conn, [fallback])
 
 
-async def claim_events(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+async def backend_roles(conn: Conn, pids: Sequence[int]) -> dict[int, str]:
+    """The login role of each backend among `pids` that is still connected."""
+    return {r["pid"]: r["role"] for r in await conn.fetch(query("backend_roles"), list(set(pids)))}
+
+
+async def probe(conn: Conn) -> None:
+    """One round trip: asyncpg does not notice a server that vanished without closing the socket."""
+    await conn.fetchval(query("probe"))
+
+
+async def wake(conn: Conn, channel: str, event_id: UUID, event_type: str) -> None:
+    """A wake-up for every instance's delivery lanes (after a replay), never journaled again."""
+    await conn.execute(
+        query("wake"),
+        channel,
+        codec.dumps({"event_id": event_id, "event_type": event_type, "wake": "deliveries"}).decode(),
+    )
+
+
+async def database_now(conn: Conn) -> datetime:
+    now: datetime = await conn.fetchval(query("database_now"))
+    return now
+
+
+# ─── Routing ─────────────────────────────────────────────────────────────────────────────────
+
+
+async def claim_events(conn: Conn, limit: int) -> list[PendingEvent]:
     """Pending events, locked until the caller's transaction ends."""
-    rows: list[asyncpg.Record] = await conn.fetch(query("claim_events"), limit)
-    return rows
+    return [
+        PendingEvent(event_id=r["event_id"], payload=r["payload"], source=r["source"])
+        for r in await conn.fetch(query("claim_events"), limit)
+    ]
 
 
 @redoable("the events stay pending until it commits: a lost routing is done again")
 async def write_routing(
-    conn: asyncpg.Connection, routed: Sequence[RoutedEvent], rejected: Sequence[tuple[UUID, Rejection]]
+    conn: Conn, routed: Sequence[RoutedEvent], rejected: Sequence[tuple[UUID, Rejection]]
 ) -> None:
     if routed:
         pairs = [(r.event_id, s, r.event_type) for r in routed for s in r.subscribers]
@@ -166,9 +207,12 @@ async def write_routing(
         await record_rejected(conn, [r for _, r in rejected])
 
 
+# ─── Deliveries ──────────────────────────────────────────────────────────────────────────────
+
+
 @redoable("a lost claim never leased anything; the delivery is claimed again")
 async def claim_deliveries(
-    conn: asyncpg.Connection, subscriber: str, owner: str, limit: int, lease_s: float, ordered: bool = False
+    conn: Conn, subscriber: str, owner: str, limit: int, lease_s: float, ordered: bool = False
 ) -> list[ClaimedDelivery]:
     """Due deliveries leased to `owner`; for an ordered subscriber, only each entity's head."""
     name = "claim_ordered" if ordered else "claim_deliveries"
@@ -191,13 +235,13 @@ async def claim_deliveries(
     ]
 
 
-async def seconds_until_due(conn: asyncpg.Connection, subscriber: str) -> float | None:
+async def seconds_until_due(conn: Conn, subscriber: str) -> float | None:
     seconds: float | None = await conn.fetchval(query("next_due"), subscriber)
     return seconds
 
 
 @redoable("a lost outcome leaves the delivery pending: it goes out again, same event_id")
-async def write_results(conn: asyncpg.Connection, results: Sequence[DeliveryResult], owner: str) -> int:
+async def write_results(conn: Conn, results: Sequence[DeliveryResult], owner: str) -> int:
     """Write outcomes in one round trip; returns how many rows this instance still held."""
     if not results:
         return 0
@@ -227,70 +271,24 @@ async def write_results(conn: asyncpg.Connection, results: Sequence[DeliveryResu
 
 
 @redoable("a lost release expires with its lease")
-async def release_leases(conn: asyncpg.Connection, owner: str, keys: Sequence[tuple[UUID, str]]) -> None:
+async def release_leases(conn: Conn, owner: str, keys: Sequence[tuple[UUID, str]]) -> None:
     if keys:
         await conn.execute(query("release_leases"), owner, [k[0] for k in keys], [k[1] for k in keys])
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Selection:
-    """Which deliveries a replay takes (None: any)."""
-
-    event_id: UUID | None = None
-    subscribers: Sequence[str] | None = None
-    status: str | None = None
-    event_type: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-
-    def args(self) -> tuple[Any, ...]:
-        subs = None if self.subscribers is None else list(self.subscribers)
-        return (self.event_id, subs, self.status, self.event_type, self.since, self.until)
+async def backlog(conn: Conn) -> dict[str, int]:
+    return {r[0]: r[1] for r in await conn.fetch(query("backlog"))}
 
 
-@sole_record("an operator's replay")
-async def replay(
-    conn: asyncpg.Connection, channel: str, selection: Selection, *, dry_run: bool = False
-) -> dict[str, int]:
-    """Re-queue the selected deliveries (same event_id), then wake every relay instance; with
-    `dry_run`, only count them. Counted per subscriber."""
-    rows = await conn.fetch(query("replay"), *selection.args(), dry_run)
-    if rows and not dry_run:
-        await wake(conn, channel, rows[0]["event_id"], rows[0]["event_type"])
-    return {r["subscriber"]: r["n"] for r in rows}
+async def entities_held(conn: Conn) -> dict[str, HeldEntities]:
+    """Per subscriber: how many entities wait behind a dead head, and the oldest's age."""
+    return {
+        r["subscriber"]: HeldEntities(entities=r["entities"], oldest_s=r["oldest_s"])
+        for r in await conn.fetch(query("entities_held"))
+    }
 
 
-@sole_record("an operator's backfill")
-async def backfill(
-    conn: asyncpg.Connection,
-    channel: str,
-    *,
-    subscriber: str,
-    event_types: Sequence[str],
-    since: datetime,
-    until: datetime | None,
-    dry_run: bool,
-) -> dict[str, int]:
-    """Deliveries from the journal for a subscriber added later, counted per event type."""
-    rows = await conn.fetch(query("backfill"), subscriber, list(event_types), since, until, dry_run)
-    if rows and not dry_run:
-        # A wake-up names a journaled event: the listener treats an unknown id as a rejection.
-        await wake(conn, channel, rows[0]["event_id"], rows[0]["event_type"])
-    return {r["event_type"]: r["n"] for r in rows}
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SubscriberState:
-    """What every instance shares about a subscriber: paused by an operator, the last circuit seen."""
-
-    paused: bool | None
-    changed_at: datetime | None
-    changed_by: str | None
-    circuit: str
-    circuit_changed_at: datetime | None
-
-
-async def subscriber_states(conn: asyncpg.Connection) -> dict[str, SubscriberState]:
+async def subscriber_states(conn: Conn) -> dict[str, SubscriberState]:
     return {
         r["subscriber"]: SubscriberState(
             paused=r["paused"],
@@ -303,192 +301,17 @@ async def subscriber_states(conn: asyncpg.Connection) -> dict[str, SubscriberSta
     }
 
 
-@sole_record("an operator's pause or resume")
-async def set_paused(conn: asyncpg.Connection, subscriber: str, paused: bool, by: str) -> None:
-    await conn.execute(query("set_paused"), subscriber, paused, by)
-
-
 @redoable("each instance reports its circuit again when it changes")
-async def set_circuit(conn: asyncpg.Connection, subscriber: str, state: str) -> None:
+async def set_circuit(conn: Conn, subscriber: str, state: str) -> None:
     await conn.execute(query("set_circuit"), subscriber, state)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Released:
-    """What `it-relay release` freed: dead heads no longer holding, held deliveries now pending."""
-
-    heads: int
-    released: int
-
-
-@sole_record("an operator's release of a held entity")
-async def release_entity(conn: asyncpg.Connection, channel: str, subscriber: str, entity: str) -> Released:
-    row = await conn.fetchrow(query("release_entity"), subscriber, entity)
-    assert row is not None
-    if row["event_id"] is not None:
-        await wake(conn, channel, row["event_id"], row["event_type"])
-    return Released(heads=row["heads"], released=row["released"])
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HeldEntities:
-    entities: int
-    oldest_s: float
-
-
-async def entities_held(conn: asyncpg.Connection) -> dict[str, HeldEntities]:
-    """Per subscriber: how many entities wait behind a dead head, and the oldest's age."""
-    return {
-        r["subscriber"]: HeldEntities(entities=r["entities"], oldest_s=r["oldest_s"])
-        for r in await conn.fetch(query("entities_held"))
-    }
-
-
-async def subscriber_stats(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-    rows: list[asyncpg.Record] = await conn.fetch(query("subscriber_stats"))
-    return rows
-
-
-async def event_journey(
-    conn: asyncpg.Connection, event_id: UUID
-) -> tuple[asyncpg.Record | None, list[asyncpg.Record], list[asyncpg.Record], asyncpg.Record | None]:
-    """One event: its journal row, its deliveries, every attempt, and its rejection if any."""
-    event = await conn.fetchrow(query("event_journey"), event_id)
-    deliveries = await list_deliveries(conn, event_id=event_id, limit=1000)
-    attempts = await conn.fetch(query("event_attempts"), event_id)
-    rejection = await conn.fetchrow(query("rejection"), -1, event_id)
-    return event, deliveries, attempts, rejection
-
-
-async def follow_deliveries(
-    conn: asyncpg.Connection,
-    after: datetime,
-    *,
-    status: str | None,
-    subscriber: str | None,
-    event_type: str | None,
-) -> list[asyncpg.Record]:
-    rows: list[asyncpg.Record] = await conn.fetch(
-        query("follow_deliveries"), after, status, subscriber, event_type
-    )
-    return rows
-
-
-async def list_rejections(
-    conn: asyncpg.Connection,
-    *,
-    reason: str | None,
-    event_type: str | None,
-    since: datetime | None,
-    resolved: bool,
-    limit: int,
-) -> list[asyncpg.Record]:
-    rows: list[asyncpg.Record] = await conn.fetch(
-        query("list_rejections"), reason, event_type, since, resolved, limit
-    )
-    return rows
-
-
-async def rejection(
-    conn: asyncpg.Connection, rejection_id: int, event_id: UUID | None
-) -> asyncpg.Record | None:
-    row: asyncpg.Record | None = await conn.fetchrow(query("rejection"), rejection_id, event_id)
-    return row
-
-
-@sole_record("an operator's republish of a corrected event")
-async def republish(
-    conn: asyncpg.Connection, channel: str, rejection_id: int, event: NotifiedEvent
-) -> str | None:
-    """Journal a corrected event under its id and mark the rejection resolved; None once done,
-    else why nothing was written (one line): the id is another event's or rejection's, or routed."""
-    row = await conn.fetchrow(query("lock_rejection"), rejection_id)
-    if row is None:
-        return f"no rejection {rejection_id} (pruned after its retention, or never recorded)"
-    if row["resolved_event_id"] is not None:
-        return f"rejection {rejection_id} was already republished as {row['resolved_event_id']}"
-    own = row["event_id"] is not None
-    if own and row["event_id"] != event.event_id:
-        return f"the corrected event's event_id {event.event_id} is not the rejected one ({row['event_id']})"
-    why = _held(
-        event.event_id, own, await conn.fetchrow(query("event_id_holders"), rejection_id, event.event_id)
-    )
-    if why is not None:
-        return why
-    written = await conn.fetchval(
-        query("republish"),
-        event.event_id,
-        event.event_type,
-        codec.dumps(event.payload).decode(),
-        event.organization_id,
-        own,
-    )
-    if written is None:  # taken since it was looked at: by a concurrent publish or republish
-        return f"event_id {event.event_id} was taken by another event meanwhile"
-    await conn.execute(query("resolve_rejection"), rejection_id, event.event_id)
-    await conn.execute(
-        query("wake"),
-        channel,
-        codec.dumps({"event_id": event.event_id, "event_type": event.event_type}).decode(),
-    )
-    return None
-
-
-def _held(event_id: UUID, own: bool, holders: asyncpg.Record) -> str | None:
-    """Why `event_id` cannot be republished, from what holds it (None: free, or the rejection's own)."""
-    status = holders["journal_status"]
-    if holders["rejection_id"] is not None:
-        return f"event_id {event_id} already belongs to rejection {holders['rejection_id']}"
-    if status is None or (own and status == "rejected"):
-        return None
-    if own and status == "routed":
-        return f"event {event_id} is already journaled and routed: use `it-relay replay`"
-    if own:
-        return f"event {event_id} is already journaled and {status}: the router takes it as it is"
-    return f"event_id {event_id} already belongs to another event ({status} in the journal)"
-
-
-async def probe(conn: asyncpg.Connection) -> None:
-    """One round trip: asyncpg does not notice a server that vanished without closing the socket."""
-    await conn.fetchval(query("probe"))
-
-
-async def backend_roles(conn: asyncpg.Connection, pids: Sequence[int]) -> dict[int, str]:
-    """The login role of each backend among `pids` that is still connected."""
-    return {r["pid"]: r["role"] for r in await conn.fetch(query("backend_roles"), list(set(pids)))}
-
-
-async def wake(conn: asyncpg.Connection, channel: str, event_id: UUID, event_type: str) -> None:
-    """A wake-up for every instance's delivery lanes (after a replay), never journaled again."""
-    await conn.execute(
-        query("wake"),
-        channel,
-        codec.dumps({"event_id": event_id, "event_type": event_type, "wake": "deliveries"}).decode(),
-    )
-
-
-async def list_deliveries(
-    conn: asyncpg.Connection,
-    *,
-    status: str | None = None,
-    subscriber: str | None = None,
-    event_type: str | None = None,
-    event_id: UUID | None = None,
-    limit: int = 50,
-) -> list[asyncpg.Record]:
-    rows: list[asyncpg.Record] = await conn.fetch(
-        query("list_deliveries"), status, subscriber, event_type, event_id, limit
-    )
-    return rows
-
-
-async def backlog(conn: asyncpg.Connection) -> dict[str, int]:
-    return {r[0]: r[1] for r in await conn.fetch(query("backlog"))}
+# ─── Retention ───────────────────────────────────────────────────────────────────────────────
 
 
 @redoable("a lost prune deletes the same rows next time")
 async def prune(
-    conn: asyncpg.Connection,
+    conn: Conn,
     delivered_s: float,
     dead_s: float,
     rejected_s: float,
@@ -512,80 +335,3 @@ async def prune(
         status = await conn.execute(query(name), *args)
         total += int(status.split()[-1])
     return total
-
-
-# ─── The scheduler ──────────────────────────────────────────────────────────────────────────
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DueWork:
-    """What the scheduler's views hold at the start of a pass (one read-only snapshot)."""
-
-    contracts: list[asyncpg.Record]
-    licences: list[asyncpg.Record]
-    patches: list[asyncpg.Record]
-    tickets: list[asyncpg.Record]
-    compliance: list[asyncpg.Record]
-    states: dict[UUID, tuple[str, int]]
-
-
-async def database_now(conn: asyncpg.Connection) -> datetime:
-    now: datetime = await conn.fetchval(query("database_now"))
-    return now
-
-
-async def try_lead(conn: asyncpg.Connection, lock: int) -> bool:
-    """Take the scheduler's session advisory lock if it is free."""
-    return bool(await conn.fetchval(query("scheduler_try_lead"), lock))
-
-
-async def due_work(
-    conn: asyncpg.Connection, now: datetime, today: date, horizon_days: int, under_utilized_percent: float
-) -> DueWork:
-    """What is due at the pass's time `now` (`today` in the scheduler's time zone)."""
-    async with conn.transaction(readonly=True):
-        await conn.execute(query("compliance_threshold"), str(under_utilized_percent))
-        return DueWork(
-            contracts=await conn.fetch(query("contract_expirations"), today, horizon_days),
-            licences=await conn.fetch(query("license_expirations"), today, horizon_days),
-            patches=await conn.fetch(query("patch_backlog"), today),
-            tickets=await conn.fetch(query("ticket_clocks"), now),
-            compliance=await conn.fetch(query("license_compliance")),
-            states={
-                r["license_id"]: (r["state"], r["episode"])
-                for r in await conn.fetch(query("compliance_states"))
-            },
-        )
-
-
-async def scheduler_marked(
-    conn: asyncpg.Connection, entity_ids: Iterable[UUID]
-) -> set[tuple[str, UUID, str]]:
-    """The (kind, entity, milestone) marks already written for these entities."""
-    rows = await conn.fetch(query("scheduler_marked"), list(entity_ids))
-    return {(r["kind"], r["entity_id"], r["milestone"]) for r in rows}
-
-
-@sole_record("a scheduled event under a new id, and the mark that it was emitted")
-async def emit_scheduled(
-    conn: asyncpg.Connection, emission: Emission, event_id: UUID, states: Sequence[StateUpdate]
-) -> bool:
-    """Mark, update compliance states and publish in one transaction; False if already marked."""
-    won = await conn.fetchval(
-        query("scheduler_mark"), emission.kind, emission.entity_id, emission.milestone, event_id
-    )
-    await _set_states(conn, states)
-    if won is None:
-        return False
-    await conn.fetchval(query("publish"), codec.dumps(emission.payload | {"event_id": event_id}).decode())
-    return True
-
-
-@sole_record("the compliance episode an alert was emitted for (lost, it is alerted again)")
-async def set_compliance_states(conn: asyncpg.Connection, states: Sequence[StateUpdate]) -> None:
-    await _set_states(conn, states)
-
-
-async def _set_states(conn: asyncpg.Connection, states: Sequence[StateUpdate]) -> None:
-    for update in states:
-        await conn.execute(query("compliance_set_state"), update.license_id, update.state, update.episode)

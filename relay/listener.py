@@ -65,8 +65,9 @@ class Listener:
         self.connected = asyncio.Event()
         self.connections = 0
 
-    def _on_notify(self, _conn: object, pid: int, _channel: str, payload: str) -> None:
-        self._inbox.append((pid, payload))
+    def _on_notify(self, _conn: object, pid: int, _channel: str, payload: object) -> None:
+        # asyncpg hands a notification's payload over as the text PostgreSQL sent.
+        self._inbox.append((pid, str(payload)))
         self._inbox_ready.set()
         # Most notifications are publish()'s: the event is journaled, the router has work now.
         # Waking it before the inbox is looked at takes the listener's round trips off the

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import asyncpg
-
+from relay.database import Conn
 from relay.errors import SchemaError
 from relay.sql import migrations, query
 
@@ -33,16 +32,14 @@ def code_version() -> int:
     return migrations()[-1].version
 
 
-async def schema_version(conn: asyncpg.Connection) -> int:
+async def schema_version(conn: Conn) -> int:
     if not await conn.fetchval(query("schema_exists")):
         return 0
     version: int = await conn.fetchval(query("schema_version"))
     return version
 
 
-async def upgrade(
-    conn: asyncpg.Connection, *, reference: bool = False, channel: str | None = None
-) -> list[str]:
+async def upgrade(conn: Conn, *, reference: bool = False, channel: str | None = None) -> list[str]:
     """Apply pending migrations in one transaction; returns the names applied (may be empty).
 
     `channel` (database.channel) is recorded as the channel it_relay.publish() notifies on.
@@ -70,7 +67,7 @@ async def upgrade(
     return applied
 
 
-async def reference_version(conn: asyncpg.Connection) -> int:
+async def reference_version(conn: Conn) -> int:
     """The reference schema's recorded version (0: not installed, or installed before versioning)."""
     if await schema_version(conn) < _REFERENCE_VERSIONING:
         return 0
@@ -91,7 +88,7 @@ class Status:
     reference_unversioned: bool  # the IT tables exist, no version recorded (before versioning)
 
 
-async def status(conn: asyncpg.Connection) -> Status:
+async def status(conn: Conn) -> Status:
     relay = await schema_version(conn)
     reference = await reference_version(conn)
     return Status(
@@ -107,7 +104,7 @@ async def status(conn: asyncpg.Connection) -> Status:
     )
 
 
-async def check_channel(conn: asyncpg.Connection, channel: str) -> None:
+async def check_channel(conn: Conn, channel: str) -> None:
     """Raise SchemaError unless publish() notifies on the channel this relay listens to."""
     recorded = await conn.fetchval(query("channel"))
     if recorded != channel:
@@ -117,7 +114,7 @@ async def check_channel(conn: asyncpg.Connection, channel: str) -> None:
         )
 
 
-async def check(conn: asyncpg.Connection) -> int:
+async def check(conn: Conn) -> int:
     """Raise SchemaError unless the schema is at least as new as this code; returns its version."""
     found = await schema_version(conn)
     needed = code_version()

@@ -160,3 +160,154 @@ class DeliveryResult:
     # Gone dead on an ordered subscriber with on_exhausted = "hold": its entity's later deliveries
     # are held until released.
     hold: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PendingEvent:
+    """A journaled event not yet routed: its payload as the journal keeps it (JSON text)."""
+
+    event_id: UUID
+    payload: str
+    source: Source
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubscriberState:
+    """What every instance shares about a subscriber: paused by an operator, the last circuit seen."""
+
+    paused: bool | None
+    changed_at: datetime | None
+    changed_by: str | None
+    circuit: str
+    circuit_changed_at: datetime | None
+
+
+def effectively_paused(shared: SubscriberState | None, *, enabled: bool) -> bool:
+    """Whether a subscriber's deliveries are held: an operator's last pause or resume, else
+    `enabled = false` in the configuration."""
+    if shared is not None and shared.paused is not None:
+        return shared.paused
+    return not enabled
+
+
+# ─── What the operators' commands read ─────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryRow:
+    """One delivery as the delivery log shows it."""
+
+    event_id: UUID
+    event_type: str
+    subscriber: str
+    status: DeliveryStatus
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    next_attempt_at: datetime
+    delivered_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptRow:
+    """One attempt of a delivery, as kept in its history (the excerpt scrubbed when written)."""
+
+    attempt: int
+    attempted_at: datetime
+    http_status: int | None
+    error: str | None
+    duration_ms: float
+    response_excerpt: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryHistory(DeliveryRow):
+    """A delivery and every attempt it had, oldest first."""
+
+    history: tuple[AttemptRow, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JournaledEvent:
+    """An event's journal row, its (redacted) payload decoded."""
+
+    event_id: UUID
+    event_type: str
+    status: EventStatus
+    source: Source
+    payload: Any
+    created_at: datetime
+    routed_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RejectionRow:
+    """A recorded rejection, as `rejections list` shows it."""
+
+    id: int
+    event_id: UUID | None
+    event_type: str | None
+    reason: RejectionReason
+    errors: tuple[str, ...]
+    source: Source
+    received_at: datetime
+    resolved_at: datetime | None
+    resolved_event_id: UUID | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RejectionDetail(RejectionRow):
+    """A rejection with what was received: the redacted JSON value, or the scrubbed text."""
+
+    payload: Any
+    raw_text: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Journey:
+    """One event: its journal row, its rejection if any, each delivery with its attempts."""
+
+    event: JournaledEvent | None
+    rejection: RejectionDetail | None
+    deliveries: tuple[DeliveryHistory, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubscriberStats:
+    """A subscriber's delivery figures (`status`): backlog, outcomes in 5 and 60 minutes, latency
+    of the last hour, last success and error, its shared state; `now` is the database's clock."""
+
+    subscriber: str
+    backlog: int
+    oldest_pending: datetime | None
+    delivered_5m: int
+    failed_5m: int
+    delivered_60m: int
+    failed_60m: int
+    p50_s: float | None
+    p99_s: float | None
+    last_success: datetime | None
+    last_error: str | None
+    last_error_at: datetime | None
+    paused: bool | None
+    circuit: str | None
+    circuit_changed_at: datetime | None
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeldEntities:
+    """A subscriber's entities held behind a dead head: how many, and the oldest's age."""
+
+    entities: int
+    oldest_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Released:
+    """What `it-relay release` freed: dead heads no longer holding, held deliveries now pending."""
+
+    heads: int
+    released: int

@@ -18,7 +18,8 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from relay import journal
+from relay import scheduler_queries
+from relay.database import Conn
 from relay.health import Heartbeats
 from relay.logs import get_logger
 from relay.metrics import Metrics
@@ -69,7 +70,7 @@ class Scheduler:
             if self._conn is None:
                 self._conn = await self._connect()
             if not self.leading.is_set():
-                if not await journal.try_lead(self._conn, LEADER_LOCK):
+                if not await scheduler_queries.try_lead(self._conn, LEADER_LOCK):
                     return None
                 self.leading.set()
                 self._metrics.scheduler_leading.set(1)
@@ -100,11 +101,11 @@ class Scheduler:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), 5)
 
-    async def plan(self, conn: asyncpg.Connection, now: datetime) -> Plan:
+    async def plan(self, conn: Conn, now: datetime) -> Plan:
         """Everything due at `now` that has not been emitted yet (reads only)."""
         s = self._settings
         today = now.astimezone(self._zone).date()
-        due = await journal.due_work(
+        due = await scheduler_queries.due_work(
             conn, now, today, max(s.expiry_milestones_days), s.compliance.under_utilized_percent
         )
         plan = plan_compliance(
@@ -115,13 +116,11 @@ class Scheduler:
             *plan_patches(due.patches, today, now, s.patch_overdue_days),
             *plan_sla(due.tickets, now, s.sla_hours),
         ]
-        marked = await journal.scheduler_marked(conn, {e.entity_id for e in plan.emissions})
+        marked = await scheduler_queries.scheduler_marked(conn, {e.entity_id for e in plan.emissions})
         plan.emissions = [e for e in plan.emissions if (e.kind, e.entity_id, e.milestone) not in marked]
         return plan
 
-    async def run_once(
-        self, conn: asyncpg.Connection, now: datetime, *, dry_run: bool = False
-    ) -> list[Emission]:
+    async def run_once(self, conn: Conn, now: datetime, *, dry_run: bool = False) -> list[Emission]:
         """One pass at `now`; returns what was emitted (or, with dry_run, what would be)."""
         plan = await self.plan(conn, now)
         self.passes += 1
@@ -131,7 +130,7 @@ class Scheduler:
         for emission in plan.emissions:
             event_id = uuid.uuid4()
             states = [u for u in plan.states if u.license_id == emission.entity_id]
-            if not await journal.emit_scheduled(conn, emission, event_id, states):
+            if not await scheduler_queries.emit_scheduled(conn, emission, event_id, states):
                 continue  # another scheduler emitted it first
             emitted.append(emission)
             self._metrics.scheduler_emitted.labels(emission.event_type).inc()
@@ -143,5 +142,7 @@ class Scheduler:
                 milestone=emission.milestone,
             )
         emitting = {e.entity_id for e in plan.emissions}
-        await journal.set_compliance_states(conn, [u for u in plan.states if u.license_id not in emitting])
+        await scheduler_queries.set_compliance_states(
+            conn, [u for u in plan.states if u.license_id not in emitting]
+        )
         return emitted

@@ -19,7 +19,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RawStreamMsg, StreamConfig
 
-from relay import codec, journal
+from relay import codec, journal, operator_queries
 from relay.contracts.examples import example
 from tests.support.brokers import NATS_ENV, TcpProxy, broker_url, unique, verify, via, write_broker_config
 from tests.support.relay import (
@@ -121,10 +121,12 @@ async def test_replay_is_a_new_generation_returned_by_the_claim(
     (first,) = await journal.claim_deliveries(db, SUB, "test", 10, 30)
     assert (first.generation, first.entity_key, first.organization_id) == (0, "report_run_id:r1", org)
     await db.execute("UPDATE it_relay.deliveries SET status = 'dead', lease_owner = NULL")
-    assert await journal.replay(db, "it_events", journal.Selection(event_id=event_id)) == {SUB: 1}
-    assert await journal.replay(db, "it_events", journal.Selection(event_id=event_id), dry_run=True) == {
+    assert await operator_queries.replay(db, "it_events", operator_queries.Selection(event_id=event_id)) == {
         SUB: 1
     }
+    assert await operator_queries.replay(
+        db, "it_events", operator_queries.Selection(event_id=event_id), dry_run=True
+    ) == {SUB: 1}
     (again,) = await journal.claim_deliveries(db, SUB, "test", 10, 30)
     assert again.generation == 1
 

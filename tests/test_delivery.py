@@ -127,6 +127,7 @@ async def test_in_process_retry_counts_every_attempt(
         await wait_for_rows(db, status_of(db, event_id, "FA"), lambda v: v == "delivered/3")
     assert [r.headers["x-it-delivery-attempt"] for r in sink.at("/fa")] == ["1", "2", "3"]
     row = await db.fetchrow("SELECT failed_rounds, last_status FROM it_relay.deliveries")
+    assert row is not None
     assert row["failed_rounds"] == 1
 
 
@@ -149,6 +150,7 @@ async def test_400_is_dead_at_once_with_the_status_recorded(
         # Dead is final: no claim can pick the row up again.
         await wait_for_rows(db, status_of(db, event_id, "FA"), lambda v: v == "dead/1")
     row = await db.fetchrow("SELECT last_status, last_error FROM it_relay.deliveries")
+    assert row is not None
     assert (row["last_status"], row["last_error"]) == (400, "HTTP 400")
     assert len(sink.at("/fa")) == 1
 
@@ -168,6 +170,7 @@ async def test_a_timeout_is_retried(relay_db: str, db: asyncpg.Connection, sink:
         event_id = await publish(db, example("it_asset_purchased"))
         await wait_for_rows(db, status_of(db, event_id, "FA"), lambda v: v == "delivered/2")
     row = await db.fetchrow("SELECT last_error FROM it_relay.deliveries")
+    assert row is not None
     assert row["last_error"] is None
     assert len(sink.at("/fa")) == 2
 
@@ -188,6 +191,7 @@ async def test_connection_refused_is_retried_with_the_reason(
     row = await db.fetchrow(
         "SELECT last_error, last_status, next_attempt_at > now() + interval '20 s' AS later FROM it_relay.deliveries"
     )
+    assert row is not None
     assert row["last_status"] is None
     assert row["last_error"]
     assert row["later"]

@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from relay import codec, database, journal
+from relay import codec, database, journal, operator_queries, scheduler_queries
 from relay.contracts.examples import example
 from relay.gateway import Gateway
 from relay.listener import Listener
@@ -155,7 +155,7 @@ async def _rejection(db: asyncpg.Connection) -> int:
     return row_id
 
 
-Write = Callable[[asyncpg.Connection], Awaitable[Any]]
+Write = Callable[[database.Conn], Awaitable[Any]]
 
 
 async def _sole_record_writes(db: asyncpg.Connection) -> dict[str, Write]:
@@ -195,8 +195,10 @@ async def _sole_record_writes(db: asyncpg.Connection) -> dict[str, Write]:
         "record_rejected_safely": lambda c: journal.record_rejected_safely(
             c, Rejection(reason="schema", errors=("$: x",), payload={"a": "\x00"}, source="notify")
         ),
-        "replay": lambda c: journal.replay(c, "it_events", journal.Selection(event_id=replayed)),
-        "backfill": lambda c: journal.backfill(
+        "replay": lambda c: operator_queries.replay(
+            c, "it_events", operator_queries.Selection(event_id=replayed)
+        ),
+        "backfill": lambda c: operator_queries.backfill(
             c,
             "it_events",
             subscriber="HR",
@@ -205,9 +207,9 @@ async def _sole_record_writes(db: asyncpg.Connection) -> dict[str, Write]:
             until=None,
             dry_run=False,
         ),
-        "set_paused": lambda c: journal.set_paused(c, "PF-10", True, "tester"),
-        "release_entity": lambda c: journal.release_entity(c, "it_events", "PF-10", "asset_id:held"),
-        "republish": lambda c: journal.republish(
+        "set_paused": lambda c: operator_queries.set_paused(c, "PF-10", True, "tester"),
+        "release_entity": lambda c: operator_queries.release_entity(c, "it_events", "PF-10", "asset_id:held"),
+        "republish": lambda c: operator_queries.republish(
             c,
             "it_events",
             rejected,
@@ -218,8 +220,8 @@ async def _sole_record_writes(db: asyncpg.Connection) -> dict[str, Write]:
                 organization_id=None,
             ),
         ),
-        "emit_scheduled": lambda c: journal.emit_scheduled(c, emission, uuid.uuid4(), []),
-        "set_compliance_states": lambda c: journal.set_compliance_states(
+        "emit_scheduled": lambda c: scheduler_queries.emit_scheduled(c, emission, uuid.uuid4(), []),
+        "set_compliance_states": lambda c: scheduler_queries.set_compliance_states(
             c, [StateUpdate(license_id=licence, state="ok", episode=0)]
         ),
     }
@@ -244,7 +246,7 @@ async def test_every_gateway_write_of_a_sole_record_commits_synchronously(
     # Written inside the caller's transaction, the caller's commit is the synchronous one.
     await observed.execute("TRUNCATE public.commit_modes")
     async with pool.acquire() as conn, conn.transaction():
-        await journal.set_paused(conn, "GR", True, "tester")
+        await operator_queries.set_paused(conn, "GR", True, "tester")
         await journal.set_circuit(conn, "GR", "open")
     assert await _modes(observed) == {"subscriber_state": {"on"}}
 
@@ -298,11 +300,21 @@ def _calls(node: ast.AST) -> tuple[set[str], set[str]]:
     return queries, called
 
 
+# The gateway modules that write the journal's tables (schema changes, relay.migrate, are apart).
+GATEWAY_MODULES = (journal, operator_queries, scheduler_queries)
+
+
 def test_every_gateway_writer_declares_whether_it_is_a_sole_record() -> None:
     # A new writer cannot be added to the gateway without saying whether a lost commit of it is
     # redone (asynchronous is fine) or lost for good (it must be a sole_record).
-    tree = ast.parse(inspect.getsource(journal))
-    functions = {n.name: _calls(n) for n in tree.body if isinstance(n, ast.AsyncFunctionDef)}
+    defined = [
+        n
+        for module in GATEWAY_MODULES
+        for n in ast.parse(inspect.getsource(module)).body
+        if isinstance(n, ast.AsyncFunctionDef)
+    ]
+    functions = {n.name: _calls(n) for n in defined}
+    assert len(functions) == len(defined), "the marks name writers by function name: one name, one writer"
     writers = {name for name, (queries, _) in functions.items() if any(_writes(QUERIES[q]) for q in queries)}
     while grown := {n for n, (_, called) in functions.items() if called & writers} - writers:
         writers |= grown  # a function that calls a writer writes too

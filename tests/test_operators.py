@@ -96,6 +96,7 @@ async def test_pause_holds_deliveries_on_every_instance_and_resume_releases_them
             "SELECT status, attempts FROM it_relay.deliveries WHERE event_id = $1 AND subscriber = 'PF-10'",
             event_id,
         )
+        assert held is not None
         assert (held["status"], held["attempts"]) == ("pending", 0)
         listed = await cli("subscribers", "list", "--config", str(config), "--json")
         by_name = {s["subscriber"]: s for s in json.loads(listed.stdout)}

@@ -71,9 +71,12 @@ async def test_a_second_writer_of_one_entity_waits_for_the_first_commit_and_come
     finally:
         for conn in (first, second, other):
             await conn.close()
-    seqs = dict(
-        await db.fetch("SELECT event_id, seq FROM it_relay.events WHERE event_id = ANY($1)", [early, late])
-    )
+    seqs = {
+        r["event_id"]: r["seq"]
+        for r in await db.fetch(
+            "SELECT event_id, seq FROM it_relay.events WHERE event_id = ANY($1)", [early, late]
+        )
+    }
     assert seqs[early] < seqs[late]
     keys = {
         r[0]

@@ -51,6 +51,7 @@ async def test_publish_journals_in_the_callers_transaction(db: asyncpg.Connectio
         )
         assert await db.fetchval("SELECT count(*) FROM it_relay.events") == 1
     row = await db.fetchrow("SELECT * FROM it_relay.events WHERE event_id = $1", event_id)
+    assert row is not None
     assert row["status"] == "pending"
     assert row["source"] == "publish"
     assert str(row["organization_id"]) == example("it_ticket_created")["organization_id"]

@@ -210,6 +210,7 @@ async def test_ticket_status_changed_only_when_status_really_changes(
         == []
     )
     row = await ref.fetchrow("SELECT first_response_at, resolved_at FROM it_tickets WHERE id = $1", ticket)
+    assert row is not None
     assert row["first_response_at"] is not None
     assert row["resolved_at"] is None
 
@@ -666,6 +667,7 @@ async def test_license_compliance(ref: asyncpg.Connection, org: Org) -> None:
         "SELECT prosecdef, proconfig, pg_get_function_identity_arguments(oid) AS args FROM pg_proc"
         " WHERE proname = 'it_check_license_compliance'"
     )
+    assert signature is not None
     assert signature["prosecdef"]
     assert signature["proconfig"] == ["search_path=public, pg_temp"]
     assert signature["args"] == "p_organization_id uuid, p_license_id uuid"
@@ -740,6 +742,7 @@ async def test_scheduler_views(ref: asyncpg.Connection, org: Org) -> None:
     )
     licence = await make_license(ref, org)
     contract = await ref.fetchrow("SELECT * FROM it_relay.contract_expirations")
+    assert contract is not None
     assert (contract["days_remaining"], contract["vendor_name"]) == (30, "Lenovo")
     assert await ref.fetchval("SELECT license_id FROM it_relay.license_expirations") == licence
     assets = [await make_asset(ref, org, f"P-{i}") for i in range(3)]
@@ -757,14 +760,17 @@ async def test_scheduler_views(ref: asyncpg.Connection, org: Org) -> None:
             "deployed" if i == 0 else "pending",
         )
     backlog = await ref.fetchrow("SELECT * FROM it_relay.patch_backlog")
+    assert backlog is not None
     assert backlog["affected_asset_count"] == 2
     assert sorted(backlog["affected_asset_ids"]) == sorted(assets[1:])
     assert backlog["target_date"] == date.today() - timedelta(days=3)
     ticket = await make_ticket(ref, org)
     clocks = await ref.fetchrow("SELECT * FROM it_relay.ticket_clocks")
+    assert clocks is not None
     assert (clocks["ticket_id"], clocks["priority"], clocks["first_response_at"]) == (ticket, "high", None)
     await _use(ref, org, licence, 12)
     compliance = await ref.fetchrow("SELECT * FROM it_relay.license_compliance")
+    assert compliance is not None
     assert (compliance["license_id"], compliance["compliance_status"]) == (licence, "over_deployed")
 
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay import codec, journal
+from relay import codec, journal, operator_queries
 from relay.contracts.examples import example
 from relay.ingest import classify
 from relay.model import NotifiedEvent, Rejection
@@ -224,8 +224,10 @@ async def test_concurrent_republishes_take_turns(relay_db: str, db: asyncpg.Conn
         # finds the id taken.
         held = a.transaction()
         await held.start()
-        assert await journal.republish(a, "it_events", first, _corrected(wanted, "first")) is None
-        other = asyncio.create_task(journal.republish(b, "it_events", second, _corrected(wanted, "second")))
+        assert await operator_queries.republish(a, "it_events", first, _corrected(wanted, "first")) is None
+        other = asyncio.create_task(
+            operator_queries.republish(b, "it_events", second, _corrected(wanted, "second"))
+        )
         await _blocked_on_a_lock(db, b)
         await held.commit()
         assert await other == f"event_id {wanted} was taken by another event meanwhile"
@@ -234,8 +236,10 @@ async def test_concurrent_republishes_take_turns(relay_db: str, db: asyncpg.Conn
         again = await _not_json(db, "{c")
         held = a.transaction()
         await held.start()
-        assert await journal.republish(a, "it_events", again, _corrected(uuid.uuid4())) is None
-        twice = asyncio.create_task(journal.republish(b, "it_events", again, _corrected(uuid.uuid4())))
+        assert await operator_queries.republish(a, "it_events", again, _corrected(uuid.uuid4())) is None
+        twice = asyncio.create_task(
+            operator_queries.republish(b, "it_events", again, _corrected(uuid.uuid4()))
+        )
         await _blocked_on_a_lock(db, b)
         await held.commit()
         assert (await twice or "").startswith(f"rejection {again} was already republished as ")
@@ -327,6 +331,7 @@ async def test_the_producer_retries_the_corrected_payload_after_a_republish(
     assert len(sink.requests) == 1
     assert json.loads(sink.requests[0].body)["priority"] == "high"
     row = await db.fetchrow("SELECT status, payload->>'priority' AS priority FROM it_relay.events")
+    assert row is not None
     assert (row["status"], row["priority"]) == ("routed", "high")
 
 
@@ -363,7 +368,10 @@ async def _follows(url: str, subject: str, extra: dict[str, Any], spelling: Any)
         corrected = classify(codec.dumps(good).decode())
         assert isinstance(corrected, NotifiedEvent)
         assert (
-            await journal.republish(conn, "it_events", await _rejection_of(conn, event_id), corrected) is None
+            await operator_queries.republish(
+                conn, "it_events", await _rejection_of(conn, event_id), corrected
+            )
+            is None
         )
         assert await _publish(conn, good) == event_id
         with pytest.raises(asyncpg.UniqueViolationError, match="already published with a different payload"):

@@ -197,6 +197,7 @@ async def _ticket(
         priority,
         org.bob,
     )
+    assert row is not None
     return row["id"], row["created_at"]
 
 

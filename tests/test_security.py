@@ -277,6 +277,7 @@ async def test_legacy_notifications_are_journaled_only_from_trusted_senders(
         await sink.wait_for(lambda r: len(r) == 1)
     assert b"TRUSTED" in sink.requests[0].body
     rejected = await db.fetchrow("SELECT reason, errors, payload::text FROM it_relay.rejected_events")
+    assert rejected is not None
     assert rejected["reason"] == "untrusted_sender"
     assert rejected["errors"] == [f"$: sent by role '{stranger}', not one of ingest.legacy_senders"]
     assert "FORGED" in rejected["payload"] and "RAW-FORGED-KEY" not in rejected["payload"]

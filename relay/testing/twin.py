@@ -16,18 +16,20 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 from relay.contracts import Accepted, parse_event
-from relay.gateway import PendingEvent, RoutingBatch
+from relay.gateway import RoutingBatch
 from relay.ingest import entity_key
-from relay.journal import HeldEntities, SubscriberState
 from relay.model import (
     AttemptRecord,
     ClaimedDelivery,
     DeliveryResult,
     DeliveryStatus,
     EventStatus,
+    HeldEntities,
+    PendingEvent,
     Rejection,
     RoutedEvent,
     Source,
+    SubscriberState,
 )
 
 

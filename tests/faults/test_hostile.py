@@ -255,7 +255,9 @@ async def test_ten_thousand_hostile_payloads(
         code = await stop_process(proc)
     assert code == 0
     assert len(sent) + refused == N
-    assert tuple(await db.fetchrow(ACCOUNTED, list(expected_ids))) == (len(expected_ids), anonymous)
+    accounted = await db.fetchrow(ACCOUNTED, list(expected_ids))
+    assert accounted is not None
+    assert tuple(accounted) == (len(expected_ids), anonymous)
     assert await db.fetchval("SELECT count(*) FROM it_relay.events WHERE status = 'pending'") == 0
     # Every valid payload was delivered to each subscriber of its contract; every other was rejected.
     rejected = await db.fetchval("SELECT count(*) FROM it_relay.rejected_events")

@@ -1,0 +1,239 @@
+"""What the operators' commands decide, without a command line: which subscribers are served,
+paused or not served here and why, each subscriber's status, what a backfill covers, when a
+rejection may be republished and as what. `relay.cli_operate` parses the arguments and prints
+the records returned here (`--json` is the record serialised)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from relay import codec, journal, operator_queries
+from relay.contracts import REGISTRY, SUBSCRIBERS, Accepted, UnknownFields, parse_event, routed_subscribers
+from relay.database import Conn
+from relay.errors import InputError, UserError
+from relay.ingest import classify
+from relay.model import (
+    Journey,
+    NotifiedEvent,
+    Rejection,
+    RejectionDetail,
+    SubscriberState,
+    SubscriberStats,
+    effectively_paused,
+)
+from relay.settings import Settings, canonical_subscriber
+
+Serving = Literal["served", "paused", "not served"]
+
+
+def subscriber_named(name: str, option: str = "--subscriber") -> str:
+    """A contract subscriber's canonical name (names match case-insensitively, as in the config)."""
+    canonical = canonical_subscriber(name)
+    if canonical is None:
+        raise InputError(f"{option} {name!r}: not a subscriber of the contracts ({', '.join(SUBSCRIBERS)})")
+    return canonical
+
+
+def event_type_named(value: str | None) -> str | None:
+    if value is not None and value not in REGISTRY:
+        raise InputError(f"--event-type {value!r}: not an event type of the contracts")
+    return value
+
+
+def routed_event_types(subscriber: str) -> list[str]:
+    """The event types the contracts route to `subscriber`, in the contracts' order."""
+    return [t for t, c in REGISTRY.items() if subscriber in c.subscribers]
+
+
+def when(at: datetime | None) -> str:
+    """A time as the operator commands print it (UTC, to the second)."""
+    return "-" if at is None else f"{at.astimezone(UTC):%Y-%m-%d %H:%M:%S}"
+
+
+# ─── Subscribers ─────────────────────────────────────────────────────────────────────────────
+
+
+def serving(name: str, settings: Settings, states: dict[str, SubscriberState]) -> Serving:
+    """What the relay with this configuration does for `name`."""
+    conf = settings.subscribers.get(name)
+    if conf is None:
+        return "not served"
+    return "paused" if effectively_paused(states.get(name), enabled=conf.enabled) else "served"
+
+
+def served_here(name: str, settings: Settings) -> str:
+    """`name`, if this configuration serves it (pause and resume act only on those)."""
+    if name not in settings.subscribers:
+        raise InputError(f"{name}: not served here (no [subscribers.{name}] in the configuration)")
+    return name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubscriberListing:
+    """A subscriber of the contracts as `subscribers list` shows it."""
+
+    subscriber: str
+    state: Serving
+    routed: bool
+    why: str
+
+
+def _why(name: str, settings: Settings, shared: SubscriberState | None) -> str:
+    conf = settings.subscribers.get(name)
+    if conf is None:
+        return f"no [subscribers.{name}] in the configuration: no deliveries are created"
+    if shared is not None and shared.paused is not None and shared.changed_at is not None:
+        verb = "paused" if shared.paused else "resumed"
+        return f"{verb} by {shared.changed_by} at {when(shared.changed_at)}"
+    return "" if conf.enabled else "enabled = false in the configuration"
+
+
+async def subscribers(conn: Conn, settings: Settings) -> list[SubscriberListing]:
+    """Every subscriber of the contracts: served, paused or not served here, and why."""
+    states = await journal.subscriber_states(conn)
+    routed = routed_subscribers()
+    return [
+        SubscriberListing(
+            subscriber=name,
+            state=serving(name, settings, states),
+            routed=name in routed,
+            why=_why(name, settings, states.get(name)),
+        )
+        for name in SUBSCRIBERS
+    ]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubscriberStatus:
+    """One subscriber's line of `status`: its state, backlog and outcomes (`_s`: seconds)."""
+
+    subscriber: str
+    state: Serving
+    backlog: int
+    oldest_pending_s: float | None
+    delivered_5m: int
+    failed_5m: int
+    delivered_60m: int
+    failed_60m: int
+    latency_p50_s: float | None
+    latency_p99_s: float | None
+    circuit: str
+    last_success: datetime | None
+    last_error: str | None
+    last_error_at: datetime | None
+
+
+def _status(name: str, state: Serving, s: SubscriberStats | None) -> SubscriberStatus:
+    if s is None:  # nothing delivered, tried or shared yet
+        return SubscriberStatus(
+            subscriber=name,
+            state=state,
+            backlog=0,
+            oldest_pending_s=None,
+            delivered_5m=0,
+            failed_5m=0,
+            delivered_60m=0,
+            failed_60m=0,
+            latency_p50_s=None,
+            latency_p99_s=None,
+            circuit="closed",
+            last_success=None,
+            last_error=None,
+            last_error_at=None,
+        )
+    oldest = None if s.oldest_pending is None else round((s.now - s.oldest_pending).total_seconds(), 1)
+    return SubscriberStatus(
+        subscriber=name,
+        state=state,
+        backlog=s.backlog,
+        oldest_pending_s=oldest,
+        delivered_5m=s.delivered_5m,
+        failed_5m=s.failed_5m,
+        delivered_60m=s.delivered_60m,
+        failed_60m=s.failed_60m,
+        latency_p50_s=_round(s.p50_s),
+        latency_p99_s=_round(s.p99_s),
+        circuit=s.circuit or "closed",
+        last_success=s.last_success,
+        last_error=s.last_error,
+        last_error_at=s.last_error_at,
+    )
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+async def status(conn: Conn, settings: Settings) -> list[SubscriberStatus]:
+    """Every subscriber of the contracts, in the contracts' order."""
+    stats = {s.subscriber: s for s in await operator_queries.subscriber_stats(conn)}
+    states = await journal.subscriber_states(conn)
+    return [_status(name, serving(name, settings, states), stats.get(name)) for name in SUBSCRIBERS]
+
+
+# ─── Events and backfill ─────────────────────────────────────────────────────────────────────
+
+
+async def journey(conn: Conn, event_id: UUID) -> Journey:
+    """One event's journey; a user error when the journal knows nothing of it."""
+    found = await operator_queries.event_journey(conn, event_id)
+    if found.event is None and found.rejection is None:
+        raise UserError(
+            f"no event {event_id} in the journal (pruned after its retention, or never journaled)"
+        )
+    return found
+
+
+def backfill_types(name: str, settings: Settings) -> list[str]:
+    """What a backfill for `name` creates deliveries of; only for a subscriber configured here."""
+    if name not in settings.subscribers:
+        raise InputError(f"--subscriber {name}: not configured here (add [subscribers.{name}] first)")
+    return routed_event_types(name)
+
+
+# ─── Rejections ──────────────────────────────────────────────────────────────────────────────
+
+
+async def rejection(conn: Conn, number: int, event_id: UUID | None, given: str) -> RejectionDetail:
+    """The rejection `given` names (its id `number`, or else `event_id`); a user error if none."""
+    found = await operator_queries.rejection(conn, number, event_id)
+    if found is None:
+        raise UserError(f"no rejection {given} (pruned after its retention, or never recorded)")
+    return found
+
+
+def republishable(row: RejectionDetail, corrected: dict[str, Any] | None) -> dict[str, Any]:
+    """The event to publish again for this rejection: the corrected one, else the stored payload."""
+    if row.resolved_at is not None:
+        raise UserError(f"rejection {row.id} was already republished as {row.resolved_event_id}")
+    if corrected is not None:
+        return corrected
+    if not isinstance(row.payload, dict):
+        raise UserError(
+            f"rejection {row.id} kept no event object ({row.reason}): give the corrected event with --file"
+        )
+    return row.payload
+
+
+def revalidated(
+    payload: dict[str, Any], row: RejectionDetail, unknown_fields: UnknownFields
+) -> NotifiedEvent | Rejection:
+    """The event to journal, valid by the contracts, under the rejection's event_id when it had
+    one; or, still invalid, why."""
+    if row.event_id is not None:
+        given = codec.uuid_or_none(payload.get("event_id"))
+        if given is not None and given != row.event_id:
+            raise InputError(
+                f"the corrected event's event_id {given} is not the rejected one ({row.event_id})"
+            )
+        payload = payload | {"event_id": str(row.event_id)}
+    result = parse_event(payload, unknown_fields)
+    if isinstance(result, Rejection):
+        return result
+    assert isinstance(result, Accepted)
+    event = classify(codec.dumps(payload).decode())
+    assert isinstance(event, NotifiedEvent), "a valid event object classifies as an event"
+    return event
