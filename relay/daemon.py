@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from relay import database, migrate
+from relay import __version__, database, migrate
 from relay.destination import Destination, HttpDestination, destinations_for
 from relay.dispatch import Dispatcher
+from relay.display import duration
 from relay.errors import UserError
 from relay.gateway import Gateway
 from relay.health import Heartbeats
@@ -23,11 +24,12 @@ from relay.listener import Listener
 from relay.logs import get_logger
 from relay.maintenance import Housekeeping, Retention
 from relay.metrics import Metrics
+from relay.model import Instance
 from relay.router import Router
 from relay.scheduler import Scheduler
 from relay.sender import Sender, make_sender
 from relay.server import OpsServer
-from relay.settings import Settings
+from relay.settings import Settings, fingerprint
 from relay.supervisor import Loop, keep_running, supervise_all
 from relay.systemd import Notifier
 
@@ -71,6 +73,8 @@ class Daemon:
         self._sender = sender
         self._notifier = notifier or Notifier()
         self._sent_ready = False
+        self._fingerprint = fingerprint(settings)
+        self._housekeeping: Housekeeping | None = None
 
     @property
     def listener(self) -> Listener | None:
@@ -223,10 +227,13 @@ class Daemon:
         s = self.settings
         poll = s.database.poll_interval_s
         served = c.dispatcher.lanes
+        self._housekeeping = Housekeeping(
+            c.gateway, served, self.metrics, self._set_schema_current, poll, self._instance
+        )
         loops = [
             c.listener.ingest_loop(),
             c.router.loop(),
-            Housekeeping(c.gateway, served, self.metrics, self._set_schema_current, poll).loop(),
+            self._housekeeping.loop(),
             Retention(c.gateway, s.retention, served).loop(),
             Loop("systemd", self._notify_step, self._notify_interval_s()),
         ]
@@ -255,6 +262,39 @@ class Daemon:
         self.schema_current = current
         self.metrics.schema_current.set(1 if current else 0)
 
+    def _instance(self) -> Instance:
+        """This instance as `it-relay status` lists it."""
+        c = self.components
+        host, pid, _ = self.owner.split(":", 2)
+        return Instance(
+            owner=self.owner,
+            host=host,
+            pid=int(pid),
+            version=__version__,
+            config=self._fingerprint,
+            subscribers=sorted(c.dispatcher.lanes) if c else [],
+            leading=bool(c and c.scheduler and c.scheduler.leading.is_set()),
+        )
+
+    def _relaying_status(self) -> str:
+        """systemd's STATUS while ready: in flight, the backlog, and what an operator must look at."""
+        c = self.components
+        parts = [f"relaying: {c.dispatcher.in_flight if c else 0} in flight"]
+        gauges = self._housekeeping.gauges if self._housekeeping else {}
+        pending = sum(g.pending for g in gauges.values())
+        if pending:
+            worst = max(gauges.items(), key=lambda item: item[1].oldest_pending_s)
+            parts.append(f"backlog {pending} (oldest {worst[0]} {duration(worst[1].oldest_pending_s)})")
+        dead = sum(g.dead for g in gauges.values())
+        if dead:
+            parts.append(f"{dead} dead")
+        open_circuits = sorted(
+            n for n, lane in (c.dispatcher.lanes.items() if c else ()) if lane.circuit_reported_open
+        )
+        if open_circuits:
+            parts.append(f"circuit open: {', '.join(open_circuits)}")
+        return "; ".join(parts)
+
     def _notify_interval_s(self) -> float:
         return min(self._notifier.watchdog_interval_s() or 5.0, 5.0)
 
@@ -271,9 +311,8 @@ class Daemon:
             log.error("loops stalled: withholding the systemd watchdog", loops=stalled)
             self._notifier.notify(f"STATUS=degraded: loop stalled: {', '.join(stalled)}")
         else:
-            in_flight = self.components.dispatcher.in_flight if self.components else 0
             if reason is None:
-                status = f"relaying: {in_flight} in flight"
+                status = self._relaying_status()
             else:
                 status = f"{'degraded' if self._sent_ready else 'starting'}: {reason}"
             self._notifier.notify("WATCHDOG=1", f"STATUS={status}")

@@ -21,10 +21,12 @@ from relay.model import (
     ClaimedDelivery,
     DeliveryResult,
     HeldEntities,
+    Instance,
     NotifiedEvent,
     PendingEvent,
     Rejection,
     RoutedEvent,
+    SubscriberGauges,
     SubscriberState,
 )
 
@@ -87,6 +89,14 @@ class HousekeepingPort(Protocol):
     async def backlog(self) -> dict[str, int]: ...
 
     async def entities_held(self) -> dict[str, HeldEntities]: ...
+
+    async def subscriber_gauges(self) -> dict[str, SubscriberGauges]: ...
+
+    async def unrouted_events(self) -> int: ...
+
+    async def instance_heartbeat(self, me: Instance, alive_within_s: float) -> int: ...
+
+    async def instance_gone(self, owner: str) -> None: ...
 
 
 class RetentionPort(Protocol):
@@ -182,6 +192,22 @@ class Gateway:
     async def entities_held(self) -> dict[str, HeldEntities]:
         async with self._pool.acquire() as conn:
             return await journal.entities_held(conn)
+
+    async def subscriber_gauges(self) -> dict[str, SubscriberGauges]:
+        async with self._pool.acquire() as conn:
+            return await journal.subscriber_gauges(conn)
+
+    async def unrouted_events(self) -> int:
+        async with self._pool.acquire() as conn:
+            return await journal.unrouted_events(conn)
+
+    async def instance_heartbeat(self, me: Instance, alive_within_s: float) -> int:
+        async with self._pool.acquire() as conn:
+            return await journal.instance_heartbeat(conn, me, alive_within_s)
+
+    async def instance_gone(self, owner: str) -> None:
+        async with self._pool.acquire() as conn:
+            await journal.instance_gone(conn, owner)
 
     async def prune(
         self, delivered_s: float, dead_s: float, rejected_s: float, served: Collection[str]

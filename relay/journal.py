@@ -24,10 +24,12 @@ from relay.model import (
     ClaimedDelivery,
     DeliveryResult,
     HeldEntities,
+    Instance,
     NotifiedEvent,
     PendingEvent,
     Rejection,
     RoutedEvent,
+    SubscriberGauges,
     SubscriberState,
 )
 from relay.redaction import scrub_text
@@ -309,6 +311,42 @@ async def set_circuit(conn: Conn, subscriber: str, state: str) -> None:
 # ─── Retention ───────────────────────────────────────────────────────────────────────────────
 
 
+async def subscriber_gauges(conn: Conn) -> dict[str, SubscriberGauges]:
+    return {
+        r["subscriber"]: SubscriberGauges(
+            pending=r["pending"], dead=r["dead"], oldest_pending_s=r["oldest_pending_s"]
+        )
+        for r in await conn.fetch(query("subscriber_gauges"))
+    }
+
+
+async def unrouted_events(conn: Conn) -> int:
+    count: int = await conn.fetchval(query("unrouted_events"))
+    return count
+
+
+@redoable("an instance records itself again every poll interval")
+async def instance_heartbeat(conn: Conn, me: Instance, alive_within_s: float) -> int:
+    """Record this instance as alive; returns how many instances are alive now (itself included)."""
+    alive: int = await conn.fetchval(
+        query("instance_heartbeat"),
+        me.owner,
+        me.host,
+        me.pid,
+        me.version,
+        me.config,
+        list(me.subscribers),
+        me.leading,
+        alive_within_s,
+    )
+    return alive
+
+
+@redoable("an instance that leaves without a word ages out of the list")
+async def instance_gone(conn: Conn, owner: str) -> None:
+    await conn.execute(query("instance_gone"), owner)
+
+
 @redoable("a lost prune deletes the same rows next time")
 async def prune(
     conn: Conn,
@@ -325,6 +363,7 @@ async def prune(
         ("prune_events", (delivered_s, rejected_s, batch)),
         ("prune_rejected", (rejected_s, batch)),
         ("prune_marks", (batch,)),
+        ("prune_instances", ()),
     ]
     if served is not None:
         rules.append(("prune_unserved", (list(served), dead_s, batch)))

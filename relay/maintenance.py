@@ -1,11 +1,14 @@
-"""The daemon's maintenance loops: the schema check with the backlog gauges, and retention."""
+"""The daemon's maintenance loops: housekeeping (schema check, instance record, gauges) and retention."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Collection
 
+from relay.database import DB_ERRORS
 from relay.gateway import HousekeepingPort, RetentionPort
 from relay.metrics import Metrics
+from relay.model import Instance, SubscriberGauges
 from relay.settings import RetentionSettings
 from relay.supervisor import Loop
 
@@ -13,7 +16,8 @@ _DAY_S = 86400.0
 
 
 class Housekeeping:
-    """Every poll interval: is the schema still current, and how deep is each subscriber's backlog."""
+    """Every poll interval: the schema still current, this instance alive on record, and the gauges
+    operators alert on (backlog, oldest pending, dead, held entities, unrouted events, instances)."""
 
     def __init__(
         self,
@@ -22,26 +26,43 @@ class Housekeeping:
         metrics: Metrics,
         on_schema: Callable[[bool], None],
         every_s: float,
+        me: Callable[[], Instance],
     ) -> None:
         self._store = store
         self._served = served
         self._metrics = metrics
         self._on_schema = on_schema
         self._every_s = every_s
+        self._me = me
+        # What the last step saw, for systemd's STATUS line.
+        self.gauges: dict[str, SubscriberGauges] = {}
 
     def loop(self) -> Loop:
-        return Loop("housekeeping", self.step, self._every_s)
+        return Loop("housekeeping", self.step, self._every_s, close=self._leave)
 
     async def step(self) -> float | None:
         self._on_schema(await self._store.schema_current())
-        counts = await self._store.backlog()
+        # Alive: seen within three poll intervals (and a margin, as the loops' heartbeats).
+        alive = await self._store.instance_heartbeat(self._me(), 3 * self._every_s + 10)
+        self._metrics.instances.set(alive)
+        self._metrics.unrouted.set(await self._store.unrouted_events())
+        gauges = self.gauges = await self._store.subscriber_gauges()
         held = await self._store.entities_held()
-        for name in set(counts) | set(held) | set(self._served):
-            self._metrics.backlog.labels(name).set(counts.get(name, 0))
+        none = SubscriberGauges(pending=0, dead=0, oldest_pending_s=0.0)
+        for name in set(gauges) | set(held) | set(self._served):
+            g = gauges.get(name, none)
+            self._metrics.backlog.labels(name).set(g.pending)
+            self._metrics.dead.labels(name).set(g.dead)
+            self._metrics.oldest_pending.labels(name).set(g.oldest_pending_s)
             h = held.get(name)
             self._metrics.entities_held.labels(name).set(h.entities if h else 0)
             self._metrics.entities_held_oldest.labels(name).set(h.oldest_s if h else 0)
         return None
+
+    async def _leave(self) -> None:
+        """A clean stop takes this instance off the list at once (a crash ages out)."""
+        with contextlib.suppress(*DB_ERRORS):
+            await self._store.instance_gone(self._me().owner)
 
 
 class Retention:

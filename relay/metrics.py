@@ -57,6 +57,21 @@ class Metrics:
         self.backlog = Gauge(
             "it_relay_backlog", "Pending deliveries, by subscriber.", ["subscriber"], registry=r
         )
+        self.oldest_pending = Gauge(
+            "it_relay_oldest_pending_seconds",
+            "Age of the oldest pending delivery, by subscriber (0: none pending).",
+            ["subscriber"],
+            registry=r,
+        )
+        self.dead = Gauge(
+            "it_relay_dead", "Dead deliveries now (replayable), by subscriber.", ["subscriber"], registry=r
+        )
+        self.unrouted = Gauge(
+            "it_relay_unrouted_events", "Journaled events not routed yet (all instances).", registry=r
+        )
+        self.instances = Gauge(
+            "it_relay_instances", "Relay instances alive (recorded within three poll intervals).", registry=r
+        )
         self.entities_held = Gauge(
             "it_relay_entities_held",
             "Entities whose deliveries are held behind a dead head (ordered, on_exhausted = hold).",
@@ -114,6 +129,8 @@ class Metrics:
                 self.deliveries.labels(name, outcome)
             self.delivery_duration.labels(name)
             self.backlog.labels(name)
+            self.oldest_pending.labels(name)
+            self.dead.labels(name)
             self.entities_held.labels(name)
             self.entities_held_oldest.labels(name)
             self.circuit_open.labels(name)

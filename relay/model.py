@@ -311,3 +311,25 @@ class Released:
 
     heads: int
     released: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubscriberGauges:
+    """What the gauges show of one subscriber."""
+
+    pending: int
+    dead: int
+    oldest_pending_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Instance:
+    """One relay instance as it records itself."""
+
+    owner: str
+    host: str
+    pid: int
+    version: str
+    config: str
+    subscribers: Sequence[str]
+    leading: bool

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import difflib
+import hashlib
 import json
 import os
 import re
@@ -671,3 +672,12 @@ def masked(settings: Settings) -> dict[str, Any]:
         if subscriber.proxy:
             data["subscribers"][name]["proxy"] = mask_url(subscriber.proxy)
     return data
+
+
+def fingerprint(settings: Settings) -> str:
+    """A short digest of what decides delivery (the subscribers and their policies, the delivery
+    section), without secrets: instances that run the same configuration share it."""
+    data = masked(settings)
+    shown = {"subscribers": data["subscribers"], "delivery": data["delivery"]}
+    text = json.dumps(shown, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

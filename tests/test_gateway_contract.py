@@ -15,7 +15,7 @@ from relay import codec, journal
 from relay.contracts.examples import example
 from relay.gateway import Gateway
 from relay.ingest import route
-from relay.model import DeliveryResult, RoutedEvent
+from relay.model import DeliveryResult, Instance, RoutedEvent
 from relay.testing.twin import Twin
 from tests.support.postgres import fresh_name, upgraded, with_database
 
@@ -179,3 +179,39 @@ async def test_circuit_states_are_shared_and_pauses_read_back(store: Store) -> N
 
 async def test_the_schema_is_current(store: Store) -> None:
     assert await store.port.schema_current() is True
+
+
+async def test_the_gauges_count_pending_dead_and_unrouted(store: Store) -> None:
+    assert await store.port.subscriber_gauges() == {}
+    ids = [await store.journal(payload(f"G-{i}")) for i in range(3)]
+    assert await store.port.unrouted_events() == 3
+    await route_all(store)
+    assert await store.port.unrouted_events() == 0
+    await store.port.claim_deliveries("FA", OWNER, 1, 30)
+    dead = DeliveryResult(
+        event_id=ids[0],
+        subscriber="FA",
+        status="dead",
+        attempts=1,
+        failed_rounds=0,
+        retry_in_s=None,
+        last_status=410,
+        last_error="HTTP 410",
+    )
+    assert await store.port.write_results([dead], OWNER) == 1
+    gauges = (await store.port.subscriber_gauges())["FA"]
+    assert (gauges.pending, gauges.dead) == (2, 1)
+    assert 0 <= gauges.oldest_pending_s < 60
+
+
+async def test_instances_record_themselves_and_leave(store: Store) -> None:
+    def me(owner: str) -> Instance:
+        return Instance(
+            owner=owner, host="h", pid=1, version="0", config="abc", subscribers=["FA"], leading=False
+        )
+
+    assert await store.port.instance_heartbeat(me(OWNER), 30) == 1
+    assert await store.port.instance_heartbeat(me(OTHER), 30) == 2
+    assert await store.port.instance_heartbeat(me(OWNER), 30) == 2  # a heartbeat, not a new one
+    await store.port.instance_gone(OTHER)
+    assert await store.port.instance_heartbeat(me(OWNER), 30) == 1

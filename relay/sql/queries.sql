@@ -441,6 +441,40 @@ SELECT d.event_id, d.event_type, d.subscriber, d.status, d.attempts, d.last_stat
 -- name: backlog
 SELECT subscriber, count(*) FROM it_relay.deliveries WHERE status = 'pending' GROUP BY subscriber;
 
+-- name: subscriber_gauges
+-- Per subscriber, for the gauges: pending (the backlog), dead now, the oldest pending's age. Index
+-- scans of the pending and finished partial indexes, whatever the history's size.
+SELECT subscriber,
+       count(*) FILTER (WHERE status = 'pending') AS pending,
+       count(*) FILTER (WHERE status = 'dead') AS dead,
+       coalesce(extract(epoch FROM clock_timestamp() - min(created_at) FILTER (WHERE status = 'pending')), 0)::float8
+           AS oldest_pending_s
+  FROM it_relay.deliveries
+ WHERE status IN ('pending', 'dead')
+ GROUP BY subscriber;
+
+-- name: unrouted_events
+SELECT count(*) FROM it_relay.events WHERE status = 'pending';
+
+-- name: instance_heartbeat
+-- This instance is alive (once per poll interval); returns how many instances are alive now.
+WITH me AS (
+    INSERT INTO it_relay.instances (owner, host, pid, version, config, subscribers, scheduler_leader)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
+    ON CONFLICT (owner) DO UPDATE
+       SET heartbeat_at = clock_timestamp(), config = excluded.config, subscribers = excluded.subscribers,
+           scheduler_leader = excluded.scheduler_leader, version = excluded.version
+)
+SELECT count(*) + 1 FROM it_relay.instances
+ WHERE owner <> $1 AND heartbeat_at > clock_timestamp() - make_interval(secs => $8);
+
+-- name: instance_gone
+DELETE FROM it_relay.instances WHERE owner = $1;
+
+-- name: prune_instances
+-- Instances silent for a day are gone (a crash leaves its row behind).
+DELETE FROM it_relay.instances WHERE heartbeat_at < clock_timestamp() - interval '1 day';
+
 -- name: prune_deliveries
 -- Retention, in bounded batches so a large prune never holds long locks.
 DELETE FROM it_relay.deliveries

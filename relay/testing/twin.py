@@ -25,10 +25,12 @@ from relay.model import (
     DeliveryStatus,
     EventStatus,
     HeldEntities,
+    Instance,
     PendingEvent,
     Rejection,
     RoutedEvent,
     Source,
+    SubscriberGauges,
     SubscriberState,
 )
 
@@ -89,6 +91,7 @@ class Twin:
         self.rejections: list[Rejection] = []
         self.states: dict[str, SubscriberState] = {}
         self.schema_is_current = True
+        self.instances: dict[str, Instance] = {}
         self._seq = itertools.count()
 
     # ─── producing (what publish() and routing would have written) ──────────────────────────────
@@ -287,3 +290,28 @@ class Twin:
                 old = held.get(d.subscriber)
                 held[d.subscriber] = HeldEntities(entities=(old.entities if old else 0) + 1, oldest_s=0.0)
         return held
+
+    async def subscriber_gauges(self) -> dict[str, SubscriberGauges]:
+        now = datetime.now(UTC)
+        out: dict[str, SubscriberGauges] = {}
+        for d in self.deliveries.values():
+            if d.status not in ("pending", "dead"):
+                continue
+            old = out.get(d.subscriber, SubscriberGauges(pending=0, dead=0, oldest_pending_s=0.0))
+            age = (now - self.events[d.event_id].created_at).total_seconds() if d.status == "pending" else 0.0
+            out[d.subscriber] = SubscriberGauges(
+                pending=old.pending + (d.status == "pending"),
+                dead=old.dead + (d.status == "dead"),
+                oldest_pending_s=max(old.oldest_pending_s, age),
+            )
+        return out
+
+    async def unrouted_events(self) -> int:
+        return sum(1 for e in self.events.values() if e.status == "pending")
+
+    async def instance_heartbeat(self, me: Instance, alive_within_s: float) -> int:
+        self.instances[me.owner] = me
+        return len(self.instances)
+
+    async def instance_gone(self, owner: str) -> None:
+        self.instances.pop(owner, None)
