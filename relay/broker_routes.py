@@ -19,7 +19,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 PLACEHOLDERS: Final = ("event_type", "subscriber", "entity_key", "organization_id")
 # An AMQP routing key is a short string: at most 255 bytes.
 AMQP_KEY_BYTES: Final = 255
-# A subject's token: no whitespace and no '.', and not a wildcard ('*', '>') on its own.
+# A subject's token: no whitespace, no '.', no wildcard character ('*', '>').
 _NATS_TOKEN = re.compile(r"[^\s.]+")
 
 # What a rendering is checked with at configuration time (a uuid, an entity key of the journal).
@@ -82,8 +82,8 @@ def nats_subject_problem(subject: str) -> str | None:
             return "has an empty token (a leading, trailing or doubled '.')"
         if not _NATS_TOKEN.fullmatch(token):
             return "contains whitespace"
-        if token in ("*", ">"):
-            return "contains a wildcard token ('*' or '>'): a message goes to one subject"
+        if "*" in token or ">" in token:
+            return "contains a wildcard character ('*' or '>'): a message goes to one subject"
     return None
 
 

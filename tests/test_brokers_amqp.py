@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -15,14 +16,17 @@ import aio_pika
 import asyncpg
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
+from hypothesis import given
+from hypothesis import strategies as st
+from pamqp.commands import Basic
 
-from relay import codec, journal
+from relay import broker_routes, codec, journal
+from relay.brokers.amqp import AmqpBroker, AmqpDestination
 from relay.contracts.examples import example
+from relay.request import Target, build
 from tests.support.brokers import AMQP_ENV, TcpProxy, broker_url, unique, verify, via, write_broker_config
-from tests.support.relay import cli, relay_settings, running, wait_for_rows
+from tests.support.relay import SECRET, cli, relay_settings, running, wait_for_rows
 from tests.support.sink import PATIENCE, Sink
-
-pytestmark = pytest.mark.brokers
 
 SUB = "IT-07"  # receives it_change_implemented
 EVENT = "it_change_implemented"
@@ -108,6 +112,34 @@ async def delivered(db: asyncpg.Connection, count: int, within: float = 30.0) ->
     await wait_for_rows(db, DELIVERED, lambda n: n == count, within)
 
 
+@given(st.text(max_size=300))
+def test_a_routing_key_the_relay_accepts_is_one_the_client_can_send(key: str) -> None:
+    if broker_routes.amqp_key_problem(key) is None:
+        Basic.Publish(exchange="it.events", routing_key=key).marshal()
+
+
+async def test_a_routing_key_too_long_for_an_event_goes_dead_without_a_connection() -> None:
+    destination = AmqpDestination(
+        AmqpBroker("amqp://relay:Pw0rd-not-shown@127.0.0.1:9/"),
+        subscriber=SUB,
+        exchange="it.events",
+        routing_key=broker_routes.parse("k" * 250 + ".{event_type}"),
+    )
+    request = build(
+        Target(name=SUB, url="", secrets=[SECRET]),
+        event_id=str(uuid4()),
+        event_type=EVENT,
+        body=b"{}",
+        attempt=1,
+        at=datetime.now(UTC),
+    )
+    answer = await destination.send(request, 5.0, datetime.now(UTC))
+    await destination.aclose()
+    assert (answer.outcome, answer.status) == ("dead", None)
+    assert answer.error == "routing_key for this event is longer than 255 bytes"
+
+
+@pytest.mark.brokers
 async def test_a_consumer_verifies_what_the_broker_confirmed(
     relay_db: str, db: asyncpg.Connection, sink: Sink, mq: Mq, amqp_url: str
 ) -> None:
@@ -134,6 +166,7 @@ async def test_a_consumer_verifies_what_the_broker_confirmed(
     assert len(rows) == 20 and all(r["http_status"] is None and r["error"] is None for r in rows)
 
 
+@pytest.mark.brokers
 async def test_cloudevents_attributes_follow_the_amqp_binding(
     relay_db: str, db: asyncpg.Connection, sink: Sink, mq: Mq, amqp_url: str
 ) -> None:
@@ -155,6 +188,7 @@ async def test_cloudevents_attributes_follow_the_amqp_binding(
     verify(message.body, headers)
 
 
+@pytest.mark.brokers
 async def test_a_full_queue_nacks_and_every_refused_message_is_retried_until_there_is_room(
     relay_db: str, db: asyncpg.Connection, sink: Sink, mq: Mq, amqp_url: str
 ) -> None:
@@ -182,6 +216,7 @@ async def test_a_full_queue_nacks_and_every_refused_message_is_retried_until_the
     assert await db.fetchval("SELECT count(*) FROM it_relay.deliveries WHERE last_error IS NOT NULL") == 0
 
 
+@pytest.mark.brokers
 async def test_an_unroutable_message_is_returned_and_retried_until_a_queue_is_bound(
     relay_db: str, db: asyncpg.Connection, sink: Sink, mq: Mq, amqp_url: str
 ) -> None:
@@ -200,6 +235,7 @@ async def test_an_unroutable_message_is_returned_and_retried_until_a_queue_is_bo
     assert [m.message_id for m in await mq.take(queue)] == [event_id]
 
 
+@pytest.mark.brokers
 async def test_a_missing_exchange_is_a_channel_error_retried_and_spares_other_subscribers(
     relay_db: str, db: asyncpg.Connection, sink: Sink, mq: Mq, amqp_url: str
 ) -> None:
@@ -232,6 +268,7 @@ async def test_a_missing_exchange_is_a_channel_error_retried_and_spares_other_su
     assert sorted(m.message_id or "" for m in await mq.take(queue)) == sorted(ids)
 
 
+@pytest.mark.brokers
 async def test_a_broker_that_goes_away_and_comes_back_loses_nothing(
     relay_db: str, db: asyncpg.Connection, sink: Sink, mq: Mq, amqp_url: str
 ) -> None:
@@ -264,6 +301,7 @@ async def test_a_broker_that_goes_away_and_comes_back_loses_nothing(
     assert sorted({m.message_id or "" for m in await mq.take(queue)}) == sorted(first + second)
 
 
+@pytest.mark.brokers
 async def test_refused_credentials_are_retried_masked_everywhere_and_open_the_circuit(
     tmp_path: Path,
     relay_db: str,
@@ -314,6 +352,7 @@ async def test_refused_credentials_are_retried_masked_everywhere_and_open_the_ci
     assert "***" in shown[4]
 
 
+@pytest.mark.brokers
 async def test_send_test_publishes_a_marked_message_and_fails_on_no_confirm(
     tmp_path: Path, relay_db: str, sink: Sink, mq: Mq, amqp_url: str
 ) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,14 +16,19 @@ from uuid import uuid4
 import asyncpg
 import nats
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RawStreamMsg, StreamConfig
 
-from relay import codec, journal, operator_queries
+from relay import broker_routes, codec, journal, operator_queries
+from relay.brokers.nats import NatsBroker, NatsDestination
 from relay.contracts.examples import example
+from relay.request import Target, build
 from tests.support.brokers import NATS_ENV, TcpProxy, broker_url, unique, verify, via, write_broker_config
 from tests.support.relay import (
+    SECRET,
     cli,
     relay_settings,
     running,
@@ -129,6 +135,35 @@ async def test_replay_is_a_new_generation_returned_by_the_claim(
     ) == {SUB: 1}
     (again,) = await journal.claim_deliveries(db, SUB, "test", 10, 30)
     assert again.generation == 1
+
+
+@given(st.text(max_size=40))
+def test_a_subject_the_relay_accepts_is_one_nats_py_accepts(subject: str) -> None:
+    from nats.aio.client import _validate_subject
+
+    if broker_routes.nats_subject_problem(subject) is None:
+        _validate_subject(subject, strict=True)
+
+
+async def test_an_event_whose_subject_renders_unusable_goes_dead_without_a_connection() -> None:
+    # Nothing listens on port 9: the answer comes before any connection is tried.
+    destination = NatsDestination(
+        NatsBroker("nats://relay:Pw0rd-not-shown@127.0.0.1:9"),
+        subscriber=SUB,
+        subject=broker_routes.parse("it.{entity_key}"),
+    )
+    request = build(
+        Target(name=SUB, url="", secrets=[SECRET]),
+        event_id=str(uuid4()),
+        event_type=EVENT,
+        body=b"{}",
+        attempt=1,
+        at=datetime.now(UTC),
+    )
+    answer = await destination.send(request, 5.0, datetime.now(UTC))
+    await destination.aclose()
+    assert (answer.outcome, answer.status) == ("dead", None)
+    assert answer.error is not None and "empty token" in answer.error
 
 
 @pytest.mark.brokers

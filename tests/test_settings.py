@@ -351,7 +351,7 @@ def _broker(tmp_path: Path, keys: str) -> Settings:
         (NATS + "subject = 'it.{0}'\n", "unknown placeholder {?}"),
         (NATS + "subject = 'it.{event_type'\n", "subscribers.IT-07.subject: not a template"),
         (NATS + "subject = 'it..{event_type}'\n", "subject: renders to a subject that has an empty token"),
-        (NATS + "subject = 'it.>'\n", "contains a wildcard token"),
+        (NATS + "subject = 'it.>'\n", "contains a wildcard character"),
         (NATS + "subject = 'it {event_type}'\n", "contains whitespace"),
         (AMQP + f"routing_key = '{'k' * 256}'\n", "routing_key: rendered is longer than 255 bytes"),
         ("url = 'kafka://k:9092'\n", "subscribers.IT-07.url: URL scheme should be 'http' or 'https'"),
