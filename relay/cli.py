@@ -160,7 +160,8 @@ def schemas_export(
 def run(config: ConfigOption = None, log_level: LogLevel = None, log_format: LogFormat = None) -> None:
     """Run the relay daemon until SIGTERM or SIGINT."""
     settings = cli_common.load(config, log_level and log_level.value, log_format and log_format.value)
-    cli_common.run_async(Daemon(settings).run())
+    # SIGHUP reads the same sources again (the file, IT_RELAY_* variables, credentials).
+    cli_common.run_async(Daemon(settings, reload_settings=lambda: load_settings(config)).run())
 
 
 @app.command()

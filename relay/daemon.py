@@ -25,6 +25,7 @@ from relay.logs import get_logger
 from relay.maintenance import Housekeeping, Retention
 from relay.metrics import Metrics
 from relay.model import Instance
+from relay.reload import applied, needs_restart
 from relay.router import Router
 from relay.scheduler import Scheduler
 from relay.sender import Sender, make_sender
@@ -62,6 +63,7 @@ class Daemon:
         metrics: Metrics | None = None,
         sender: Sender | None = None,
         notifier: Notifier | None = None,
+        reload_settings: Callable[[], Settings] | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
@@ -73,6 +75,10 @@ class Daemon:
         self._sender = sender
         self._notifier = notifier or Notifier()
         self._sent_ready = False
+        self._reload_settings = reload_settings
+        self._reloads: list[asyncio.Task[None]] = []
+        # Destinations replaced by a reload: closed at shutdown, when nothing can be using them.
+        self._retired: list[Destination] = []
         self._fingerprint = fingerprint(settings)
         self._housekeeping: Housekeeping | None = None
 
@@ -154,7 +160,9 @@ class Daemon:
                 await migrate.check_channel(conn, s.database.channel)
             self._set_schema_current(True)
             c = self.components = self._build(pool, sender)
-            stack.push_async_callback(_close_destinations, c.dispatcher.destinations.values())
+            stack.push_async_callback(
+                lambda: _close_destinations([*c.dispatcher.destinations.values(), *self._retired])
+            )
             self.metrics.prepare(c.dispatcher.lanes)
             if c.server is not None:
                 try:
@@ -244,11 +252,11 @@ class Daemon:
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if sig == signal.SIGHUP:
-            # Never the default (an abrupt death with deliveries in flight).
-            log.warning(
-                "SIGHUP received: the configuration is not reloaded; restart the service to apply changes",
-                signal=sig.name,
-            )
+            # Never the default (an abrupt death with deliveries in flight): reload, or say why not.
+            if self._reload_settings is None or self.components is None:
+                log.warning("SIGHUP received: nothing to reload (no configuration file, or not started yet)")
+            else:
+                self._reloads.append(asyncio.get_running_loop().create_task(self.reload()))
             return
         log.info(
             "stopping: no new claims; in-flight deliveries get the grace period",
@@ -257,6 +265,38 @@ class Daemon:
         )
         self._notifier.notify("STOPPING=1", "STATUS=stopping: finishing in-flight deliveries")
         self.stopping.set()
+
+    async def reload(self) -> None:
+        """SIGHUP: read the configuration again and apply its subscribers (added, removed, URL,
+        secrets, policies, enabled) without a restart and without dropping anything in flight;
+        name the changed keys that need a restart. A configuration that does not load changes nothing."""
+        assert self._reload_settings is not None and self.components is not None
+        try:
+            new = self._reload_settings()
+        except (UserError, ValueError, OSError) as exc:
+            log.error("reload failed, the configuration in force is unchanged", error=str(exc))
+            return
+        restart = needs_restart(self.settings, new)
+        if restart:
+            log.warning("reload: these keys need a restart to take effect", keys=restart)
+        c = self.components
+        http = HttpDestination(c.sender)
+        kept = {n: d for n, d in c.dispatcher.destinations.items() if n in new.subscribers}
+        fresh = destinations_for(new.subscribers, http)
+        # A subscriber whose URL did not change keeps its destination (a broker's open connection).
+        destinations = {
+            n: kept[n]
+            if n in kept and str(new.subscribers[n].url) == str(self.settings.subscribers[n].url)
+            else d
+            for n, d in fresh.items()
+        }
+        self._retired.extend(d for n, d in c.dispatcher.destinations.items() if destinations.get(n) is not d)
+        added, removed = c.dispatcher.reconfigure(new.subscribers, destinations)
+        c.router.serve(new.subscribers)
+        self.metrics.prepare(new.subscribers)
+        self.settings = applied(self.settings, new)
+        self._fingerprint = fingerprint(self.settings)
+        log.info("configuration reloaded", subscribers=sorted(new.subscribers), added=added, removed=removed)
 
     def _set_schema_current(self, current: bool) -> None:
         self.schema_current = current

@@ -54,34 +54,82 @@ class Dispatcher:
         self._settings = delivery
         self._owner = owner
         self._poll_interval_s = poll_interval_s
+        self._metrics = metrics
         self.lanes = {
-            name: Lane(
-                name=name,
-                target=target_of(conf, name),
-                destination=destinations[name],
-                timeout_s=conf.timeout_s or delivery.timeout_s,
-                max_in_flight=conf.max_in_flight,
-                breaker=CircuitBreaker(delivery.circuit_failure_threshold, delivery.circuit_cooldown_s),
-                policy=RetryPolicy(
-                    delivery.retry_schedule_s,
-                    delivery.retry_after_max_s,
-                    delivery.jitter,
-                    hold=conf.ordering == "entity" and conf.on_exhausted == "hold",
-                ),
-                ordered=conf.ordering == "entity",
-                duration=metrics.delivery_duration.labels(name),
-                outcomes={o: metrics.deliveries.labels(name, o) for o in OUTCOMES},
-                enabled=conf.enabled,
-                paused=not conf.enabled,
-            )
-            for name, conf in subscribers.items()
+            name: self._make_lane(name, conf, destinations[name]) for name, conf in subscribers.items()
         }
+        self._lane_tasks: dict[str, asyncio.Task[None]] = {}
+        self._running = False
         self._states = LaneStates(store, self.lanes, metrics, poll_interval_s)
         self._attempts = Attempts(delivery=delivery, metrics=metrics)
         self._slots = Slots(delivery.concurrency, self.wake)
         self._writer = OutcomeWriter(store, owner)
         self._tasks: dict[asyncio.Task[None], tuple[UUID, str]] = {}
         self._stopping = asyncio.Event()
+
+    def _make_lane(self, name: str, conf: SubscriberSettings, destination: Destination) -> Lane:
+        delivery = self._settings
+        lane = Lane(
+            name=name,
+            target=target_of(conf, name),
+            destination=destination,
+            timeout_s=0.0,
+            max_in_flight=0,
+            breaker=CircuitBreaker(delivery.circuit_failure_threshold, delivery.circuit_cooldown_s),
+            policy=RetryPolicy(delivery.retry_schedule_s),
+            duration=self._metrics.delivery_duration.labels(name),
+            outcomes={o: self._metrics.deliveries.labels(name, o) for o in OUTCOMES},
+            paused=not conf.enabled,
+        )
+        self._configure(lane, conf, destination)
+        return lane
+
+    def _configure(self, lane: Lane, conf: SubscriberSettings, destination: Destination) -> None:
+        """Everything a subscriber's configuration decides, set on its lane (again on a reload:
+        in-flight attempts keep what they started with, the next claim uses the new)."""
+        delivery = self._settings
+        lane.target = target_of(conf, lane.name)
+        lane.destination = destination
+        lane.timeout_s = conf.timeout_s or delivery.timeout_s
+        lane.max_in_flight = conf.max_in_flight
+        lane.policy = RetryPolicy(
+            delivery.retry_schedule_s,
+            delivery.retry_after_max_s,
+            delivery.jitter,
+            hold=conf.ordering == "entity" and conf.on_exhausted == "hold",
+        )
+        lane.ordered = conf.ordering == "entity"
+        lane.enabled = conf.enabled
+
+    def reconfigure(
+        self, subscribers: Mapping[str, SubscriberSettings], destinations: Mapping[str, Destination]
+    ) -> tuple[list[str], list[str]]:
+        """Serve exactly `subscribers` from now on (SIGHUP): lanes added and started, removed ones
+        stopped (what they have in flight finishes), the others reconfigured in place (their
+        circuit kept). Returns (added, removed)."""
+        added = [n for n in subscribers if n not in self.lanes]
+        removed = [n for n in self.lanes if n not in subscribers]
+        for name in removed:
+            task = self._lane_tasks.pop(name, None)
+            if task is not None:
+                task.cancel()
+            del self.lanes[name]
+        for name, conf in subscribers.items():
+            self.destinations[name] = destinations[name]
+            if name in self.lanes:
+                self._configure(self.lanes[name], conf, destinations[name])
+            else:
+                self.lanes[name] = lane = self._make_lane(name, conf, destinations[name])
+                if self._running:
+                    self._start_lane(lane)
+            self.lanes[name].wake.set()
+        return added, removed
+
+    def _start_lane(self, lane: Lane) -> None:
+        loop = self._lane_loop(lane)
+        self._lane_tasks[lane.name] = asyncio.create_task(
+            supervise(loop, self._stopping, self._heartbeats), name=loop.name
+        )
 
     def wake(self, subscribers: Iterable[str] | None = None) -> None:
         names = self.lanes.keys() if subscribers is None else subscribers
@@ -104,14 +152,17 @@ class Dispatcher:
         writer = asyncio.create_task(
             supervise(self._writer.loop(self._poll_interval_s), writer_stop, beats), name="outcome-writer"
         )
-        loops = [self._lane_loop(lane) for lane in self.lanes.values()] + [self._states.loop()]
-        tasks = [
-            asyncio.create_task(supervise(loop, self._stopping, beats), name=loop.name) for loop in loops
-        ]
+        self._running = True
+        for lane in self.lanes.values():
+            self._start_lane(lane)
+        states = asyncio.create_task(
+            supervise(self._states.loop(), self._stopping, beats), name="subscriber-states"
+        )
         try:
             await stopping.wait()
         finally:
             self._stopping.set()
+            tasks = [*self._lane_tasks.values(), states]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

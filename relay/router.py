@@ -45,6 +45,11 @@ class Router:
         self._wake = asyncio.Event()
         self._warned: set[str] = set()
 
+    def serve(self, subscribers: Iterable[str]) -> None:
+        """From the next batch on, create deliveries for exactly these subscribers (a reload)."""
+        self._configured = frozenset(subscribers)
+        self._warned -= self._configured
+
     def wake(self) -> None:
         self._wake.set()
 

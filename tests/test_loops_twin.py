@@ -311,3 +311,19 @@ async def test_an_unordered_subscriber_does_not_wait_for_an_entitys_head(make_re
     await wait_until(lambda: relay.statuses() == {"delivered": 2})
     # The second went out while the first waited out its retry.
     assert [r.headers["webhook-id"] for r in relay.destination.requests][:2] == [str(ids[0]), str(ids[1])]
+
+
+async def test_a_reload_that_removes_a_lane_lets_its_attempt_in_flight_finish(make_relay: Any) -> None:
+    hang = asyncio.Event()
+    relay: Relay = await make_relay(hang=hang)
+    first, second = await relay.publish(2)
+    await wait_until(lambda: relay.destination.in_flight == 2)
+    added, removed = relay.dispatcher.reconfigure({}, {})
+    assert (added, removed) == ([], ["FA"])
+    hang.set()
+    # What was in flight is written; nothing is claimed for FA any more.
+    await wait_until(lambda: relay.statuses() == {"delivered": 2})
+    await relay.publish(1, tag="AFTER")
+    await asyncio.sleep(0.2)  # the lane is gone: nothing may claim the new delivery
+    assert relay.statuses() == {"delivered": 2, "pending": 1}
+    assert {first, second} == {UUID(r.headers["webhook-id"]) for r in relay.destination.requests}

@@ -18,6 +18,7 @@ from tests.support.relay import (
     start_relay_process,
     stop_process,
     wait_for_rows,
+    wait_until,
     write_config,
 )
 from tests.support.sink import Reply, Sink
@@ -154,26 +155,55 @@ async def test_sigterm_finishes_in_flight_deliveries_and_exits_0(
     assert "it-relay stopped" in log
 
 
-async def test_sighup_is_logged_and_the_daemon_keeps_delivering(
+async def test_sighup_reloads_subscribers_without_dropping_what_is_in_flight(
     tmp_path: Path, relay_db: str, db: asyncpg.Connection, sink: Sink
 ) -> None:
-    """SIGHUP mid-delivery (a slow answer in flight): no abrupt death, the delivery completes."""
+    """SIGHUP mid-delivery (a slow answer in flight): HR is added and FA re-pointed, a changed
+    poll interval is named as needing a restart, the delivery in flight completes; then a broken
+    configuration changes nothing."""
     sink.script("/fa", Reply(200, delay_s=1.0))
-    config = write_config(tmp_path / "relay.toml", relay_settings(relay_db, sink, ["FA"]))
+    config = tmp_path / "relay.toml"
+    write_config(config, relay_settings(relay_db, sink, ["FA"]))
     log_path = tmp_path / "relay.log"
     proc = start_relay_process(config, log_path)
     try:
         await journal.publish(db, example("it_asset_purchased"))
         await sink.wait_for(lambda r: len(r) == 1, within=20)
+        write_config(
+            config,
+            relay_settings(
+                relay_db,
+                sink,
+                ["FA", "HR"],
+                subscriber_overrides={"FA": {"url": sink.url("/fa-new")}},
+                database={"poll_interval_s": 0.7},
+            ),
+        )
         proc.send_signal(signal.SIGHUP)
         await wait_for_rows(db, "SELECT status FROM it_relay.deliveries", lambda v: v == "delivered")
+        await _wait_for_line(log_path, "configuration reloaded")
         await journal.publish(db, example("it_asset_purchased") | {"asset_tag": "AFTER-HUP"})
-        await sink.wait_for(lambda r: len(r) == 2, within=20)
+        await journal.publish(db, example("it_asset_assigned"))  # HR (and PF-10, not served)
+        await sink.wait_for(lambda r: len(sink.at("/fa-new")) == 1 and len(sink.at("/hr")) == 1, within=20)
+        config.write_text("[delivery]\nconcurrency = -1\n")
+        proc.send_signal(signal.SIGHUP)
+        await _wait_for_line(log_path, "reload failed")
+        await journal.publish(db, example("it_asset_purchased") | {"asset_tag": "AFTER-BAD"})
+        await sink.wait_for(lambda r: len(sink.at("/fa-new")) == 2, within=20)
         assert proc.poll() is None
     finally:
         code = await stop_process(proc, signal.SIGTERM)
     assert code == 0
-    assert "SIGHUP received" in log_path.read_text()
+    text = log_path.read_text()
+    restart = next(json.loads(line) for line in text.splitlines() if "need a restart" in line)
+    assert restart["keys"] == ["database.poll_interval_s"]
+    reloaded = next(json.loads(line) for line in text.splitlines() if "configuration reloaded" in line)
+    assert reloaded["added"] == ["HR"] and reloaded["removed"] == []
+    assert len(sink.at("/fa")) == 1  # only the one in flight at the reload
+
+
+async def _wait_for_line(path: Path, text: str) -> None:
+    await wait_until(lambda: text in path.read_text(), within=20)
 
 
 async def test_listener_reconnects_and_catches_up_after_its_backend_is_terminated(
