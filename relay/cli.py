@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -391,10 +391,10 @@ register_operator_commands(app)
 register_order_commands(app)
 
 
-def main() -> None:
-    """Console entry point."""
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point (`argv`: the arguments, default the command line's)."""
     try:
-        code = app(standalone_mode=False)
+        code = app(args=None if argv is None else list(argv), standalone_mode=False)
     except UserError as exc:
         _fail(str(exc), exc.exit_code)
     except typer.TyperException as exc:

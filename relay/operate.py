@@ -126,8 +126,9 @@ class SubscriberStatus:
     last_error_at: datetime | None
 
 
-def _status(name: str, state: Serving, s: SubscriberStats | None) -> SubscriberStatus:
-    if s is None:  # nothing delivered, tried or shared yet
+def status_line(name: str, state: Serving, s: SubscriberStats | None) -> SubscriberStatus:
+    """`name`'s line of `status` from its figures (None: nothing delivered, tried or shared yet)."""
+    if s is None:
         return SubscriberStatus(
             subscriber=name,
             state=state,
@@ -171,7 +172,7 @@ async def status(conn: Conn, settings: Settings) -> list[SubscriberStatus]:
     """Every subscriber of the contracts, in the contracts' order."""
     stats = {s.subscriber: s for s in await operator_queries.subscriber_stats(conn)}
     states = await journal.subscriber_states(conn)
-    return [_status(name, serving(name, settings, states), stats.get(name)) for name in SUBSCRIBERS]
+    return [status_line(name, serving(name, settings, states), stats.get(name)) for name in SUBSCRIBERS]
 
 
 # ─── Events and backfill ─────────────────────────────────────────────────────────────────────

@@ -1,4 +1,5 @@
-"""CLI acceptance tests: the installed `it-relay` command, run as a subprocess."""
+"""CLI acceptance tests: the `it-relay` command, as a subprocess (one smoke test per command) and
+in this process (tests/support/cli.py) where a test runs it many times."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typer.core import TyperOption
 from relay import codec
 from relay.contracts import EVENT_TYPES
 from relay.contracts.examples import all_examples, example
+from tests.support.cli import invoke
 from tests.support.relay import EXAMPLE, example_credentials
 
 ROOT = Path(__file__).parent.parent
@@ -183,21 +185,34 @@ def _bad_arguments() -> list[list[str]]:
     return cases
 
 
+def _one_line_error(code: int, stderr: str) -> bool:
+    return (
+        code == 2
+        and "Traceback" not in stderr
+        and stderr.startswith("it-relay: error: ")
+        and stderr.count("\n") == 1
+    )
+
+
 def test_every_command_refuses_bad_arguments_in_one_line() -> None:
     cases = _bad_arguments()
     assert len(cases) > 50  # the command tree was walked
-    # Subprocesses, a few at a time: the installed entry point is what a user runs.
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda args: (args, run(*args)), cases))
+    results = [(args, invoke(*args)) for args in cases]
     wrong = [
         f"{' '.join(args)}: exit {r.returncode}, stderr {r.stderr!r}"
         for args, r in results
-        if r.returncode != 2
-        or "Traceback" in r.stderr
-        or not r.stderr.startswith("it-relay: error: ")
-        or r.stderr.count("\n") != 1
+        if not _one_line_error(r.returncode, r.stderr)
     ]
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_installed_command_refuses_bad_arguments_in_one_line() -> None:
+    # The same errors through the entry point a user runs: a command, an option, a value.
+    cases = [["bogus"], ["deliveries", "list", "--no-such-option"], ["status", "--json=yes"]]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda args: (args, run(*args)), cases))
+    for args, r in results:
+        assert _one_line_error(r.returncode, r.stderr), (args, r.returncode, r.stderr)
 
 
 HOSTILE_FILES = {
@@ -219,7 +234,7 @@ def test_hostile_files_get_one_line_per_problem_never_a_traceback(
     path.write_bytes(HOSTILE_FILES[what])
     # emit validates before it connects: the database in the example config is never reached.
     extra = ["--config", str(EXAMPLE)] if command == "emit" else []
-    result = run(command, str(path), *extra, env=example_credentials(tmp_path / "credentials"))
+    result = invoke(command, str(path), *extra, env=example_credentials(tmp_path / "credentials"))
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     lines = result.stdout.splitlines()

@@ -1,5 +1,6 @@
-"""Operator commands through the CLI (subprocesses) against a real PostgreSQL and real subscribers:
-subscriber lifecycle, attempt history, status, follow, rejections, safe bulk replay."""
+"""Operator commands through the CLI against a real PostgreSQL and real subscribers: subscriber
+lifecycle, attempt history, status, follow, rejections, safe bulk replay. Each command runs once
+as a subprocess (the installed entry point); the other runs are in this process (run_cli)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 
 from relay import codec, journal
 from relay.contracts.examples import example
+from tests.support.cli import run_cli
 from tests.support.relay import SECRET, cli, relay_settings, running, wait_for_rows, wait_until, write_config
 from tests.support.sink import PATIENCE, Reply, Sink
 
@@ -46,7 +48,7 @@ async def test_a_subscriber_not_served_gets_no_deliveries_until_it_is_backfilled
             "it_relay_unconfigured_deliveries_total", {"subscriber": "HR"}
         )
         assert counted == 1
-        status = await cli("status", "--config", str(config), "--json")
+        status = await run_cli("status", "--config", str(config), "--json")
         assert status.returncode == 0, status.stderr
         states = {s["subscriber"]: s["state"] for s in json.loads(status.stdout)}
         assert states["PF-10"] == "served" and states["HR"] == "not served"
@@ -61,10 +63,10 @@ async def test_a_subscriber_not_served_gets_no_deliveries_until_it_is_backfilled
         assert looked.returncode == 0, looked.stderr
         assert looked.stdout.strip() == "would create 1 deliveries for HR: it_asset_assigned 1"
         assert set(await _statuses(db, event_id)) == {"PF-10"}
-        done = await cli("backfill", "--config", str(config), "--subscriber", "HR", "--since", since)
+        done = await run_cli("backfill", "--config", str(config), "--subscriber", "HR", "--since", since)
         assert done.stdout.strip() == "created 1 deliveries for HR: it_asset_assigned 1", done.stderr
         await sink.wait_for(lambda r: len(r) == 2)
-        again = await cli("backfill", "--config", str(config), "--subscriber", "HR", "--since", since)
+        again = await run_cli("backfill", "--config", str(config), "--subscriber", "HR", "--since", since)
         assert again.stdout.strip() == "created 0 deliveries for HR"
         # Its wake-up names a journaled event: nothing is recorded as a rejection.
         assert await db.fetchval("SELECT count(*) FROM it_relay.rejected_events") == 0
@@ -103,7 +105,7 @@ async def test_pause_holds_deliveries_on_every_instance_and_resume_releases_them
         assert by_name["PF-10"]["state"] == "paused" and by_name["PF-10"]["why"].startswith("paused by ")
         assert by_name["GR"]["state"] == "served" and by_name["HR"]["state"] == "not served"
 
-        resumed = await cli("subscribers", "resume", "PF-10", "--config", str(config))
+        resumed = await run_cli("subscribers", "resume", "PF-10", "--config", str(config))
         assert resumed.returncode == 0, resumed.stderr
         await sink.wait_for(lambda r: len(r) == 2)
     assert sink.requests[1].path == "/pf-10"
@@ -154,12 +156,14 @@ async def test_every_attempt_is_recorded_and_shown_scrubbed(
     first = history[0]["response_excerpt"]
     assert len(first.encode()) <= 1024 + 64 and KEY not in first and SECRET not in first
     assert SECRET.removeprefix("whsec_") not in first
-    text = await cli("deliveries", "show", event_id, "--config", str(config))
+    text = await run_cli("deliveries", "show", event_id, "--config", str(config))
     assert "#1 " in text.stdout and "HTTP 422" in text.stdout and "#3 " in text.stdout
     assert KEY not in text.stdout
     dump = await db.fetchval("SELECT string_agg(coalesce(response_excerpt, ''), '') FROM it_relay.attempts")
     assert KEY not in dump and SECRET not in dump
-    missing = await cli("deliveries", "show", "00000000-0000-0000-0000-000000000001", "--config", str(config))
+    missing = await run_cli(
+        "deliveries", "show", "00000000-0000-0000-0000-000000000001", "--config", str(config)
+    )
     assert missing.returncode == 1 and "no event" in missing.stderr
 
 
@@ -178,7 +182,7 @@ async def test_status_reports_each_subscriber(
             args=[event_id],
         )
         result = await cli("status", "--config", str(config), "--json")
-        text = await cli("status", "--config", str(config))
+        text = await run_cli("status", "--config", str(config))
     assert result.returncode == 0, result.stderr
     report = {s["subscriber"]: s for s in json.loads(result.stdout)}
     assert report["GR"]["state"] == "served" and report["GR"]["delivered_5m"] == 1
@@ -239,7 +243,7 @@ async def test_a_rejected_event_is_listed_shown_corrected_and_republished(
         assert "priority: Input should be" in shown.stdout and KEY not in shown.stdout
         assert "[REDACTED]" in shown.stdout
 
-        unchanged = await cli("rejections", "republish", event_id, "--config", str(config))
+        unchanged = await run_cli("rejections", "republish", event_id, "--config", str(config))
         assert unchanged.returncode == 1 and "still invalid" in unchanged.stderr
         assert unchanged.stderr.count("\n") == 1 and "priority:" in unchanged.stdout
 
@@ -250,11 +254,11 @@ async def test_a_rejected_event_is_listed_shown_corrected_and_republished(
         )
         assert republished.returncode == 0, republished.stderr
         await sink.wait_for(lambda r: len(r) == 1)
-        twice = await cli(
+        twice = await run_cli(
             "rejections", "republish", str(row["id"]), "--file", str(fixed), "--config", str(config)
         )
         assert twice.returncode == 1 and "already republished" in twice.stderr
-        open_ones = await cli("rejections", "list", "--config", str(config))
+        open_ones = await run_cli("rejections", "list", "--config", str(config))
         assert event_id not in open_ones.stdout
     delivered = sink.requests[0]
     assert delivered.headers["webhook-id"] == event_id
@@ -304,7 +308,7 @@ async def test_bad_operator_arguments_are_one_line_errors(
     tmp_path: Path, relay_db: str, sink: Sink, args: list[str], message: str
 ) -> None:
     config = _config(tmp_path, relay_db, sink, ["FA", "PF-10"])
-    result = await cli(*args, "--config", str(config))
+    result = await run_cli(*args, "--config", str(config))
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
@@ -325,19 +329,19 @@ async def test_bulk_replay_counts_first_filters_and_asks(
             db, "SELECT count(*) FROM it_relay.deliveries WHERE status = 'delivered'", lambda v: v == 14
         )
         base = ["replay", "--config", str(config), "--status", "delivered"]
-        looked = await cli(*base, "--all-subscribers", "--dry-run")
+        looked = await run_cli(*base, "--all-subscribers", "--dry-run")
         assert looked.stdout.strip() == "would re-queue 14 deliveries: GR 1, HR 6, PF-10 7", looked.stderr
-        typed = await cli(
+        typed = await run_cli(
             *base, "--all-subscribers", "--event-type", "it_security_incident_created", "--dry-run"
         )
         assert typed.stdout.strip() == "would re-queue 2 deliveries: GR 1, PF-10 1"
         later = (start + timedelta(hours=1)).isoformat()
-        none = await cli(*base, "--all-subscribers", "--since", later)
+        none = await run_cli(*base, "--all-subscribers", "--since", later)
         assert none.returncode == 1 and "nothing to replay" in none.stderr
-        refused = await cli(*base, "--all-subscribers")  # 14 > 10, and no terminal to ask on
+        refused = await run_cli(*base, "--all-subscribers")  # 14 > 10, and no terminal to ask on
         assert refused.returncode == 2 and "add --yes" in refused.stderr
         assert len(sink.requests) == 14
-        done = await cli(*base, "--subscriber", "pf-10", "--until", later, "--yes")
+        done = await run_cli(*base, "--subscriber", "pf-10", "--until", later, "--yes")
         assert done.stdout.strip() == "re-queued 7 deliveries: PF-10 7", done.stderr
         await sink.wait_for(lambda r: len(r) == 21)
     assert sum(r.path == "/pf-10" for r in sink.requests) == 14

@@ -19,6 +19,7 @@ from relay import codec, journal, operator_queries
 from relay.contracts.examples import example
 from relay.ingest import classify
 from relay.model import NotifiedEvent, Rejection
+from tests.support.cli import run_cli
 from tests.support.relay import cli, relay_settings, running, wait_for_rows, write_config
 from tests.support.sink import Sink
 
@@ -100,7 +101,7 @@ async def test_an_event_id_that_belongs_to_anything_else_is_refused_with_nothing
     target, other = await _not_json(db, "{not json 1"), await _not_json(db, "{not json 2")
     taken = uuid.uuid4()  # another rejection without an event_id, republished as `taken`
     fixed = example("it_ticket_created")
-    done = await cli(
+    done = await run_cli(
         "rejections",
         "republish",
         str(other),
@@ -143,7 +144,7 @@ async def test_an_event_id_that_belongs_to_anything_else_is_refused_with_nothing
     }
     before = await _state(db)
     for name, (payload, message) in cases.items():
-        result = await cli(
+        result = await run_cli(
             "rejections",
             "republish",
             str(target),
@@ -161,7 +162,7 @@ async def test_an_event_id_that_belongs_to_anything_else_is_refused_with_nothing
         assert await _state(db) == before, f"{name}: something changed"
 
     # A rejection's own event may be republished, named or not in the corrected file.
-    own = await cli(
+    own = await run_cli(
         "rejections",
         "republish",
         str(rejected_by),
@@ -171,7 +172,7 @@ async def test_an_event_id_that_belongs_to_anything_else_is_refused_with_nothing
         config,
     )
     assert own.returncode == 0, own.stderr
-    unnamed = await cli(
+    unnamed = await run_cli(
         "rejections",
         "republish",
         str(untrusted_by),
@@ -308,10 +309,10 @@ async def test_the_producer_retries_the_corrected_payload_after_a_republish(
         await _publish(db, bad)
         await wait_for_rows(db, "SELECT count(*) FROM it_relay.rejected_events", lambda v: v == 1)
         # The operator corrects what `rejections show` shows (the key already redacted there).
-        shown = await cli("rejections", "show", event_id, "--config", config, "--json")
+        shown = await run_cli("rejections", "show", event_id, "--config", config, "--json")
         payload = json.loads(shown.stdout)["payload"] | {"priority": "high"}
         assert payload["license_key"] == "[REDACTED]"
-        done = await cli(
+        done = await run_cli(
             "rejections",
             "republish",
             event_id,
