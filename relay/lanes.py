@@ -15,9 +15,10 @@ from prometheus_client import Counter, Histogram
 from relay.circuit import CircuitBreaker
 from relay.destination import Destination
 from relay.gateway import DeliveryPort
+from relay.limiter import Limiter
 from relay.logs import get_logger
 from relay.metrics import Metrics
-from relay.model import Outcome
+from relay.model import Outcome, effectively_paused
 from relay.request import Target
 from relay.settle import RetryPolicy
 from relay.supervisor import Loop
@@ -115,7 +116,7 @@ class LaneStates:
                 lane.circuit_shared_open = lane.circuit_reported_open
         for lane in self._lanes.values():
             shared = states.get(lane.name)
-            paused = shared.paused if shared is not None and shared.paused is not None else not lane.enabled
+            paused = effectively_paused(shared, enabled=lane.enabled)
             if paused != lane.paused:
                 lane.paused = paused
                 log.info(
