@@ -15,7 +15,6 @@ from prometheus_client import Counter, Histogram
 from relay.circuit import CircuitBreaker
 from relay.destination import Destination
 from relay.gateway import DeliveryPort
-from relay.limiter import Limiter
 from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.model import Outcome, effectively_paused
