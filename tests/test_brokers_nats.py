@@ -295,19 +295,27 @@ async def test_a_relay_killed_mid_drain_leaves_one_stored_copy_per_event(
         resumed = await cli("subscribers", "resume", SUB, "--config", str(config))
         assert resumed.returncode == 0, resumed.stderr
         await wait_for_rows(db, DELIVERED, lambda n: n >= 300, 60)
-        # Killed while it holds claims (published or about to be, their outcome not written).
-        await wait_for_rows(db, LEASED, lambda n: n >= 10, 60)
-        await stop_process(proc, signal.SIGKILL)
-        assert await db.fetchval(DELIVERED) < count, "killed too late: the drain had ended"
-        proc = start_relay_process(config, tmp_path / "relay.log")
+        # Killed while it holds claims (published or about to be, their outcome not written). On a
+        # loaded machine the claims seen may all be written before the signal lands: what counts is
+        # the leases the dead process left, so kill again (a fresh process) until it left some.
+        stale = 0
+        for _ in range(5):
+            await wait_for_rows(db, LEASED, lambda n: n >= 10, 60)
+            await stop_process(proc, signal.SIGKILL)
+            assert await db.fetchval(DELIVERED) < count, "killed too late: the drain had ended"
+            stale = await db.fetchval(LEASED)
+            proc = start_relay_process(config, tmp_path / "relay.log")
+            if stale:
+                break
+        assert stale > 0, "no kill found a claim in flight"
         await delivered(db, count, 120)
     finally:
         await stop_process(proc)
     stored = Counter(str((m.headers or {})["Nats-Msg-Id"]) for m in await js.messages(stream))
     assert set(stored) == {f"{i}:{SUB}:0" for i in ids}
     assert max(stored.values()) == 1
-    # The test means something only if the killed relay's claims were published a second time.
-    assert await db.fetchval("SELECT count(*) FROM it_relay.deliveries WHERE attempts > 1") > 0
+    # The killed relay's claims were claimed again (and published again, dropped as duplicates).
+    assert await db.fetchval("SELECT count(*) FROM it_relay.deliveries WHERE attempts > 1") >= stale
 
 
 @pytest.mark.brokers
