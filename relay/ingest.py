@@ -8,6 +8,7 @@ the same row once. Anything that is not a JSON object becomes a scrubbed rejecti
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from uuid import UUID
 
@@ -22,6 +23,13 @@ _STUB_KEYS = frozenset({"event_id", "event_type"})
 # A replay's wake-up adds {"wake": "deliveries"}: re-queued deliveries concern the lanes, not the router.
 _WAKE_KEYS = _STUB_KEYS | {"wake"}
 _NOT_ENTITY = frozenset({"event_id", "organization_id"})
+# A legacy notification's trace context: transport, not event. Taken out of the payload (the
+# subscriber never gets it, and the canonical event_id does not depend on it); kept when valid.
+TRACEPARENT_FIELD = "traceparent"
+# W3C Trace Context, version 00 exactly as written (lowercase hex, no further fields): what
+# it_relay.traceparent() accepts in SQL (0011_traceparent.sql).
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
+_TRACEPARENT_CHARS = 55
 
 
 def classify(raw: str) -> NotifiedEvent | Rejection | None:
@@ -46,6 +54,7 @@ def classify(raw: str) -> NotifiedEvent | Rejection | None:
             source="notify",
             payload=redact(value),
         )
+    trace = traceparent(value.pop(TRACEPARENT_FIELD, None))
     if "event_id" in value and value.keys() <= _WAKE_KEYS:
         return None
     payload = redact(value)
@@ -60,7 +69,18 @@ def classify(raw: str) -> NotifiedEvent | Rejection | None:
         event_type=event_type if isinstance(event_type, str) else "",
         payload=payload,
         organization_id=codec.uuid_or_none(payload.get("organization_id")),
+        traceparent=trace,
     )
+
+
+def traceparent(value: object) -> str | None:
+    """`value` when it is a valid W3C traceparent of version 00 (ids not all zero), else None."""
+    if not isinstance(value, str) or len(value) != _TRACEPARENT_CHARS:
+        return None
+    match = _TRACEPARENT.fullmatch(value)
+    if match is None or not match.group(1).strip("0") or not match.group(2).strip("0"):
+        return None
+    return value
 
 
 def unprocessable(raw: str, exc: Exception) -> Rejection:

@@ -97,6 +97,7 @@ async def journal_notified(conn: Conn, events: Sequence[NotifiedEvent]) -> None:
         [e.event_type for e in events],
         [codec.dumps(e.payload).decode() for e in events],
         [e.organization_id for e in events],
+        [e.traceparent for e in events],
     )
 
 
@@ -182,7 +183,9 @@ async def database_now(conn: Conn) -> datetime:
 async def claim_events(conn: Conn, limit: int) -> list[PendingEvent]:
     """Pending events, locked until the caller's transaction ends."""
     return [
-        PendingEvent(event_id=r["event_id"], payload=r["payload"], source=r["source"])
+        PendingEvent(
+            event_id=r["event_id"], payload=r["payload"], source=r["source"], traceparent=r["traceparent"]
+        )
         for r in await conn.fetch(query("claim_events"), limit)
     ]
 
@@ -203,6 +206,7 @@ async def write_routing(
             [p[0] for p in pairs],
             [p[1] for p in pairs],
             [p[2] for p in pairs],
+            [r.traceparent for r in routed],
         )
     if rejected:
         await conn.execute(query("mark_rejected"), [event_id for event_id, _ in rejected])
@@ -232,6 +236,7 @@ async def claim_deliveries(
             entity_key=r["entity_key"],
             organization_id=r["organization_id"],
             sequence=r["seq"],
+            traceparent=r["traceparent"],
         )
         for r in rows
     ]

@@ -65,6 +65,8 @@ class NotifiedEvent:
     event_type: str
     payload: dict[str, Any]
     organization_id: UUID | None
+    # The producer's W3C trace context (validated), kept by the journal beside the payload.
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,6 +79,8 @@ class RoutedEvent:
     entity_key: str | None
     organization_id: UUID | None
     subscribers: Sequence[str]
+    # The routing span's trace context, kept for an event that came without one (None: keep as is).
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,6 +102,8 @@ class ClaimedDelivery:
     organization_id: UUID | None = None
     # Its event's place in journal order (x-it-entity-sequence: strictly increasing per entity).
     sequence: int | None = None
+    # The event's trace context: each attempt's span continues it.
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +175,8 @@ class PendingEvent:
     event_id: UUID
     payload: str
     source: Source
+    # The producer's trace context, when it gave one (validated when journaled).
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -67,15 +67,22 @@ async def scheduler_marked(conn: Conn, entity_ids: Iterable[UUID]) -> set[tuple[
 
 @sole_record("a scheduled event under a new id, and the mark that it was emitted")
 async def emit_scheduled(
-    conn: Conn, emission: Emission, event_id: UUID, states: Sequence[StateUpdate]
+    conn: Conn,
+    emission: Emission,
+    event_id: UUID,
+    states: Sequence[StateUpdate],
+    traceparent: str | None = None,
 ) -> bool:
-    """Mark, update compliance states and publish in one transaction; False if already marked."""
+    """Mark, update compliance states and publish in one transaction (with `traceparent`, the
+    journal keeps it as the event's trace context); False if already marked."""
     won = await conn.fetchval(
         query("scheduler_mark"), emission.kind, emission.entity_id, emission.milestone, event_id
     )
     await _set_states(conn, states)
     if won is None:
         return False
+    if traceparent is not None:
+        await conn.execute(query("set_traceparent"), traceparent)
     await conn.fetchval(query("publish"), codec.dumps(emission.payload | {"event_id": event_id}).decode())
     return True
 

@@ -12,10 +12,16 @@ SELECT it_relay.publish($1::jsonb);
 -- name: journal_notified
 -- Events heard on the channel without a journal row (legacy producers); already-journaled ids are
 -- no-ops, so two instances that hear the same notification journal it once.
-INSERT INTO it_relay.events (event_id, event_type, payload, source, organization_id, entity_key)
-SELECT r.event_id, r.event_type, r.payload, 'notify', r.organization_id, it_relay.entity_key(r.payload)
-  FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::uuid[]) AS r(event_id, event_type, payload, organization_id)
+INSERT INTO it_relay.events (event_id, event_type, payload, source, organization_id, entity_key, traceparent)
+SELECT r.event_id, r.event_type, r.payload, 'notify', r.organization_id, it_relay.entity_key(r.payload),
+       r.traceparent
+  FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::uuid[], $5::text[])
+       AS r(event_id, event_type, payload, organization_id, traceparent)
 ON CONFLICT (event_id) DO NOTHING;
+
+-- name: set_traceparent
+-- The trace context publish() keeps for this transaction's events (a scheduler emission's span).
+SELECT set_config('it_relay.traceparent', $1, true);
 
 -- name: durable_commit
 -- This transaction waits for the WAL flush, whatever the connection's setting (the daemon's pool
@@ -34,7 +40,7 @@ ON CONFLICT (event_id) WHERE event_id IS NOT NULL DO NOTHING;
 
 -- name: claim_events
 -- Held FOR UPDATE until the routing transaction commits; other instances skip these rows.
-SELECT event_id, payload::text AS payload, source
+SELECT event_id, payload::text AS payload, source, traceparent
   FROM it_relay.events
  WHERE status = 'pending'
  ORDER BY created_at
@@ -43,14 +49,16 @@ SELECT event_id, payload::text AS payload, source
 
 -- name: mark_routed
 -- The routing of a batch in one statement: each event's validated payload, and one delivery row
--- per served subscriber ($6..$8, pairs of event and subscriber).
+-- per served subscriber ($6..$8, pairs of event and subscriber). An event that came without a
+-- trace context keeps its routing span's ($9), so its deliveries join that trace.
 WITH routed AS (
     UPDATE it_relay.events e
        SET status = 'routed', routed_at = clock_timestamp(), payload = r.payload, entity_key = r.entity_key,
            event_type = r.event_type,
-           organization_id = r.organization_id
-      FROM unnest($1::uuid[], $2::jsonb[], $3::text[], $4::text[], $5::uuid[])
-           AS r(event_id, payload, entity_key, event_type, organization_id)
+           organization_id = r.organization_id,
+           traceparent = coalesce(e.traceparent, r.traceparent)
+      FROM unnest($1::uuid[], $2::jsonb[], $3::text[], $4::text[], $5::uuid[], $9::text[])
+           AS r(event_id, payload, entity_key, event_type, organization_id, traceparent)
      WHERE e.event_id = r.event_id
     RETURNING e.event_id
 ), added AS (
@@ -93,7 +101,7 @@ UPDATE it_relay.deliveries d
        it_relay.events e
  WHERE d.event_id = c.event_id AND d.subscriber = c.subscriber AND e.event_id = d.event_id
 RETURNING d.event_id, d.event_type, d.attempts, d.failed_rounds, e.payload::text AS body, e.created_at,
-          d.replays, e.entity_key, e.organization_id, e.seq;
+          d.replays, e.entity_key, e.organization_id, e.seq, e.traceparent;
 
 -- name: claim_ordered
 -- As claim_deliveries, for a subscriber with ordering = "entity": only an entity's head — no
@@ -120,7 +128,7 @@ UPDATE it_relay.deliveries d
        it_relay.events e
  WHERE d.event_id = c.event_id AND d.subscriber = c.subscriber AND e.event_id = d.event_id
 RETURNING d.event_id, d.event_type, d.attempts, d.failed_rounds, e.payload::text AS body, e.created_at,
-          d.replays, e.entity_key, e.organization_id, e.seq;
+          d.replays, e.entity_key, e.organization_id, e.seq, e.traceparent;
 
 -- name: release_entity
 -- `it-relay release`: an entity held behind its dead head goes on; the head stays dead (replayable).
