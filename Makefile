@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test demo bench clean
+.PHONY: install lint test test-unit demo bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest
+
+# The unit tier: pure rules and the loops on the in-memory twin; no PostgreSQL, seconds.
+test-unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit tests/test_loops_twin.py -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

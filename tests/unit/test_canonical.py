@@ -14,7 +14,7 @@ from relay.codec import canonical_event_id
 from relay.contracts.examples import all_examples, example
 
 # Text the relay accepts: NUL and lone surrogates are rejected as invalid_text (PostgreSQL cannot
-# hold them), tested in tests/test_contracts.py.
+# hold them), tested in tests/unit/test_contracts.py.
 storable = st.characters(codec="utf-8", exclude_characters="\x00")
 json_values = st.recursive(
     st.none()
