@@ -102,7 +102,7 @@ class Attempts:
         answer = await lane.destination.send(request, lane.timeout_s, now)
         elapsed = time.perf_counter() - started
         lane.duration.observe(elapsed)
-        error = stored_error(answer.error, lane.target.secrets)
+        error = stored_error(answer.error, lane.target.masked)
         record = self._record(lane, attempt, now, elapsed, answer.status, error, answer.body)
         return Attempt(answer.outcome, answer.status, error, answer.retry_after_s, record)
 
@@ -124,7 +124,7 @@ class Attempts:
             http_status=status,
             error=error,
             duration_ms=round(elapsed_s * 1000, 3),
-            excerpt=excerpt(body, EXCERPT_BYTES, lane.target.secrets) if body else None,
+            excerpt=excerpt(body, EXCERPT_BYTES, lane.target.masked) if body else None,
         )
 
 
@@ -156,9 +156,9 @@ async def send_test(
     answer = await destination.send(request, subscriber.timeout_s or delivery.timeout_s, now)
     elapsed = time.perf_counter() - started
     if answer.status is None:
-        return SendTestResult(event_id, None, elapsed, stored_error(answer.error, target.secrets) or "")
+        return SendTestResult(event_id, None, elapsed, stored_error(answer.error, target.masked) or "")
     return SendTestResult(
-        event_id, answer.status, elapsed, excerpt(answer.body, EXCERPT_BYTES, target.secrets)
+        event_id, answer.status, elapsed, excerpt(answer.body, EXCERPT_BYTES, target.masked)
     )
 
 
@@ -169,6 +169,8 @@ def target_of(subscriber: SubscriberSettings, name: str = "") -> Target:
         url=str(subscriber.url),
         secrets=subscriber.signing_secrets(),
         cloudevents=subscriber.format == "cloudevents",
+        headers=subscriber.static_headers(),
+        retry_on_status=subscriber.retryable_statuses(),
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -18,6 +18,7 @@ from relay import __version__, cli_common, codec, database, journal, migrate, op
 from relay.attempts import SendTestResult
 from relay.attempts import send_test as send_one
 from relay.cli_common import ConfigOption, LogFormat, LogLevel
+from relay.cli_filters import register as register_filter_commands
 from relay.cli_operate import register as register_operator_commands
 from relay.cli_order import register as register_order_commands
 from relay.contracts import Accepted, UnknownFields, parse_event, routed_subscribers
@@ -61,36 +62,6 @@ def _root(
     """it-relay."""
 
 
-def _read_input(source: str) -> bytes:
-    if source == "-":
-        return sys.stdin.buffer.read()
-    try:
-        return Path(source).read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read {source}: {exc.strerror}") from None
-
-
-def _documents(data: bytes) -> Iterator[Any]:
-    """One JSON object, a JSON array of them, or JSON lines; undecodable lines pass through raw."""
-    try:
-        whole = codec.loads(data)
-    except codec.JSONError:
-        lines = [line for line in data.splitlines() if line.strip()]
-        if len(lines) <= 1:
-            yield data
-            return
-        for line in lines:
-            try:
-                yield codec.loads(line)
-            except codec.JSONError:
-                yield line
-        return
-    if isinstance(whole, list):
-        yield from whole
-    else:
-        yield whole
-
-
 @app.command()
 def validate(
     source: Annotated[
@@ -104,7 +75,7 @@ def validate(
     if unknown_fields not in ("keep", "drop", "reject"):
         raise InputError("--unknown-fields must be keep, drop or reject")
     policy: UnknownFields = unknown_fields  # type: ignore[assignment]
-    invalid = _report(list(_documents(_read_input(source))), policy, quiet=False)
+    invalid = _report(list(cli_common.documents(cli_common.read_input(source))), policy, quiet=False)
     raise typer.Exit(1 if invalid else 0)
 
 
@@ -241,7 +212,7 @@ def emit(
     Every event is validated first, as `validate` does: if one is invalid, none is published.
     """
     settings = cli_common.load(config)
-    documents = list(_documents(_read_input(source)))
+    documents = list(cli_common.documents(cli_common.read_input(source)))
     if not no_validate and _report(documents, "keep", quiet=True):
         raise typer.Exit(1)
     for index, document in enumerate(documents):
@@ -389,6 +360,7 @@ def _fail(message: str, code: int) -> NoReturn:
 
 register_operator_commands(app)
 register_order_commands(app)
+register_filter_commands(app)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable, Coroutine
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -129,3 +130,34 @@ def echo_json(value: Any) -> None:
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = dataclasses.asdict(value)
     typer.echo(codec.dumps(value).decode())
+
+
+def read_input(source: str) -> bytes:
+    """A FILE argument's bytes, or standard input's for `-`."""
+    if source == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(source).read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {source}: {exc.strerror}") from None
+
+
+def documents(data: bytes) -> Iterator[Any]:
+    """One JSON object, a JSON array of them, or JSON lines; undecodable lines pass through raw."""
+    try:
+        whole = codec.loads(data)
+    except codec.JSONError:
+        lines = [line for line in data.splitlines() if line.strip()]
+        if len(lines) <= 1:
+            yield data
+            return
+        for line in lines:
+            try:
+                yield codec.loads(line)
+            except codec.JSONError:
+                yield line
+        return
+    if isinstance(whole, list):
+        yield from whole
+    else:
+        yield whole

@@ -34,7 +34,7 @@ class HttpDestination:
             response = await self._sender.post(request.url, request.body, request.headers, timeout_s)
         except SendError as exc:
             return Answer("retry", None, str(exc))
-        outcome = retry.classify(response.status)
+        outcome = retry.classify(response.status, request.retry_on_status)
         if outcome == "delivered":
             return Answer(outcome, response.status, None, None, response.body)
         wait = retry.retry_after_s(response.headers, at) if outcome == "retry" else None

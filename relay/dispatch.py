@@ -24,6 +24,7 @@ from relay.destination import Destination
 from relay.gateway import DeliveryPort
 from relay.health import Heartbeats
 from relay.lanes import Lane, LaneStates, Slot, Slots
+from relay.limiter import Limiter, Paced
 from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.model import OUTCOMES, Attempt, ClaimedDelivery
@@ -89,17 +90,30 @@ class Dispatcher:
         in-flight attempts keep what they started with, the next claim uses the new)."""
         delivery = self._settings
         lane.target = target_of(conf, lane.name)
-        lane.destination = destination
         lane.timeout_s = conf.timeout_s or delivery.timeout_s
         lane.max_in_flight = conf.max_in_flight
         lane.policy = RetryPolicy(
-            delivery.retry_schedule_s,
+            conf.retry_schedule(delivery),
             delivery.retry_after_max_s,
             delivery.jitter,
             hold=conf.ordering == "entity" and conf.on_exhausted == "hold",
+            retry_on_status=conf.retryable_statuses(),
         )
         lane.ordered = conf.ordering == "entity"
         lane.enabled = conf.enabled
+        lane.filter = conf.filter
+        lane.limiter = self._limiter(lane, conf)
+        lane.destination = destination if lane.limiter is None else Paced(destination, lane.limiter)
+
+    def _limiter(self, lane: Lane, conf: SubscriberSettings) -> Limiter | None:
+        """The lane's share of its subscriber's rate limit (kept across reloads: a hold stays)."""
+        rate = conf.rate_limit_per_s
+        if rate is None:
+            return None
+        if lane.limiter is None:
+            return Limiter(self._store, lane.name, rate, self._settings.retry_after_max_s)
+        lane.limiter.rate_per_s = rate
+        return lane.limiter
 
     def reconfigure(
         self, subscribers: Mapping[str, SubscriberSettings], destinations: Mapping[str, Destination]
@@ -211,24 +225,51 @@ class Dispatcher:
         limit, allowed = self._claim_limit(lane, now)
         if limit <= 0:
             return lane.breaker.seconds_until_probe(now) or None
+        limiter = lane.limiter
+        turns = None
+        if limiter is not None:
+            # A rate-limited lane claims no more than the tokens it got, each sent at its slot.
+            turns = await limiter.take(limit)
+            if not turns.slots:
+                return min(turns.wait_s, self._poll_interval_s)
+            limit = len(turns.slots)
         claimed = await self._store.claim_deliveries(
             lane.name, self._owner, limit, self._settings.lease_s, lane.ordered
         )
+        if limiter is not None and turns is not None:
+            await limiter.give_back(turns, len(claimed))
         probe = allowed == 1 and bool(claimed)
         if probe:
             lane.breaker.claimed_probe()
         # Sent before asking when the next one is due: that round trip is off the path.
-        for item in claimed:
-            self._start(lane, item, probe)
+        for index, item in enumerate(claimed):
+            self._start(lane, item, probe, None if turns is None else turns.slots[index])
         if len(claimed) == limit:
             return 0
         due_in = await self._store.seconds_until_due(lane.name)
         return None if due_in is None else min(max(due_in, 0.005), self._poll_interval_s)
 
-    def _start(self, lane: Lane, item: ClaimedDelivery, probe: bool) -> None:
-        task = asyncio.create_task(self._deliver(item, self._slots.take(lane), probe))
+    def _start(self, lane: Lane, item: ClaimedDelivery, probe: bool, at: float | None = None) -> None:
+        slot = self._slots.take(lane)
+        work = self._deliver(item, slot, probe) if at is None else self._paced(item, slot, probe, at)
+        task = asyncio.create_task(work)
         self._tasks[task] = (item.event_id, lane.name)
         task.add_done_callback(self._tasks.pop)
+
+    async def _paced(self, item: ClaimedDelivery, slot: Slot, probe: bool, at: float) -> None:
+        """A rate-limited delivery waits for its slot; if its subscriber is held meanwhile (429
+        Retry-After) or the relay stops, it goes back unattempted, its attempt not spent."""
+        limiter = slot.lane.limiter
+        back = settle(item, [], item.attempts, "unattempted", slot.lane.policy)
+        try:
+            go = limiter is None or await limiter.turn(item.event_id, at, self._stopping)
+        except asyncio.CancelledError:
+            await self._settle(item, slot, probe, back)
+            raise
+        if not go:
+            await self._settle(item, slot, probe, back)
+            return
+        await self._deliver(item, slot, probe)
 
     async def _deliver(self, item: ClaimedDelivery, slot: Slot, probe: bool) -> None:
         """Attempt (with quick retries), then settle: every ending goes through `_settle` once."""

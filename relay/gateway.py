@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import datetime
 from typing import Protocol
 from uuid import UUID
 
@@ -29,6 +30,7 @@ from relay.model import (
     SubscriberGauges,
     SubscriberState,
 )
+from relay.ratelimit import TokenGrant
 
 
 class DeliveryPort(Protocol):
@@ -49,6 +51,18 @@ class DeliveryPort(Protocol):
     async def subscriber_states(self) -> dict[str, SubscriberState]: ...
 
     async def set_circuit(self, subscriber: str, state: str) -> None: ...
+
+    async def take_tokens(self, subscriber: str, want: int, rate: float, horizon_s: float) -> TokenGrant:
+        """Up to `want` slots of the subscriber's shared rate limit (relay.ratelimit)."""
+        ...
+
+    async def return_tokens(self, subscriber: str, mark: datetime | float, unused: int, rate: float) -> None:
+        """Give back the last `unused` slots of the grant that left the bucket at `mark`."""
+        ...
+
+    async def hold_tokens(self, subscriber: str, seconds: float) -> None:
+        """No slot of the subscriber's before `seconds` from now (a 429 with Retry-After)."""
+        ...
 
 
 class RoutingBatch(Protocol):
@@ -137,6 +151,18 @@ class Gateway:
     async def release_leases(self, owner: str, keys: Sequence[tuple[UUID, str]]) -> None:
         async with self._pool.acquire() as conn:
             await journal.release_leases(conn, owner, keys)
+
+    async def take_tokens(self, subscriber: str, want: int, rate: float, horizon_s: float) -> TokenGrant:
+        async with self._pool.acquire() as conn:
+            return await journal.take_tokens(conn, subscriber, want, rate, horizon_s)
+
+    async def return_tokens(self, subscriber: str, mark: datetime | float, unused: int, rate: float) -> None:
+        async with self._pool.acquire() as conn:
+            await journal.return_tokens(conn, subscriber, mark, unused, rate)
+
+    async def hold_tokens(self, subscriber: str, seconds: float) -> None:
+        async with self._pool.acquire() as conn:
+            await journal.hold_tokens(conn, subscriber, seconds)
 
     async def write_results(self, results: Sequence[DeliveryResult], owner: str) -> int:
         async with self._pool.acquire() as conn:

@@ -32,6 +32,7 @@ from relay.model import (
     SubscriberGauges,
     SubscriberState,
 )
+from relay.ratelimit import TokenGrant
 from relay.redaction import scrub_text
 from relay.sql import query
 
@@ -275,6 +276,26 @@ async def write_results(conn: Conn, results: Sequence[DeliveryResult], owner: st
         [r.hold for r in results],
     )
     return len(rows)
+
+
+@redoable("a lost grant is tokens unused: the subscriber gets fewer requests, never more")
+async def take_tokens(conn: Conn, subscriber: str, want: int, rate: float, horizon_s: float) -> TokenGrant:
+    """Slots of the subscriber's shared rate limit, taken in one locked statement (relay.ratelimit)."""
+    row = await conn.fetchrow(query("take_tokens"), subscriber, want, rate, horizon_s)
+    assert row is not None
+    return TokenGrant(row["granted"], row["first_in_s"], row["spacing_s"], row["wait_s"], row["next_slot"])
+
+
+@redoable("tokens not given back are unused slots: fewer requests, never more")
+async def return_tokens(
+    conn: Conn, subscriber: str, mark: datetime | float, unused: int, rate: float
+) -> None:
+    await conn.execute(query("return_tokens"), subscriber, mark, unused, rate)
+
+
+@redoable("a lost hold is heard again: the subscriber answers 429 to the next request")
+async def hold_tokens(conn: Conn, subscriber: str, seconds: float) -> None:
+    await conn.execute(query("hold_tokens"), subscriber, seconds)
 
 
 @redoable("a lost release expires with its lease")

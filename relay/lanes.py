@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import Counter, Histogram
 
 from relay.circuit import CircuitBreaker
 from relay.destination import Destination
 from relay.gateway import DeliveryPort
+from relay.limiter import Limiter
 from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.model import Outcome, effectively_paused
@@ -39,6 +41,10 @@ class Lane:
     outcomes: dict[Outcome, Counter]
     # One delivery in flight per entity, in journal order (ordering = "entity").
     ordered: bool = False
+    # The subscriber's filter (the router drops the events it does not match) and its share of
+    # the shared rate limit; set from the configuration, replaced in place by a reload.
+    filter: dict[str, Any] | None = None
+    limiter: Limiter | None = None
     circuit_reported_open: bool = False
     # Held by `enabled = false` or `it-relay subscribers pause` (read from the database).
     enabled: bool = True

@@ -96,6 +96,12 @@ class Metrics:
             ["subscriber"],
             registry=r,
         )
+        self.events_filtered = Counter(
+            "it_relay_events_filtered",
+            "Events routed to a subscriber that its filter dropped: no delivery is created.",
+            ["subscriber"],
+            registry=r,
+        )
         self.paused = Gauge(
             "it_relay_subscriber_paused",
             "1 while a subscriber is paused (its deliveries are held; the backlog alert ignores it).",
@@ -135,6 +141,7 @@ class Metrics:
             self.entities_held_oldest.labels(name)
             self.circuit_open.labels(name)
             self.paused.labels(name)
+            self.events_filtered.labels(name)
         for event_type, contract in REGISTRY.items():
             if contract.emitter == "scheduler":
                 self.scheduler_emitted.labels(event_type)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
-from relay import signing
+from relay import header_rules, retry, signing
 from relay.contracts import REGISTRY
 
 
@@ -19,6 +19,15 @@ class Target:
     url: str
     secrets: Sequence[str]
     cloudevents: bool = False
+    # Static headers (subscribers.X.headers): on every request, never replacing the relay's own.
+    headers: Mapping[str, str] = field(default_factory=dict)
+    # The 4xx statuses retried for this subscriber (5xx always are).
+    retry_on_status: frozenset[int] = retry.RETRYABLE_4XX
+
+    @property
+    def masked(self) -> list[str]:
+        """What stored and printed texts never show: the signing secrets and the header values."""
+        return [*self.secrets, *header_rules.secrets_of(self.headers)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +41,8 @@ class Request:
     entity_key: str = ""
     organization_id: str = ""
     generation: int = 0
+    # What the destination classifies a response's status with (relay.retry.classify).
+    retry_on_status: frozenset[int] = retry.RETRYABLE_4XX
 
 
 def build(
@@ -70,6 +81,9 @@ def build(
         headers["x-it-entity-sequence"] = str(sequence)
     if test:
         headers["x-it-test"] = "true"
+    if target.headers:
+        # check-config refused any static header that names one of the relay's.
+        headers = {**target.headers, **headers}
     return Request(
         target.url,
         body,
@@ -79,4 +93,5 @@ def build(
         entity_key or "",
         "" if organization_id is None else str(organization_id),
         generation,
+        target.retry_on_status,
     )

@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import email.utils
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Final
 
 from relay.model import Outcome
 
-# Retried: request timeout, too early, too many requests, and every server error.
-_RETRYABLE_4XX = frozenset({408, 425, 429})
+# The 4xx statuses retried unless a subscriber lists its own (retry_on_status): request timeout,
+# too early, too many requests. Every server error is retried whatever the list.
+RETRYABLE_4XX: Final = frozenset({408, 425, 429})
 
 
-def classify(status: int | None) -> Outcome:
-    """None means no response (network error, timeout)."""
+def classify(status: int | None, retry_on: Collection[int] = RETRYABLE_4XX) -> Outcome:
+    """None means no response (network error, timeout); `retry_on`: the 4xx statuses retried."""
     if status is None:
         return "retry"
     if 200 <= status < 300:
         return "delivered"
-    if status in _RETRYABLE_4XX or status >= 500:
+    if status >= 500 or status in retry_on:
         return "retry"
     return "dead"
 

@@ -8,10 +8,12 @@ pending for any instance to take.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
+from typing import Any, Protocol
 from uuid import UUID
 
+from relay import codec, filters
 from relay.contracts import UnknownFields
 from relay.gateway import RoutingPort
 from relay.ingest import route, unroutable
@@ -23,6 +25,19 @@ from relay.supervisor import Loop
 log = get_logger("relay.router")
 
 
+class Served(Protocol):
+    """A subscriber served here, as the router sees it: its filter (None: every event)."""
+
+    @property
+    def filter(self) -> Mapping[str, Any] | None: ...
+
+
+def _filters_of(configured: Mapping[str, Served] | Iterable[str]) -> dict[str, Mapping[str, Any]]:
+    if not isinstance(configured, Mapping):
+        return {}
+    return {name: s.filter for name, s in configured.items() if s.filter is not None}
+
+
 class Router:
     def __init__(
         self,
@@ -30,7 +45,7 @@ class Router:
         store: RoutingPort,
         metrics: Metrics,
         unknown_fields: UnknownFields,
-        configured: Iterable[str],
+        configured: Mapping[str, Served] | Iterable[str],
         on_routed: Callable[[set[str]], None],
         batch_size: int = 200,
         poll_interval_s: float = 5.0,
@@ -39,15 +54,18 @@ class Router:
         self._metrics = metrics
         self._unknown_fields = unknown_fields
         self._configured = frozenset(configured)
+        self._filters = _filters_of(configured)
         self._on_routed = on_routed
         self._batch_size = batch_size
         self._poll_interval_s = poll_interval_s
         self._wake = asyncio.Event()
         self._warned: set[str] = set()
 
-    def serve(self, subscribers: Iterable[str]) -> None:
-        """From the next batch on, create deliveries for exactly these subscribers (a reload)."""
+    def serve(self, subscribers: Mapping[str, Served] | Iterable[str]) -> None:
+        """From the next batch on, create deliveries for exactly these subscribers, each through
+        its filter (a reload)."""
         self._configured = frozenset(subscribers)
+        self._filters = _filters_of(subscribers)
         self._warned -= self._configured
 
     def wake(self) -> None:
@@ -61,11 +79,12 @@ class Router:
         return 0 if await self.route_batch() >= self._batch_size else None
 
     def _served_only(self, event: RoutedEvent) -> RoutedEvent:
-        """The event with only the subscribers served here: one not configured gets no delivery row
-        (a row nobody delivers would wait, and keep its event, forever)."""
+        """The event with only the subscribers served here and whose filter it passes: one not
+        configured gets no delivery row (a row nobody delivers would wait, and keep its event,
+        forever), nor one whose filter drops it (counted in it_relay_events_filtered_total)."""
         unserved = [s for s in event.subscribers if s not in self._configured]
         if not unserved:
-            return event
+            return self._filtered(event)
         for name in unserved:
             self._metrics.unconfigured.labels(name).inc()
             if name not in self._warned:
@@ -75,7 +94,22 @@ class Router:
                     "(configure it, then `it-relay backfill`)",
                     subscriber=name,
                 )
-        return replace(event, subscribers=[s for s in event.subscribers if s in self._configured])
+        return self._filtered(
+            replace(event, subscribers=[s for s in event.subscribers if s in self._configured])
+        )
+
+    def _filtered(self, event: RoutedEvent) -> RoutedEvent:
+        """Each subscriber's filter judged once, here, on the validated and redacted body."""
+        judged = [(s, f) for s in event.subscribers if (f := self._filters.get(s)) is not None]
+        if not judged:
+            return event
+        payload = codec.loads(event.body)
+        dropped = {s for s, condition in judged if not filters.matches(condition, payload)}
+        if not dropped:
+            return event
+        for name in dropped:
+            self._metrics.events_filtered.labels(name).inc()
+        return replace(event, subscribers=[s for s in event.subscribers if s not in dropped])
 
     async def route_batch(self) -> int:
         """Route one batch; returns how many events it took."""

@@ -42,7 +42,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from relay import broker_routes
+from relay import broker_routes, filter_check, header_rules, ratelimit, retry
 from relay.contracts import SUBSCRIBERS, format_errors
 from relay.errors import ConfigError
 from relay.redaction import mask_url
@@ -67,12 +67,20 @@ def _read_secret(
     if file is not None:
         path = file
     elif credential is not None:
-        directory = os.environ.get("CREDENTIALS_DIRECTORY")
-        if not directory:
-            raise ValueError(f"{what}_credential needs $CREDENTIALS_DIRECTORY (systemd LoadCredential=)")
-        path = Path(directory) / credential
+        path = _credential_path(credential, f"{what}_credential")
     else:
         return None
+    return _read_file(path, what)
+
+
+def _credential_path(name: str, key: str) -> Path:
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        raise ValueError(f"{key} needs $CREDENTIALS_DIRECTORY (systemd LoadCredential=)")
+    return Path(directory) / name
+
+
+def _read_file(path: Path, what: str) -> str:
     try:
         return path.read_text(encoding="utf-8").strip()
     except OSError as exc:
@@ -326,8 +334,47 @@ class SubscriberSettings(Section):
     password: SecretStr | None = None
     password_file: Path | None = None
     password_credential: str | None = None
+    # Per-subscriber policy (docs/subscribers.md). Outpost's operators on the validated, redacted
+    # payload (relay.filters); checked against the contracts routed to this subscriber by Settings.
+    filter: dict[str, Any] | None = None
+    # Requests per second to this subscriber, all instances together (relay.ratelimit).
+    rate_limit_per_s: Annotated[float, Field(gt=0, le=ratelimit.MAX_RATE_PER_S)] | None = None
+    # This subscriber's durable retry schedule instead of delivery.retry_schedule_s.
+    retry_schedule_s: Annotated[
+        Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1)] | None,
+        NoDecode,
+        BeforeValidator(_list_text),
+    ] = None
+    # The 4xx statuses retried (5xx, timeouts and network errors always are); None: 408, 425, 429.
+    retry_on_status: Annotated[list[int] | None, NoDecode, BeforeValidator(_list_text)] = None
+    # Static headers on every request, by name: inline, from a file, or a systemd credential.
+    headers: dict[str, SecretStr] = {}
+    headers_file: dict[str, Path] = {}
+    headers_credential: dict[str, str] = {}
 
     _proxy = field_validator("proxy")(_proxy_url)
+
+    @field_validator("retry_on_status")
+    @classmethod
+    def _client_errors(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return None
+        wrong = [v for v in value if not 400 <= v <= 499]
+        if wrong:
+            raise ValueError(
+                f"{wrong[0]} is not a 4xx status; list the 4xx statuses to retry "
+                "(5xx, timeouts and network errors are always retried)"
+            )
+        return sorted(set(value))
+
+    @field_validator("headers", "headers_file", "headers_credential")
+    @classmethod
+    def _header_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            problem = header_rules.name_problem(name)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
 
     @field_validator("url")
     @classmethod
@@ -361,6 +408,32 @@ class SubscriberSettings(Section):
         url = str(self.url)
         return url if password is None else broker_routes.with_password(url, password)
 
+    def static_headers(self) -> dict[str, str]:
+        """The static headers with their values, read from files and credentials."""
+        twice = header_rules.duplicate([*self.headers, *self.headers_file, *self.headers_credential])
+        if twice is not None:
+            raise ValueError(f"headers: {twice} is named twice (names are case-insensitive)")
+        found = {f"headers.{n}": (n, v.get_secret_value()) for n, v in self.headers.items()}
+        found |= {
+            f"headers_file.{n}": (n, _read_file(p, f"headers_file.{n}")) for n, p in self.headers_file.items()
+        }
+        for name, credential in self.headers_credential.items():
+            key = f"headers_credential.{name}"
+            found[key] = (name, _read_file(_credential_path(credential, key), key))
+        for key, (_, value) in found.items():
+            problem = header_rules.value_problem(value)
+            if problem is not None:
+                raise ValueError(f"{key}: {problem}")
+        return dict(found.values())
+
+    def retry_schedule(self, delivery: DeliverySettings) -> list[float]:
+        """The durable schedule this subscriber's failures follow: its own, else delivery's."""
+        return list(self.retry_schedule_s if self.retry_schedule_s is not None else delivery.retry_schedule_s)
+
+    def retryable_statuses(self) -> frozenset[int]:
+        """The 4xx statuses retried for this subscriber (its own list, else 408, 425, 429)."""
+        return retry.RETRYABLE_4XX if self.retry_on_status is None else frozenset(self.retry_on_status)
+
     def signing_secrets(self) -> list[str]:
         """The secrets to sign with, newest first; resolved from files or credentials."""
         if self.secrets is not None:
@@ -381,6 +454,7 @@ class SubscriberSettings(Section):
         if self.kind != "http":
             self.broker_url()
         secrets = self.signing_secrets()
+        self.static_headers()
         if not secrets:
             raise ValueError("secrets must not be empty")
         for secret in secrets:
@@ -483,18 +557,35 @@ class Settings(BaseSettings):
     def _lease_outlives_attempts(self) -> Settings:
         # A lease that ends while its request still runs lets another claim send it again, with
         # the same attempt number: every attempt must end (and be recorded) inside its lease.
+        # A rate-limited subscriber's request may also wait for its turn (up to the limiter's
+        # horizon) before each attempt.
         d = self.delivery
-        timeouts = {"delivery.timeout_s": d.timeout_s} | {
-            f"subscribers.{n}.timeout_s": s.timeout_s for n, s in self.subscribers.items() if s.timeout_s
+        paced = (1 + d.inprocess_retries) * ratelimit.HORIZON_S
+        claims = {"delivery.timeout_s": (d.timeout_s, 0.0)} | {
+            f"subscribers.{n}.timeout_s": (s.timeout_s or d.timeout_s, paced if s.rate_limit_per_s else 0.0)
+            for n, s in self.subscribers.items()
+            if s.timeout_s or s.rate_limit_per_s
         }
-        key, longest = max(timeouts.items(), key=lambda kv: kv[1])
-        needed = d.attempt_budget_s(longest) + _LEASE_MARGIN_S
+        key, (longest, waits) = max(claims.items(), key=lambda kv: d.attempt_budget_s(kv[1][0]) + kv[1][1])
+        needed = d.attempt_budget_s(longest) + waits + _LEASE_MARGIN_S
         if d.lease_s < needed:
+            pacing = f", {waits:g} s waiting for the rate limit" if waits else ""
             raise ValueError(
                 f"delivery.lease_s: {d.lease_s:g} s is shorter than a claim can take ({key} = {longest:g} s, "
-                f"{d.inprocess_retries} quick retries, {_LEASE_MARGIN_S:g} s to record the outcome): "
+                f"{d.inprocess_retries} quick retries{pacing}, {_LEASE_MARGIN_S:g} s to record the outcome): "
                 f"use at least {needed:g}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _filters_fit_the_contracts(self) -> Settings:
+        for name, subscriber in self.subscribers.items():
+            if subscriber.filter is None:
+                continue
+            problem = filter_check.problem(subscriber.filter, name)
+            if problem is not None:
+                sep = "" if problem.startswith(":") else "."
+                raise ValueError(f"subscribers.{name}.filter{sep}{problem}")
         return self
 
     @model_validator(mode="after")

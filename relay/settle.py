@@ -37,6 +37,8 @@ class RetryPolicy:
     jitter: float = 0.2
     # An ordered subscriber with on_exhausted = "hold": a delivery gone dead holds its entity.
     hold: bool = False
+    # The 4xx statuses retried (its requests carry them to the destination; 5xx always are).
+    retry_on_status: frozenset[int] = retry.RETRYABLE_4XX
 
 
 @dataclass(frozen=True, slots=True)

@@ -207,6 +207,16 @@ async def _sole_record_writes(db: asyncpg.Connection) -> dict[str, Write]:
             until=None,
             dry_run=False,
         ),
+        "backfill_filtered": lambda c: operator_queries.backfill_filtered(
+            c,
+            "it_events",
+            subscriber="Audit",
+            event_types=["it_asset_assigned"],
+            since=since,
+            until=None,
+            dry_run=False,
+            condition={"asset_tag": {"$exist": True}},
+        ),
         "set_paused": lambda c: operator_queries.set_paused(c, "PF-10", True, "tester"),
         "release_entity": lambda c: operator_queries.release_entity(c, "it_events", "PF-10", "asset_id:held"),
         "republish": lambda c: operator_queries.republish(

@@ -619,3 +619,50 @@ INSERT INTO it_relay.reference_version (version, name) VALUES ($1, $2);
 -- The reference schema's tables, with or without a recorded version.
 SELECT to_regclass('public.it_assets') IS NOT NULL;
 
+
+-- name: take_tokens
+-- Slots of a subscriber's shared rate limit (0012_rate_limit.sql; relay/ratelimit.py).
+SELECT granted, first_in_s, spacing_s, wait_s, next_slot FROM it_relay.take_tokens($1, $2, $3, $4);
+
+-- name: return_tokens
+-- The unused tail of a grant back to the bucket, only while nobody took a slot after it ($2).
+UPDATE it_relay.rate_limits
+   SET next_slot = next_slot - make_interval(secs => $3::int / $4::float8)
+ WHERE subscriber = $1 AND next_slot = $2;
+
+-- name: hold_tokens
+-- A 429 with Retry-After: no slot before the end of the wait, for every instance.
+INSERT INTO it_relay.rate_limits AS r (subscriber, next_slot)
+VALUES ($1, clock_timestamp() + make_interval(secs => $2))
+ON CONFLICT (subscriber) DO UPDATE SET next_slot = greatest(r.next_slot, excluded.next_slot);
+
+-- name: backfill_candidates
+-- What a backfill for a subscriber with a filter judges, in journal order from after $5: routed
+-- events of its types journaled in [$3, $4) that it has no delivery for (as `backfill`).
+SELECT e.event_id, e.seq, e.payload::text AS payload
+  FROM it_relay.events e
+ WHERE e.status = 'routed' AND e.event_type = ANY($2::text[])
+   AND e.created_at >= $3 AND ($4::timestamptz IS NULL OR e.created_at < $4)
+   AND e.seq > $5
+   AND NOT EXISTS (SELECT FROM it_relay.deliveries d WHERE d.event_id = e.event_id AND d.subscriber = $1)
+ ORDER BY e.seq
+ LIMIT $6;
+
+-- name: backfill_chosen
+-- As `backfill`, for the events its filter let through ($6) only.
+WITH wanted AS (
+    SELECT e.event_id, e.event_type, e.entity_key, e.seq
+      FROM it_relay.events e
+     WHERE e.event_id = ANY($6::uuid[]) AND e.status = 'routed' AND e.event_type = ANY($2::text[])
+       AND e.created_at >= $3 AND ($4::timestamptz IS NULL OR e.created_at < $4)
+       AND NOT EXISTS (SELECT FROM it_relay.deliveries d WHERE d.event_id = e.event_id AND d.subscriber = $1)
+), added AS (
+    INSERT INTO it_relay.deliveries (event_id, subscriber, event_type, entity_key, seq)
+    SELECT event_id, $1, event_type, entity_key, seq FROM wanted WHERE NOT $5::bool
+    ON CONFLICT (event_id, subscriber) DO NOTHING
+    RETURNING event_id, event_type
+)
+SELECT event_type, count(*) AS n, (array_agg(event_id))[1] AS event_id
+  FROM (SELECT event_id, event_type FROM wanted WHERE $5::bool UNION ALL SELECT event_id, event_type FROM added) x
+ GROUP BY event_type
+ ORDER BY event_type;

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from uuid import UUID
 
+from relay import ratelimit
 from relay.contracts import Accepted, parse_event
 from relay.gateway import RoutingBatch
 from relay.ingest import entity_key
@@ -33,6 +34,7 @@ from relay.model import (
     SubscriberGauges,
     SubscriberState,
 )
+from relay.ratelimit import TokenGrant
 
 
 @dataclass(slots=True)
@@ -92,6 +94,8 @@ class Twin:
         self.states: dict[str, SubscriberState] = {}
         self.schema_is_current = True
         self.instances: dict[str, Instance] = {}
+        # Each rate-limited subscriber's next free slot (relay.ratelimit), on `clock`.
+        self.next_slot: dict[str, float] = {}
         self._seq = itertools.count()
 
     # ─── producing (what publish() and routing would have written) ──────────────────────────────
@@ -203,6 +207,20 @@ class Twin:
 
     async def subscriber_states(self) -> dict[str, SubscriberState]:
         return dict(self.states)
+
+    async def take_tokens(self, subscriber: str, want: int, rate: float, horizon_s: float) -> TokenGrant:
+        now = self.clock()
+        granted, after = ratelimit.grant(self.next_slot.get(subscriber, now), now, want, rate, horizon_s)
+        self.next_slot[subscriber] = after
+        return granted
+
+    async def return_tokens(self, subscriber: str, mark: datetime | float, unused: int, rate: float) -> None:
+        if subscriber in self.next_slot and isinstance(mark, float):
+            self.next_slot[subscriber] = ratelimit.given_back(self.next_slot[subscriber], mark, unused, rate)
+
+    async def hold_tokens(self, subscriber: str, seconds: float) -> None:
+        now = self.clock()
+        self.next_slot[subscriber] = ratelimit.held(self.next_slot.get(subscriber, now), now, seconds)
 
     async def set_circuit(self, subscriber: str, state: str) -> None:
         old = self.states.get(subscriber)
