@@ -19,6 +19,7 @@ from relay.redaction import excerpt
 from relay.request import Target, build
 from relay.settings import DeliverySettings, SubscriberSettings
 from relay.settle import BreakerNote, Settlement
+from relay.tracing import Tracing
 
 log = get_logger("relay.dispatch")
 # Stored error texts (last_error, attempts.error) are cut to this many bytes, after masking.
@@ -28,9 +29,12 @@ ERROR_BYTES = 300
 class Attempts:
     """One attempt: sign, POST, classify the response; then what the delivery becomes after it."""
 
-    def __init__(self, *, delivery: DeliverySettings, metrics: Metrics) -> None:
+    def __init__(
+        self, *, delivery: DeliverySettings, metrics: Metrics, tracing: Tracing | None = None
+    ) -> None:
         self._settings = delivery
         self._metrics = metrics
+        self._tracing = tracing
 
     def conclude(self, lane: Lane, item: ClaimedDelivery, settlement: Settlement, probe: bool) -> None:
         """What a settled round tells the breaker, the metrics and the log."""
@@ -85,6 +89,9 @@ class Attempts:
 
     async def attempt(self, lane: Lane, item: ClaimedDelivery, attempt: int) -> Attempt:
         now = datetime.now(UTC)
+        span = None
+        if self._tracing is not None:
+            span = self._tracing.attempt(lane.target.url, lane.name, item, attempt)
         request = build(
             lane.target,
             event_id=str(item.event_id),
@@ -97,9 +104,18 @@ class Attempts:
             organization_id=item.organization_id,
             generation=item.generation,
             sequence=item.sequence,
+            trace_headers=span.headers if span is not None else None,
         )
         started = time.perf_counter()
-        answer = await lane.destination.send(request, lane.timeout_s, now)
+        if span is None:
+            answer = await lane.destination.send(request, lane.timeout_s, now)
+        else:
+            try:
+                answer = await lane.destination.send(request, lane.timeout_s, now)
+            except BaseException as exc:
+                span.failed(exc)
+                raise
+            span.answered(answer)
         elapsed = time.perf_counter() - started
         lane.duration.observe(elapsed)
         error = stored_error(answer.error, lane.target.masked)

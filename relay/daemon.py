@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from relay import __version__, database, migrate
+from relay import __version__, database, migrate, tracing
 from relay.destination import Destination, HttpDestination, destinations_for
 from relay.dispatch import Dispatcher
 from relay.display import duration
@@ -33,6 +33,7 @@ from relay.server import OpsServer
 from relay.settings import Settings, fingerprint
 from relay.supervisor import Loop, keep_running, supervise_all
 from relay.systemd import Notifier
+from relay.tracing import Tracing
 
 log = get_logger("relay.daemon")
 
@@ -80,6 +81,7 @@ class Daemon:
         # Destinations replaced by a reload: closed at shutdown, when nothing can be using them.
         self._retired: list[Destination] = []
         self._fingerprint = fingerprint(settings)
+        self.tracing: Tracing | None = None
         self._housekeeping: Housekeeping | None = None
 
     @property
@@ -145,6 +147,12 @@ class Daemon:
         any loop runs; all of it closed, in reverse order, when the block ends."""
         s = self.settings
         async with contextlib.AsyncExitStack() as stack:
+            # First on, last off: the spans of everything that closes before it still go out.
+            self.tracing = tracing.start(
+                s.tracing.enabled, self.metrics.trace_spans_dropped, s.database.channel
+            )
+            if self.tracing is not None:
+                stack.push_async_callback(self.tracing.aclose)
             pool = await database.create_pool(s.database)
             stack.push_async_callback(_close_pool, pool)
             sender = self._sender or make_sender(
@@ -184,6 +192,7 @@ class Daemon:
             owner=self.owner,
             poll_interval_s=s.database.poll_interval_s,
             heartbeats=self.heartbeats,
+            tracing=self.tracing,
         )
         router = Router(
             store=gateway,
@@ -193,6 +202,7 @@ class Daemon:
             on_routed=dispatcher.wake,
             batch_size=s.delivery.batch_size,
             poll_interval_s=s.database.poll_interval_s,
+            tracing=self.tracing,
         )
 
         def on_wake(everything: bool) -> None:
@@ -218,6 +228,7 @@ class Daemon:
                 s.scheduler,
                 metrics=self.metrics,
                 connect=lambda: database.connect(s.database, database.SCHEDULER_APPLICATION),
+                tracing=self.tracing,
             )
             if s.scheduler.enabled
             else None

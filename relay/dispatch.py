@@ -32,6 +32,7 @@ from relay.outcomes import OutcomeWriter
 from relay.settings import DeliverySettings, SubscriberSettings
 from relay.settle import Ending, RetryPolicy, Settlement, settle
 from relay.supervisor import Loop, supervise
+from relay.tracing import Tracing
 
 log = get_logger("relay.dispatch")
 
@@ -48,6 +49,7 @@ class Dispatcher:
         owner: str,
         poll_interval_s: float = 5.0,
         heartbeats: Heartbeats | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._store = store
         self.destinations = dict(destinations)
@@ -62,7 +64,7 @@ class Dispatcher:
         self._lane_tasks: dict[str, asyncio.Task[None]] = {}
         self._running = False
         self._states = LaneStates(store, self.lanes, metrics, poll_interval_s)
-        self._attempts = Attempts(delivery=delivery, metrics=metrics)
+        self._attempts = Attempts(delivery=delivery, metrics=metrics, tracing=tracing)
         self._slots = Slots(delivery.concurrency, self.wake)
         self._writer = OutcomeWriter(store, owner)
         self._tasks: dict[asyncio.Task[None], tuple[UUID, str]] = {}

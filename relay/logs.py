@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal, TextIO
+from collections.abc import MutableMapping
+from typing import Any, Literal, TextIO
 
 import structlog
 
-from relay import redaction
+from relay import redaction, tracing
 
 LogFormat = Literal["auto", "json", "console"]
 
@@ -26,6 +27,7 @@ def configure(level: str = "INFO", fmt: LogFormat = "auto", stream: TextIO | Non
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            _trace_ids,
             # Last before rendering, so nothing added by an earlier processor escapes it.
             redaction.structlog_processor,
             renderer,
@@ -34,6 +36,14 @@ def configure(level: str = "INFO", fmt: LogFormat = "auto", stream: TextIO | Non
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+
+
+def _trace_ids(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A line logged inside a span (an event routed, an attempt) carries its trace_id and span_id."""
+    ids = tracing.current_ids()
+    if ids is not None:
+        event_dict["trace_id"], event_dict["span_id"] = ids
+    return event_dict
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:

@@ -115,6 +115,12 @@ class Metrics:
             registry=r,
         )
         self.build_info = Info("it_relay_build", "it-relay version.", registry=r)
+        self.trace_spans_dropped = Counter(
+            "it_relay_trace_spans_dropped",
+            "Trace spans not exported, by reason: queue_full (the exporter slow or down), export_failed.",
+            ["reason"],
+            registry=r,
+        )
         self.schema_current = Gauge(
             "it_relay_schema_current",
             "1 while the database schema is at least this code's version.",
@@ -145,4 +151,6 @@ class Metrics:
         for event_type, contract in REGISTRY.items():
             if contract.emitter == "scheduler":
                 self.scheduler_emitted.labels(event_type)
+        for dropped in ("queue_full", "export_failed"):
+            self.trace_spans_dropped.labels(dropped)
         self.build_info.info({"version": __version__})

@@ -59,9 +59,11 @@ def build(
     organization_id: UUID | str | None = None,
     generation: int = 0,
     sequence: int | None = None,
+    trace_headers: Mapping[str, str] | None = None,
 ) -> Request:
     """The signed request of one attempt (re-signed at `at`); `test` marks a send-test. The
-    entity, organisation and replay generation matter only to broker destinations."""
+    entity, organisation and replay generation matter only to broker destinations;
+    `trace_headers` (the attempt span's traceparent and tracestate) go out as they are."""
     contract = REGISTRY.get(event_type) if target.cloudevents else None
     headers = signing.headers(
         event_id=event_id,
@@ -81,6 +83,8 @@ def build(
         headers["x-it-entity-sequence"] = str(sequence)
     if test:
         headers["x-it-test"] = "true"
+    if trace_headers:
+        headers.update(trace_headers)
     if target.headers:
         # check-config refused any static header that names one of the relay's.
         headers = {**target.headers, **headers}

@@ -21,6 +21,7 @@ from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.model import Rejection, RoutedEvent
 from relay.supervisor import Loop
+from relay.tracing import Tracing, about
 
 log = get_logger("relay.router")
 
@@ -49,6 +50,7 @@ class Router:
         on_routed: Callable[[set[str]], None],
         batch_size: int = 200,
         poll_interval_s: float = 5.0,
+        tracing: Tracing | None = None,
     ) -> None:
         self._store = store
         self._metrics = metrics
@@ -60,6 +62,7 @@ class Router:
         self._poll_interval_s = poll_interval_s
         self._wake = asyncio.Event()
         self._warned: set[str] = set()
+        self._tracing = tracing
 
     def serve(self, subscribers: Mapping[str, Served] | Iterable[str]) -> None:
         """From the next batch on, create deliveries for exactly these subscribers, each through
@@ -118,7 +121,11 @@ class Router:
                 return 0
             routed: list[RoutedEvent] = []
             rejected: list[tuple[UUID, Rejection]] = []
+            # One span per event, continuing its producer's trace; ended once the routing committed.
+            spans = self._tracing.routing() if self._tracing is not None else None
             for event in batch.events:
+                if spans is not None:
+                    spans.start(event.event_id, event.traceparent)
                 try:
                     outcome = route(event.event_id, event.payload, self._unknown_fields)
                 except Exception as exc:
@@ -127,9 +134,12 @@ class Router:
                     outcome = unroutable(event.event_id, exc)
                 self._metrics.events_received.labels(event.source).inc()
                 if isinstance(outcome, RoutedEvent):
-                    routed.append(self._served_only(outcome))
+                    served = self._served_only(outcome)
+                    routed.append(served if spans is None else spans.routed(served))
                 else:
                     rejected.append((event.event_id, outcome))
+                    if spans is not None:
+                        spans.rejected(event.event_id, outcome)
             await batch.write(routed, rejected)
             taken = len(batch.events)
         subscribers: set[str] = set()
@@ -137,13 +147,16 @@ class Router:
             subscribers.update(routed_event.subscribers)
         for event_id, rejection in rejected:
             self._metrics.events_rejected.labels(rejection.reason).inc()
-            log.warning(
-                "event rejected",
-                event_id=str(event_id),
-                event_type=rejection.event_type,
-                reason=rejection.reason,
-                errors=list(rejection.errors)[:10],
-            )
+            with about(spans, event_id):
+                log.warning(
+                    "event rejected",
+                    event_id=str(event_id),
+                    event_type=rejection.event_type,
+                    reason=rejection.reason,
+                    errors=list(rejection.errors)[:10],
+                )
+        if spans is not None:
+            spans.end()
         if subscribers:
             self._on_routed(subscribers)
         return taken

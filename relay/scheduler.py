@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -26,6 +27,7 @@ from relay.metrics import Metrics
 from relay.planning import Emission, Plan, plan_compliance, plan_expiring, plan_patches, plan_sla
 from relay.settings import SchedulerSettings
 from relay.supervisor import Loop, supervise
+from relay.tracing import Tracing
 
 log = get_logger("relay.scheduler")
 
@@ -41,8 +43,10 @@ class Scheduler:
         metrics: Metrics,
         connect: Callable[[], Awaitable[asyncpg.Connection]],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        tracing: Tracing | None = None,
     ) -> None:
         self._settings = settings
+        self._tracing = tracing
         self._metrics = metrics
         self._connect = connect
         self._clock = clock
@@ -122,6 +126,13 @@ class Scheduler:
 
     async def run_once(self, conn: Conn, now: datetime, *, dry_run: bool = False) -> list[Emission]:
         """One pass at `now`; returns what was emitted (or, with dry_run, what would be)."""
+        if self._tracing is None or dry_run:
+            return await self._pass(conn, now, dry_run=dry_run)
+        # A trace of its own; each emission's span is the trace context the journal keeps.
+        with self._tracing.scheduler_pass():
+            return await self._pass(conn, now, dry_run=dry_run)
+
+    async def _pass(self, conn: Conn, now: datetime, *, dry_run: bool) -> list[Emission]:
         plan = await self.plan(conn, now)
         self.passes += 1
         if dry_run:
@@ -130,19 +141,26 @@ class Scheduler:
         for emission in plan.emissions:
             event_id = uuid.uuid4()
             states = [u for u in plan.states if u.license_id == emission.entity_id]
-            if not await scheduler_queries.emit_scheduled(conn, emission, event_id, states):
-                continue  # another scheduler emitted it first
-            emitted.append(emission)
-            self._metrics.scheduler_emitted.labels(emission.event_type).inc()
-            log.info(
-                "scheduled event emitted",
-                event_id=str(event_id),
-                event_type=emission.event_type,
-                entity_id=str(emission.entity_id),
-                milestone=emission.milestone,
-            )
+            with self._emitting(emission, event_id) as traceparent:
+                if not await scheduler_queries.emit_scheduled(conn, emission, event_id, states, traceparent):
+                    continue  # another scheduler emitted it first
+                emitted.append(emission)
+                self._metrics.scheduler_emitted.labels(emission.event_type).inc()
+                log.info(
+                    "scheduled event emitted",
+                    event_id=str(event_id),
+                    event_type=emission.event_type,
+                    entity_id=str(emission.entity_id),
+                    milestone=emission.milestone,
+                )
         emitting = {e.entity_id for e in plan.emissions}
         await scheduler_queries.set_compliance_states(
             conn, [u for u in plan.states if u.license_id not in emitting]
         )
         return emitted
+
+    def _emitting(self, emission: Emission, event_id: uuid.UUID) -> AbstractContextManager[str | None]:
+        """An emission's publish span when tracing (its traceparent for the journal), else nothing."""
+        if self._tracing is None:
+            return contextlib.nullcontext()
+        return self._tracing.emitting(emission.event_type, event_id)

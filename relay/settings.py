@@ -516,6 +516,12 @@ class LoggingSettings(Section):
         return value.upper() if isinstance(value, str) else value
 
 
+class TracingSettings(Section):
+    # OpenTelemetry traces; the exporter, its endpoint and the sampler come from the standard
+    # OTEL_* variables (docs/operations.md, "Tracing").
+    enabled: bool = False
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="IT_RELAY_",
@@ -533,6 +539,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     logging: LoggingSettings = LoggingSettings()
+    tracing: TracingSettings = TracingSettings()
     subscribers: dict[str, SubscriberSettings] = {}
 
     @field_validator("subscribers", mode="before")

@@ -49,6 +49,7 @@ def test_the_wheel_ships_the_docs_config_and_unit_where_the_unit_points(tmp_path
     assert {
         "share/it-relay/config/relay.example.toml",
         "share/it-relay/config/prometheus-alerts.yml",
+        "share/it-relay/config/grafana-dashboard.json",
         "share/it-relay/systemd/it-relay.service",
         "share/it-relay/docs/operations.md",
         "share/it-relay/docs/database.md",
@@ -159,7 +160,7 @@ def test_the_example_config_gives_every_key_its_default() -> None:
 
 
 DOC_SETTING = re.compile(
-    r"`((?:database|server|delivery|retention|validation|scheduler|logging|ingest)\.[a-z_]+)(?: = ([^`]+))?`"
+    r"`((?:database|server|delivery|retention|validation|scheduler|logging|ingest|tracing)\.[a-z_]+)(?: = ([^`]+))?`"
 )
 
 

@@ -30,6 +30,7 @@ from relay.brokers.message import CONTENT_TYPE, amqp_headers, route_values
 from relay.model import Answer
 from relay.redaction import mask_url
 from relay.request import Request
+from relay.tracing import name_destination
 
 _REASON_CHARS: Final = 200
 
@@ -147,6 +148,8 @@ class AmqpDestination:
         if problem is not None:
             # The same message renders the same key on every retry: waiting cannot help.
             return Answer("dead", None, f"routing_key for this event {problem}")
+        # The default exchange ("") is RabbitMQ's amq.default.
+        name_destination(self._exchange_name or "amq.default", routing_key=key)
         headers: HeadersType = {**amqp_headers(request)}
         message = aio_pika.Message(
             request.body,

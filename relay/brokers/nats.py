@@ -30,6 +30,7 @@ from relay.logs import get_logger
 from relay.model import Answer
 from relay.redaction import mask_url
 from relay.request import Request
+from relay.tracing import name_destination
 
 log = get_logger("relay.brokers")
 _REASON_CHARS: Final = 200
@@ -142,6 +143,7 @@ class NatsDestination:
         if problem is not None:
             # The same message renders the same subject on every retry: waiting cannot help.
             return Answer("dead", None, f"subject for this event {problem}")
+        name_destination(subject)
         headers = nats_headers(request, self._subscriber)
         try:
             async with asyncio.timeout(timeout_s):
