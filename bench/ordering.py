@@ -7,13 +7,13 @@ its own process on a fresh database per run, with relay_bench.py's delivery sett
            timed from the relay's readiness. Arrivals are checked against journal order per entity;
   latency  R events/s for S seconds from 4 producer connections (one commit each), ordered and
            unordered: p50/p95/p99 from commit to the first arrival at the sink;
-  hot      N events of ONE asset_id, ordered: one round trip per event is its physical bound, so
-           the mean time per event is reported beside the rate.
+  hot      a backlog of ONE asset_id, ordered, at a few sizes: one round trip per event is its
+           physical bound, so the mean time per event is reported beside the rate.
 Beside them the bare POST ceilings of the same run (pyreqwest, the relay's sender; aiohttp, the
 ceiling relay_bench.py quotes). Prints a table, writes JSON to bench/results/; never asserts on time.
 
     python bench/ordering.py [--events 20000] [--entities 200] [--in-flight 16,64]
-        [--latency-rate 200] [--latency-seconds 30] [--hot-events N] [--dsn URL] [--seed 1]
+        [--latency-rate 200] [--latency-seconds 30] [--hot-events 200,500,1000] [--dsn URL] [--seed 1]
 """
 
 from __future__ import annotations
@@ -288,12 +288,13 @@ async def _all(args: argparse.Namespace, dsn: str, workdir: Path) -> tuple[dict[
             label = f"latency-{ordering}"
             runs[label] = await latency(dsn, args.port, workdir, args, ordering, label)
             print(f"{label}: p99 {runs[label]['latency_ms']['p99']:.1f} ms", flush=True)
-    if args.hot_events > 0:
-        hot = [pool[0]] * args.hot_events
-        runs["hot-entity"] = await drain(
-            dsn, args.port, workdir, hot, "entity", DEFAULT_IN_FLIGHT, "hot-entity"
+    # Several sizes: an entity's time per event grows with its own backlog (docs/benchmarks.md).
+    for size in args.hot_events:
+        label = f"hot-{size}"
+        runs[label] = await drain(
+            dsn, args.port, workdir, [pool[0]] * size, "entity", DEFAULT_IN_FLIGHT, label
         )
-        print(f"hot-entity: {runs['hot-entity']['ms_per_event']:.2f} ms/event", flush=True)
+        print(f"{label}: {runs[label]['ms_per_event']:.2f} ms/event", flush=True)
     return ceiling, runs
 
 
@@ -309,14 +310,17 @@ def main() -> None:
     )
     ap.add_argument("--latency-rate", type=float, default=200.0)
     ap.add_argument("--latency-seconds", type=float, default=30.0, help="0 skips the latency runs")
-    ap.add_argument("--hot-events", type=int, help="events of the single hot entity (default: --events)")
+    ap.add_argument(
+        "--hot-events",
+        type=lambda s: [int(x) for x in s.split(",") if x],
+        default=[200, 500, 1000],
+        help="backlog sizes of the single hot entity, each drained ordered ('' skips)",
+    )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--dsn", help="admin DSN of a PostgreSQL server (default: embedded pgserver)")
     ap.add_argument("--port", type=int, default=18197, help="the sink's port")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
-    if args.hot_events is None:
-        args.hot_events = args.events
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())  # as the relay runs
 
     workdir = Path(tempfile.mkdtemp(prefix="it-relay-bench-ordering-"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -14,18 +13,19 @@ from uuid import uuid4
 import asyncpg
 import typer
 
-from relay import __version__, cli_common, codec, database, journal, migrate, operate
+from relay import __version__, cli_common, codec, database, journal, operate
 from relay.attempts import SendTestResult
 from relay.attempts import send_test as send_one
 from relay.cli_common import ConfigOption, LogFormat, LogLevel
 from relay.cli_filters import register as register_filter_commands
 from relay.cli_operate import register as register_operator_commands
 from relay.cli_order import register as register_order_commands
-from relay.contracts import Accepted, UnknownFields, parse_event, routed_subscribers
+from relay.cli_setup import register as register_setup_commands
+from relay.contracts import Accepted, UnknownFields, parse_event
 from relay.contracts.examples import example
 from relay.daemon import Daemon
 from relay.destination import HttpDestination, Watched, destinations_for
-from relay.errors import InputError, UserError
+from relay.errors import ConfigError, InputError, UserError
 from relay.ingest import route
 from relay.metrics import Metrics
 from relay.model import Answer, RoutedEvent
@@ -34,7 +34,7 @@ from relay.redaction import redact
 from relay.scheduler import Scheduler
 from relay.schemas import asyncapi, json_schemas
 from relay.sender import make_sender
-from relay.settings import load_settings, masked, sources
+from relay.settings import CredentialUnavailable, load_settings
 
 app = typer.Typer(
     name="it-relay",
@@ -130,7 +130,9 @@ def schemas_export(
 @app.command()
 def run(config: ConfigOption = None, log_level: LogLevel = None, log_format: LogFormat = None) -> None:
     """Run the relay daemon until SIGTERM or SIGINT."""
-    settings = cli_common.load(config, log_level and log_level.value, log_format and log_format.value)
+    settings = cli_common.load(
+        config, log_level and log_level.value, log_format and log_format.value, secrets=True
+    )
     # SIGHUP reads the same sources again (the file, IT_RELAY_* variables, credentials).
     cli_common.run_async(Daemon(settings, reload_settings=lambda: load_settings(config)).run())
 
@@ -141,60 +143,6 @@ def demo() -> None:
     from relay import demo as demo_module
 
     raise typer.Exit(demo_module.main())
-
-
-db_app = typer.Typer(help="The relay's database schema.", no_args_is_help=True)
-app.add_typer(db_app, name="db")
-
-
-@db_app.command("upgrade")
-def db_upgrade(
-    config: ConfigOption = None,
-    reference_schema: Annotated[
-        bool, typer.Option("--reference-schema", help="Also the IT reference tables, triggers and views.")
-    ] = False,
-    database_url: Annotated[
-        str | None,
-        typer.Option(
-            "--database-url",
-            help="Connect as this URL instead of database.url (the schema owner's login; its password "
-            "from PGPASSWORD or ~/.pgpass, never database.password, which is the relay's).",
-        ),
-    ] = None,
-) -> None:
-    """Create or migrate the it_relay schema (idempotent; safe with several instances)."""
-    settings = cli_common.load(config)
-    if database_url is not None:
-        settings = settings.as_owner(database_url)
-    channel = settings.database.channel
-    applied = cli_common.with_db(
-        settings,
-        lambda conn: migrate.upgrade(conn, reference=reference_schema, channel=channel),
-        check=False,
-    )
-    typer.echo("applied: " + ", ".join(applied) if applied else "schema is up to date")
-
-
-@db_app.command("status")
-def db_status(config: ConfigOption = None) -> None:
-    """The relay's and the reference schema's versions, and what `db upgrade` would apply."""
-    settings = cli_common.load(config)
-    st = cli_common.with_db(settings, migrate.status, check=False)
-    relay = "not installed" if st.relay == 0 else f"version {st.relay}"
-    typer.echo(f"relay schema: {relay} (this it-relay: {st.relay_code})")
-    if st.reference_unversioned:
-        reference = "installed before versioning (no version recorded)"
-    else:
-        reference = "not installed" if st.reference == 0 else f"version {st.reference}"
-    typer.echo(f"reference schema: {reference} (this it-relay: {st.reference_code})")
-    # A database without the reference schema gets it only when asked (--reference-schema).
-    reference_due = st.reference_pending if (st.reference or st.reference_unversioned) else []
-    if st.relay_pending:
-        typer.echo("db upgrade would apply: " + ", ".join(st.relay_pending))
-    if reference_due:
-        typer.echo("db upgrade --reference-schema would apply: " + ", ".join(reference_due))
-    if not st.relay_pending and not reference_due:
-        typer.echo("nothing to apply")
 
 
 @app.command()
@@ -250,7 +198,7 @@ def scheduler_run_once(
     scheduler = Scheduler(
         settings.scheduler,
         metrics=Metrics(),
-        connect=lambda: database.connect(settings.database, database.SCHEDULER_APPLICATION),
+        connect=lambda: database.connect_for_command(settings.database),
     )
 
     async def run_once(conn: asyncpg.Connection) -> list[Emission]:
@@ -265,7 +213,7 @@ def scheduler_run_once(
                 )
         return await scheduler.run_once(conn, when, dry_run=dry_run)
 
-    emissions = cli_common.with_db(settings, run_once, application=database.SCHEDULER_APPLICATION)
+    emissions = cli_common.with_db(settings, run_once)
     verb = "would emit" if dry_run else "emitted"
     for e in emissions:
         typer.echo(f"{verb} {e.event_type} {e.entity_id} ({e.milestone})")
@@ -282,7 +230,8 @@ def send_test(
     ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Send one signed example event (x-it-test: true, a fresh event_id); exit 0 on 2xx."""
+    """Send one signed example event (x-it-test: true, a fresh event_id); exit 0 on 2xx. It signs
+    with the subscriber's secret: a secret_credential is read from $CREDENTIALS_DIRECTORY."""
     settings = cli_common.load(config)
     name = operate.subscriber_named(subscriber)
     conf = settings.subscribers.get(name)
@@ -290,6 +239,16 @@ def send_test(
         raise InputError(
             f"--subscriber {name}: not configured here (no [subscribers.{name}] in the configuration)"
         )
+    try:
+        conf.check_secrets()  # this subscriber's only: send-test needs no other secret, nor the database
+    except CredentialUnavailable as exc:
+        raise ConfigError(
+            f"config error: subscribers.{name}.{exc.key}: send-test signs with it, and reads it from "
+            "$CREDENTIALS_DIRECTORY, which systemd sets only for the unit; run send-test with "
+            "CREDENTIALS_DIRECTORY set to the credential files' directory (docs/operations.md)"
+        ) from None
+    except ValueError as exc:
+        raise ConfigError(f"config error: subscribers.{name}: {exc}") from None
     routed = operate.routed_event_types(name)
     chosen = event_type or routed[0]
     if chosen not in routed:
@@ -323,41 +282,12 @@ def send_test(
     raise typer.Exit(0 if delivered else 1)
 
 
-@app.command("check-config")
-def check_config(config: ConfigOption = None) -> None:
-    """Validate the configuration and print it with secrets masked (exit 2 naming a bad key)."""
-    settings = load_settings(config)
-    path, variables = sources(config)
-    read = [f"file {path}" if path else "no file (--config FILE or IT_RELAY_CONFIG)"]
-    if variables:
-        read.append("environment " + ", ".join(variables))
-    typer.echo(f"sources: {'; '.join(read)}; defaults for the rest", err=True)
-    typer.echo(json.dumps(masked(settings), indent=2))
-    missing = sorted(routed_subscribers() - settings.subscribers.keys())
-    disabled = sorted(n for n, s in settings.subscribers.items() if not s.enabled)
-    if missing:
-        typer.echo(
-            f"note: not served here (no deliveries are created for them): {', '.join(missing)}",
-            err=True,
-        )
-    if disabled:
-        typer.echo(
-            f"note: paused by enabled = false (deliveries are created and held): {', '.join(disabled)}",
-            err=True,
-        )
-    if settings.ingest.legacy and not settings.ingest.legacy_senders:
-        typer.echo(
-            "warning: full-payload notifications are accepted from any role that can NOTIFY "
-            f"{settings.database.channel}; set ingest.legacy_senders, or ingest.legacy = false",
-            err=True,
-        )
-
-
 def _fail(message: str, code: int) -> NoReturn:
     typer.echo(f"it-relay: error: {message}", err=True)
     sys.exit(code)
 
 
+register_setup_commands(app)
 register_operator_commands(app)
 register_order_commands(app)
 register_filter_commands(app)

@@ -1,15 +1,20 @@
-"""What every it-relay command shares: loading settings, one database connection, one-line errors."""
+"""What every it-relay command shares: loading settings, one database connection, who acts,
+one-line errors."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import getpass
+import socket
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 import asyncpg
@@ -17,9 +22,10 @@ import typer
 
 from relay import codec, database, logs, migrate
 from relay.errors import InputError, UserError
-from relay.redaction import mask_url
+from relay.model import AuditAction, AuditActionName
+from relay.redaction import MASK, mask_url
 from relay.sender import describe
-from relay.settings import Settings, load_settings, sources
+from relay.settings import Settings, load_settings, secrets_unread, sources
 
 T = TypeVar("T")
 
@@ -31,14 +37,23 @@ AsJson = Annotated[bool, typer.Option("--json", help="JSON, for scripts.")]
 Since = Annotated[datetime | None, typer.Option(help="From this time (UTC if no offset).")]
 
 
-def load(config: Path | None, log_level: str | None = None, log_format: str | None = None) -> Settings:
-    settings = load_settings(config)
+def load(
+    config: Path | None,
+    log_level: str | None = None,
+    log_format: str | None = None,
+    *,
+    secrets: bool = False,
+) -> Settings:
+    """The configuration; subscribers' secrets and credentials read and checked only with
+    `secrets` (the daemon, send-test): every other command needs only the database."""
+    with contextlib.nullcontext() if secrets else secrets_unread():
+        settings = load_settings(config)
     path, variables = sources(config)
     if path is None and not variables:
         # Said before anything fails to connect with the defaults' made-up database.
         typer.echo(
             "note: no configuration (--config FILE or IT_RELAY_CONFIG): using the defaults, "
-            f"database.url {mask_url(settings.database.url)}",
+            f"database.url {shown_database_url(settings.database.url)}",
             err=True,
         )
     logs.configure(
@@ -57,17 +72,28 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         raise UserError(f"database: {describe(exc)}") from None
 
 
+def shown_database_url(url: str) -> str:
+    """A database URL fit to show: its password masked, its user (a role name, no secret) kept."""
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at or ":" in userinfo:
+        return mask_url(url)
+    # mask_url takes a bare userinfo for a token; a database URL's is its login's name.
+    shown = mask_url(urlunsplit(parts._replace(netloc=f"{MASK}@{host}")))
+    return shown.replace(f"{MASK}@", f"{userinfo}@", 1)
+
+
 def with_db(
     settings: Settings,
     work: Callable[[asyncpg.Connection], Awaitable[T]],
     *,
-    application: str = database.APPLICATION,
+    application: str = database.CLI_APPLICATION,
     check: bool = True,
 ) -> T:
     """Run `work` on one connection (after the schema check), then close it; errors are one line."""
 
     async def go() -> T:
-        conn = await database.connect(settings.database, application)
+        conn = await database.connect_for_command(settings.database, application)
         try:
             if check:
                 await migrate.check(conn)
@@ -161,3 +187,40 @@ def documents(data: bytes) -> Iterator[Any]:
         yield from whole
     else:
         yield whole
+
+
+def acting(
+    action: AuditActionName,
+    arguments: Mapping[str, Any],
+    *,
+    subscriber: str | None = None,
+    reason: str | None = None,
+) -> AuditAction:
+    """An action of the operator running this command, to be recorded with it: their OS user and
+    host beside the database role the record gets from the session."""
+    return AuditAction(
+        action=action,
+        arguments={k: _plain(v) for k, v in arguments.items() if v is not None and v is not False},
+        os_user=_os_user(),
+        host=socket.gethostname() or None,
+        subscriber=subscriber,
+        reason=reason,
+    )
+
+
+def _os_user() -> str | None:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name in the environment nor the password database
+        return None
+
+
+def _plain(value: Any) -> Any:
+    """An argument as JSON keeps it: times, ids and paths as text."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, UUID | Path):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value

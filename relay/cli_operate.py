@@ -1,51 +1,34 @@
-"""Operator commands: the delivery log, one event's journey, replay and backfill, subscribers'
-run-time state, rejections, and a live status view. Arguments are parsed and records printed
-here; what the commands decide is `relay.operate`, what they read and write `relay.operator_queries`."""
+"""Operator commands: replay and backfill, subscribers' run-time state; and the registration of
+every operator command (the delivery log, status, rejections, the audit). Arguments are parsed and
+records printed here; what the commands decide is `relay.operate`, what they read and write
+`relay.operator_queries`; each action is recorded in the audit in its own transaction."""
 
 from __future__ import annotations
 
-import asyncio
-import getpass
-import socket
 import sys
-import time
-from collections.abc import Iterable
-from datetime import datetime, timedelta
-from enum import StrEnum
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import asyncpg
 import typer
 
-from relay import codec, journal, operate, operator_queries
-from relay.cli_common import AsJson, ConfigOption, cut, echo_json, event_id_option, load, utc, with_db
+from relay import audit_queries, operate, operator_queries
+from relay.cli_audit import register as register_audit
+from relay.cli_common import AsJson, ConfigOption, acting, echo_json, event_id_option, load, utc, with_db
+from relay.cli_deliveries import DeliveryState, Status, deliveries_app, status_value
 from relay.cli_rejections import rejections_app
+from relay.cli_status import status
 from relay.errors import InputError, UserError
-from relay.model import DeliveryRow, Journey
-from relay.operate import SubscriberStatus, when
 from relay.operator_queries import Selection
-from relay.settings import Settings
 
 # Above this many deliveries, replay asks first (and refuses without a terminal unless --yes).
 CONFIRM_ABOVE = 10
 
-deliveries_app = typer.Typer(help="The delivery log.", no_args_is_help=True)
 subscribers_app = typer.Typer(
     help="Subscribers' run-time state, shared by every instance.", no_args_is_help=True
 )
 
-
-class DeliveryState(StrEnum):
-    """The delivery statuses, as stored and shown everywhere (a retry waits as pending)."""
-
-    pending = "pending"
-    delivered = "delivered"
-    dead = "dead"
-    held = "held"
-
-
-Status = Annotated[DeliveryState | None, typer.Option(help="The delivery status.")]
 Until = Annotated[datetime | None, typer.Option(help="Before this time (UTC if no offset).")]
 
 
@@ -57,137 +40,7 @@ def register(app: typer.Typer) -> None:
     app.command()(replay)
     app.command()(backfill)
     app.command()(status)
-
-
-def _status(value: DeliveryState | None) -> str | None:
-    return None if value is None else value.value
-
-
-# ─── deliveries ──────────────────────────────────────────────────────────────────────────────
-
-
-@deliveries_app.command("list")
-def deliveries_list(
-    config: ConfigOption = None,
-    status: Status = None,
-    subscriber: Annotated[str | None, typer.Option(help="A subscriber, e.g. PF-10.")] = None,
-    event_type: Annotated[str | None, typer.Option("--event-type", help="An event type.")] = None,
-    event_id: Annotated[str | None, typer.Option("--event-id", help="One event.")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=100000)] = 50,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON lines, for scripts.")] = False,
-    wide: Annotated[
-        bool, typer.Option("--wide", help="The whole last error, not cut to the column.")
-    ] = False,
-    follow: Annotated[
-        bool,
-        typer.Option("--follow", "-f", help="Then print each new outcome as it is written (Ctrl-C ends)."),
-    ] = False,
-) -> None:
-    """List deliveries, newest first; with --follow, then stream new outcomes."""
-    wanted_status = _status(status)
-    name = operate.subscriber_named(subscriber) if subscriber else None
-    kind = operate.event_type_named(event_type)
-    settings = load(config)
-    wanted = event_id_option(event_id)
-    rows = with_db(
-        settings,
-        lambda conn: operator_queries.list_deliveries(
-            conn, status=wanted_status, subscriber=name, event_type=kind, event_id=wanted, limit=limit
-        ),
-    )
-    if not as_json:
-        typer.echo(
-            f"{'event_id':36}  {'event_type':34} {'subscriber':10} {'status':9} {'att':>3}  {'last':14} updated"
-        )
-    _print_deliveries(rows, as_json=as_json, wide=wide)
-    if follow:
-        after = max((r.updated_at for r in rows), default=None)
-        _follow(settings, after, wanted_status, name, kind, as_json=as_json, wide=wide)
-
-
-def _print_deliveries(rows: Iterable[DeliveryRow], *, as_json: bool, wide: bool) -> None:
-    for r in rows:
-        if as_json:
-            echo_json(r)
-            continue
-        last = r.last_error or (str(r.last_status) if r.last_status is not None else "")
-        line = (
-            f"{r.event_id!s:36}  {r.event_type:34} {r.subscriber:10} {r.status:9} "
-            f"{r.attempts:>3}  {'' if wide else cut(last, 14):14} {r.updated_at:%Y-%m-%d %H:%M:%S}"
-        )
-        typer.echo(f"{line}  {last}" if wide else line)
-
-
-def _follow(
-    settings: Settings,
-    after: datetime | None,
-    status: str | None,
-    subscriber: str | None,
-    event_type: str | None,
-    *,
-    as_json: bool,
-    wide: bool,
-) -> None:
-    """Poll for outcomes written since the last one shown; one connection for the whole stream."""
-
-    async def stream(conn: asyncpg.Connection) -> None:
-        last = after or await journal.database_now(conn)
-        while True:
-            rows = await operator_queries.follow_deliveries(
-                conn, last, status=status, subscriber=subscriber, event_type=event_type
-            )
-            _print_deliveries(rows, as_json=as_json, wide=wide)
-            if rows:
-                last = rows[-1].updated_at
-            sys.stdout.flush()
-            if len(rows) < 1000:
-                await asyncio.sleep(settings.database.poll_interval_s if not rows else 0.2)
-
-    try:
-        with_db(settings, stream)
-    except KeyboardInterrupt:
-        raise typer.Exit(0) from None
-
-
-@deliveries_app.command("show")
-def deliveries_show(
-    event_id: Annotated[str, typer.Argument(metavar="EVENT_ID", help="The event's id.")],
-    config: ConfigOption = None,
-    as_json: AsJson = False,
-) -> None:
-    """One event: its (redacted) payload and, per subscriber, every attempt."""
-    wanted = event_id_option(event_id)
-    assert wanted is not None
-    settings = load(config)
-    journey = with_db(settings, lambda conn: operate.journey(conn, wanted))
-    if as_json:
-        echo_json(journey)
-        return
-    _print_journey(journey)
-
-
-def _print_journey(journey: Journey) -> None:
-    event = journey.event
-    if event is not None:
-        typer.echo(
-            f"event {event.event_id} {event.event_type}: {event.status} "
-            f"(journaled {event.created_at:%Y-%m-%d %H:%M:%S%z} via {event.source})"
-        )
-        typer.echo(codec.dumps(event.payload, indent=True).decode())
-    if journey.rejection is not None:
-        r = journey.rejection
-        typer.echo(f"rejected ({r.reason}, rejection {r.id}): {'; '.join(r.errors)}")
-    if not journey.deliveries:
-        typer.echo("no deliveries")
-    for d in journey.deliveries:
-        typer.echo(f"{d.subscriber}: {d.status} after {d.attempts} attempt(s)")
-        for a in d.history:
-            outcome = a.error or f"HTTP {a.http_status}"
-            typer.echo(
-                f"  #{a.attempt} {a.attempted_at:%Y-%m-%d %H:%M:%S.%f%z} {outcome} in {a.duration_ms:.1f} ms"
-            )
-            if a.response_excerpt:
-                typer.echo("     " + a.response_excerpt.replace("\n", "\n     "))
+    register_audit(app)
 
 
 # ─── replay and backfill ───────────────────────────────────────────────────────────────────────
@@ -218,6 +71,9 @@ def replay(
     counts = with_db(settings, lambda conn: operator_queries.replay(conn, channel, selection, dry_run=True))
     total = sum(counts.values())
     if total == 0:
+        if dry_run:  # a look that finds nothing is an answer, not a failure
+            typer.echo("would re-queue 0 deliveries: no delivery matches")
+            return
         raise UserError("nothing to replay: no delivery matches")
     summary = ", ".join(f"{name} {n}" for name, n in counts.items())
     if dry_run:
@@ -230,7 +86,20 @@ def replay(
             )
         if not typer.confirm(f"re-queue {total} deliveries ({summary})?"):
             raise typer.Exit(1)
-    done = with_db(settings, lambda conn: operator_queries.replay(conn, channel, selection))
+    action = acting(
+        "replay",
+        {
+            "event_id": event_id,
+            "subscriber": selection.subscribers and selection.subscribers[0],
+            "all_subscribers": all_subscribers,
+            "status": selection.status,
+            "event_type": selection.event_type,
+            "since": selection.since,
+            "until": selection.until,
+        },
+        subscriber=selection.subscribers[0] if selection.subscribers else None,
+    )
+    done = with_db(settings, lambda conn: operator_queries.replay(conn, channel, selection, audit=action))
     typer.echo(f"re-queued {sum(done.values())} deliveries: {', '.join(f'{n} {c}' for n, c in done.items())}")
 
 
@@ -255,7 +124,7 @@ def _replay_selection(
     return Selection(
         event_id=event_id_option(event_id),
         subscribers=None if subscriber is None else [operate.subscriber_named(subscriber)],
-        status=_status(status),
+        status=status_value(status),
         event_type=operate.event_type_named(event_type),
         since=begin,
         until=end,
@@ -281,30 +150,57 @@ def backfill(
         raise InputError("--until must be later than --since")
     settings = load(config)
     types = operate.backfill_types(name, settings)
-    counts = with_db(
-        settings,
-        lambda conn: operator_queries.backfill(
+    action = acting("backfill", {"subscriber": name, "since": begin, "until": end}, subscriber=name)
+
+    condition = settings.subscribers[name].filter
+
+    async def fill(conn: asyncpg.Connection) -> tuple[dict[str, int], int | None, str | None]:
+        instances = await audit_queries.live_instances(conn, operate.alive_within_s(settings))
+        warning = operate.backfill_warning(name, instances)
+        channel = settings.database.channel
+        if condition is None:
+            counts = await operator_queries.backfill(
+                conn,
+                channel,
+                subscriber=name,
+                event_types=types,
+                since=begin,
+                until=end,
+                dry_run=dry_run,
+                audit=action,
+            )
+            return counts, None, warning
+        # Only what its filter lets through, as routing would have decided.
+        counts, left_out = await operator_queries.backfill_filtered(
             conn,
-            settings.database.channel,
+            channel,
             subscriber=name,
             event_types=types,
             since=begin,
             until=end,
             dry_run=dry_run,
-        ),
-    )
+            condition=condition,
+            audit=action,
+        )
+        return counts, left_out, warning
+
+    counts, left_out, warning = with_db(settings, fill)
+    if warning is not None:
+        typer.echo(f"warning: {warning}", err=True)
     total = sum(counts.values())
     verb = "would create" if dry_run else "created"
     detail = ", ".join(f"{t} {n}" for t, n in counts.items())
-    typer.echo(f"{verb} {total} deliveries for {name}" + (f": {detail}" if detail else ""))
+    filtered = f" ({left_out} left out by its filter)" if left_out else ""
+    typer.echo(f"{verb} {total} deliveries for {name}" + (f": {detail}" if detail else "") + filtered)
 
 
-# ─── subscribers and status ───────────────────────────────────────────────────────────────────
+# ─── subscribers ─────────────────────────────────────────────────────────────────────────────
 
 
 @subscribers_app.command("list")
 def subscribers_list(config: ConfigOption = None, as_json: AsJson = False) -> None:
-    """Every subscriber of the contracts: served, paused or not served here, and why."""
+    """Every subscriber of the contracts: served, paused or not served here, why, and the event
+    types the contracts route to it."""
     settings = load(config)
     items = with_db(settings, lambda conn: operate.subscribers(conn, settings))
     if as_json:
@@ -312,14 +208,20 @@ def subscribers_list(config: ConfigOption = None, as_json: AsJson = False) -> No
         return
     for item in items:
         typer.echo(f"{item.subscriber:8} {item.state:11} {item.why}".rstrip())
+        typer.echo(f"         takes {len(item.event_types)}: {', '.join(item.event_types)}")
 
 
-def _set_paused(name: str, paused: bool, config: Path | None) -> None:
+Reason = Annotated[str | None, typer.Option("--reason", help="Why, for the record (it-relay audit list).")]
+
+
+def _set_paused(name: str, paused: bool, config: Path | None, reason: str | None) -> None:
     canonical = operate.subscriber_named(name, "SUBSCRIBER")
+    why = operate.reason_given(reason)
     settings = load(config)
     operate.served_here(canonical, settings)
-    by = f"{getpass.getuser()}@{socket.gethostname()}"
-    with_db(settings, lambda conn: operator_queries.set_paused(conn, canonical, paused, by))
+    action = acting("pause" if paused else "resume", {}, subscriber=canonical, reason=why)
+    by = f"{action.os_user or '?'}@{action.host or '?'}"
+    with_db(settings, lambda conn: operator_queries.set_paused(conn, canonical, paused, by, audit=action))
     verb = "paused" if paused else "resumed"
     typer.echo(
         f"{canonical} {verb} for every instance (picked up within {settings.database.poll_interval_s:g} s)"
@@ -328,63 +230,19 @@ def _set_paused(name: str, paused: bool, config: Path | None) -> None:
 
 @subscribers_app.command("pause")
 def subscribers_pause(
-    subscriber: Annotated[str, typer.Argument(metavar="SUBSCRIBER")], config: ConfigOption = None
+    subscriber: Annotated[str, typer.Argument(metavar="SUBSCRIBER")],
+    config: ConfigOption = None,
+    reason: Reason = None,
 ) -> None:
     """Hold a subscriber's deliveries (they are still created) on every instance, without a restart."""
-    _set_paused(subscriber, True, config)
+    _set_paused(subscriber, True, config, reason)
 
 
 @subscribers_app.command("resume")
 def subscribers_resume(
-    subscriber: Annotated[str, typer.Argument(metavar="SUBSCRIBER")], config: ConfigOption = None
+    subscriber: Annotated[str, typer.Argument(metavar="SUBSCRIBER")],
+    config: ConfigOption = None,
+    reason: Reason = None,
 ) -> None:
     """Deliver a paused subscriber's held deliveries again, on every instance."""
-    _set_paused(subscriber, False, config)
-
-
-def status(
-    config: ConfigOption = None,
-    as_json: AsJson = False,
-    watch: Annotated[bool, typer.Option("--watch", "-w", help="Redraw every 2 s until Ctrl-C.")] = False,
-) -> None:
-    """Per subscriber: state, backlog, oldest pending, outcomes in 5 and 60 min, latency, circuit, last success and error."""
-    settings = load(config)
-    try:
-        while True:
-            report = with_db(settings, lambda conn: operate.status(conn, settings))
-            if as_json:
-                echo_json(report)
-            else:
-                if watch:
-                    typer.echo("\x1b[2J\x1b[H", nl=False)
-                _print_status(report)
-            if not watch:
-                return
-            sys.stdout.flush()
-            time.sleep(2)
-    except KeyboardInterrupt:
-        raise typer.Exit(0) from None
-
-
-def _print_status(report: list[SubscriberStatus]) -> None:
-    typer.echo(
-        f"{'subscriber':10} {'state':10} {'backlog':>7} {'oldest':>8} {'ok/fail 5m':>11} {'ok/fail 60m':>12} "
-        f"{'p50':>7} {'p99':>7} {'circuit':7} {'last success':19} last error"
-    )
-    for s in report:
-        typer.echo(
-            f"{s.subscriber:10} {s.state:10} {s.backlog:>7} {_age(s.oldest_pending_s):>8} "
-            f"{s.delivered_5m:>5}/{s.failed_5m:<5} {s.delivered_60m:>6}/{s.failed_60m:<5} "
-            f"{_ms(s.latency_p50_s):>7} {_ms(s.latency_p99_s):>7} {s.circuit:7} "
-            f"{when(s.last_success):19} {cut(s.last_error or '', 40)}"
-        )
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    return str(timedelta(seconds=int(seconds))) if seconds >= 60 else f"{seconds:.0f}s"
-
-
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.0f}ms"
+    _set_paused(subscriber, False, config, reason)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from relay import operator_queries
-from relay.cli_common import ConfigOption, load, with_db
+from relay.cli_common import ConfigOption, acting, load, with_db
 from relay.contracts import SUBSCRIBERS
 from relay.errors import InputError
 from relay.settings import canonical_subscriber
@@ -37,7 +37,10 @@ def release(
         raise InputError(f"--entity {entity!r}: not an entity key (<field>_id:<id>, e.g. asset_id:<uuid>)")
     settings = load(config)
     channel = settings.database.channel
-    done = with_db(settings, lambda conn: operator_queries.release_entity(conn, channel, name, entity))
+    action = acting("release", {"subscriber": name, "entity": entity}, subscriber=name)
+    done = with_db(
+        settings, lambda conn: operator_queries.release_entity(conn, channel, name, entity, audit=action)
+    )
     if done.heads == 0 and done.released == 0:
         typer.echo(f"{name} {entity}: nothing held")
         raise typer.Exit(1)

@@ -1,14 +1,19 @@
-"""Connections to PostgreSQL, named in pg_stat_activity: `it-relay`, `it-relay:listener`, `it-relay:scheduler`."""
+"""Connections to PostgreSQL, named in pg_stat_activity: `it-relay`, `it-relay:listener`,
+`it-relay:scheduler`, and the commands' own `it-relay:cli`."""
 
 from __future__ import annotations
 
+import os
 from typing import TypeAlias
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 from asyncpg.exceptions._base import InternalClientError
 from asyncpg.pool import PoolConnectionProxy
 
-from relay.settings import DatabaseSettings
+from relay.errors import UserError
+from relay.sender import describe
+from relay.settings import CredentialUnavailable, DatabaseSettings
 
 # What every gateway function takes: a dedicated connection (the listener, the scheduler, the
 # CLI) or one borrowed from the daemon's pool, which asyncpg hands out behind a proxy.
@@ -27,6 +32,7 @@ DB_ERRORS: tuple[type[BaseException], ...] = (
 APPLICATION = "it-relay"
 LISTENER_APPLICATION = "it-relay:listener"
 SCHEDULER_APPLICATION = "it-relay:scheduler"
+CLI_APPLICATION = "it-relay:cli"
 
 
 async def connect(settings: DatabaseSettings, application_name: str = APPLICATION) -> asyncpg.Connection:
@@ -58,3 +64,59 @@ async def create_pool(settings: DatabaseSettings) -> asyncpg.Pool:
         server_settings=server_settings,
     )
     return pool
+
+
+def address(url: str) -> str:
+    """Where a database URL points, as an operator reads it: host:port, or the socket directory."""
+    parts = urlsplit(url)
+    hosts = parts.netloc.rpartition("@")[2]
+    if not hosts:
+        given = parse_qs(parts.query).get("host", [os.environ.get("PGHOST", "")])[0]
+        port = parse_qs(parts.query).get("port", [os.environ.get("PGPORT", "5432")])[0]
+        if given.startswith("/"):
+            return f"socket {given} (port {port})"
+        hosts = f"{given or 'localhost'}:{port}"
+    return ",".join(map(_with_port, hosts.split(",")))
+
+
+def _with_port(host: str) -> str:
+    # An IPv6 literal's colons are inside its brackets.
+    return host if ":" in host.rpartition("]")[2] else f"{host}:5432"
+
+
+async def connect_for_command(
+    settings: DatabaseSettings, application_name: str = CLI_APPLICATION
+) -> asyncpg.Connection:
+    """A command's connection. A password credential that cannot be read outside systemd is left to
+    libpq's own sources (PGPASSWORD, ~/.pgpass); every failure is one line naming where and how."""
+    try:
+        password = settings.resolved_password()
+        unread: CredentialUnavailable | None = None
+    except CredentialUnavailable as exc:
+        password, unread = None, exc
+    except ValueError as exc:
+        raise UserError(f"database: {exc}") from None
+    where = address(settings.url)
+    try:
+        conn: asyncpg.Connection = await asyncpg.connect(
+            settings.url,
+            password=password,
+            timeout=settings.connect_timeout_s,
+            server_settings={"application_name": application_name},
+        )
+    except (OSError, TimeoutError) as exc:
+        raise UserError(
+            f"database at {where}: cannot connect ({describe(exc)}); is PostgreSQL running there, "
+            "and is database.url right?"
+        ) from None
+    except asyncpg.InvalidPasswordError as exc:
+        how = (
+            f"database.password_credential was not read ({unread}); give the password as PGPASSWORD "
+            "or in ~/.pgpass instead"
+            if unread is not None
+            else "check database.password (or its _file / _credential)"
+        )
+        raise UserError(f"database at {where}: {describe(exc)}; {how}") from None
+    except asyncpg.InvalidAuthorizationSpecificationError as exc:  # no such role, no pg_hba.conf entry
+        raise UserError(f"database at {where}: {describe(exc)}") from None
+    return conn

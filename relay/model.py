@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal
@@ -263,6 +263,9 @@ class RejectionRow:
     received_at: datetime
     resolved_at: datetime | None
     resolved_event_id: UUID | None
+    # Set aside as junk by an operator (`rejections dismiss`): left out of the default list.
+    dismissed_at: datetime | None = None
+    dismissed_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -280,6 +283,8 @@ class Journey:
     event: JournaledEvent | None
     rejection: RejectionDetail | None
     deliveries: tuple[DeliveryHistory, ...]
+    # The operators' actions that touched it, oldest first.
+    audit: tuple[AuditEntry, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -303,6 +308,9 @@ class SubscriberStats:
     circuit: str | None
     circuit_changed_at: datetime | None
     now: datetime
+    dead: int = 0
+    # The earliest next attempt of its pending deliveries.
+    next_attempt: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -341,3 +349,52 @@ class Instance:
     config: str
     subscribers: Sequence[str]
     leading: bool
+
+
+# ─── Operators' actions on record, and the instances they act on ──────────────────────────────
+
+AuditActionName = Literal["pause", "resume", "replay", "backfill", "republish", "release", "dismiss"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditAction:
+    """An operator's action as the command knows it (who, with what); the gateway adds what it
+    touched when it records it in the action's own transaction."""
+
+    action: AuditActionName
+    arguments: Mapping[str, Any]
+    os_user: str | None
+    host: str | None
+    subscriber: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditEntry:
+    """One operator action on record (`event_ids`: those it touched, a bounded sample in bulk)."""
+
+    id: int
+    at: datetime
+    action: AuditActionName
+    db_role: str
+    os_user: str | None
+    host: str | None
+    arguments: dict[str, Any]
+    count: int | None
+    event_ids: tuple[UUID, ...]
+    subscriber: str | None
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LiveInstance:
+    """A relay instance that recorded itself recently, as `status` lists it."""
+
+    host: str
+    pid: int
+    version: str
+    config: str
+    subscribers: tuple[str, ...]
+    scheduler_leader: bool
+    started_at: datetime
+    heartbeat_age_s: float

@@ -1,22 +1,26 @@
 """What the operators' commands decide, without a command line: which subscribers are served,
-paused or not served here and why, each subscriber's status, what a backfill covers, when a
-rejection may be republished and as what. `relay.cli_operate` parses the arguments and prints
-the records returned here (`--json` is the record serialised)."""
+paused or not served and why, the status of each subscriber and of the instances running, what a
+backfill covers and whether anything will deliver it, when a rejection may be republished and as
+what. `relay.cli_operate` parses the arguments and prints the records returned here (`--json` is
+the record serialised)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from relay import codec, journal, operator_queries
+from relay import audit_queries, codec, journal, operator_queries
 from relay.contracts import REGISTRY, SUBSCRIBERS, Accepted, UnknownFields, parse_event, routed_subscribers
 from relay.database import Conn
+from relay.display import duration, when
 from relay.errors import InputError, UserError
 from relay.ingest import classify
 from relay.model import (
     Journey,
+    LiveInstance,
     NotifiedEvent,
     Rejection,
     RejectionDetail,
@@ -24,7 +28,8 @@ from relay.model import (
     SubscriberStats,
     effectively_paused,
 )
-from relay.settings import Settings, canonical_subscriber
+from relay.redaction import scrub_external
+from relay.settings import Settings, canonical_subscriber, fingerprint
 
 Serving = Literal["served", "paused", "not served"]
 
@@ -48,20 +53,43 @@ def routed_event_types(subscriber: str) -> list[str]:
     return [t for t, c in REGISTRY.items() if subscriber in c.subscribers]
 
 
-def when(at: datetime | None) -> str:
-    """A time as the operator commands print it (UTC, to the second)."""
-    return "-" if at is None else f"{at.astimezone(UTC):%Y-%m-%d %H:%M:%S}"
+# A reason given with an action (pause --reason, dismiss --reason): kept in the audit.
+REASON_LIMIT = 500
+
+
+def reason_given(text: str | None, option: str = "--reason") -> str | None:
+    """An operator's reason fit to keep: printable, at most REASON_LIMIT characters, licence keys
+    and URL credentials masked; None when none was given."""
+    if text is None:
+        return None
+    kept = text.strip()
+    if not kept or len(kept) > REASON_LIMIT or not all(c.isprintable() for c in kept):
+        raise InputError(f"{option}: give one line of printable text, at most {REASON_LIMIT} characters")
+    return scrub_external(kept)
+
+
+def alive_within_s(settings: Settings) -> float:
+    """How recent an instance's record must be for it to count as alive: as the daemon counts
+    (three poll intervals and a margin)."""
+    return 3 * settings.database.poll_interval_s + 10
 
 
 # ─── Subscribers ─────────────────────────────────────────────────────────────────────────────
 
 
-def serving(name: str, settings: Settings, states: dict[str, SubscriberState]) -> Serving:
-    """What the relay with this configuration does for `name`."""
+def serving(
+    name: str,
+    settings: Settings,
+    states: dict[str, SubscriberState],
+    served_by: Collection[str] | None = None,
+) -> Serving:
+    """What the relay does for `name`: by the subscribers the live instances serve (`served_by`)
+    when they are known, else by this configuration."""
     conf = settings.subscribers.get(name)
-    if conf is None:
+    if (name not in served_by) if served_by is not None else conf is None:
         return "not served"
-    return "paused" if effectively_paused(states.get(name), enabled=conf.enabled) else "served"
+    enabled = conf.enabled if conf is not None else True
+    return "paused" if effectively_paused(states.get(name), enabled=enabled) else "served"
 
 
 def served_here(name: str, settings: Settings) -> str:
@@ -79,6 +107,8 @@ class SubscriberListing:
     state: Serving
     routed: bool
     why: str
+    # What the contracts route to it.
+    event_types: list[str]
 
 
 def _why(name: str, settings: Settings, shared: SubscriberState | None) -> str:
@@ -101,6 +131,7 @@ async def subscribers(conn: Conn, settings: Settings) -> list[SubscriberListing]
             state=serving(name, settings, states),
             routed=name in routed,
             why=_why(name, settings, states.get(name)),
+            event_types=routed_event_types(name),
         )
         for name in SUBSCRIBERS
     ]
@@ -114,6 +145,8 @@ class SubscriberStatus:
     state: Serving
     backlog: int
     oldest_pending_s: float | None
+    next_attempt: datetime | None
+    dead: int
     delivered_5m: int
     failed_5m: int
     delivered_60m: int
@@ -134,6 +167,8 @@ def status_line(name: str, state: Serving, s: SubscriberStats | None) -> Subscri
             state=state,
             backlog=0,
             oldest_pending_s=None,
+            next_attempt=None,
+            dead=0,
             delivered_5m=0,
             failed_5m=0,
             delivered_60m=0,
@@ -151,6 +186,8 @@ def status_line(name: str, state: Serving, s: SubscriberStats | None) -> Subscri
         state=state,
         backlog=s.backlog,
         oldest_pending_s=oldest,
+        next_attempt=s.next_attempt,
+        dead=s.dead,
         delivered_5m=s.delivered_5m,
         failed_5m=s.failed_5m,
         delivered_60m=s.delivered_60m,
@@ -168,11 +205,75 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-async def status(conn: Conn, settings: Settings) -> list[SubscriberStatus]:
-    """Every subscriber of the contracts, in the contracts' order."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusReport:
+    """`status`: every subscriber of the contracts (in their order), the events not routed yet,
+    the instances alive, this command's configuration fingerprint, and what looks wrong."""
+
+    now: datetime
+    subscribers: list[SubscriberStatus]
+    unrouted_events: int
+    instances: list[LiveInstance]
+    config: str
+    warnings: list[str]
+
+
+async def status(conn: Conn, settings: Settings) -> StatusReport:
     stats = {s.subscriber: s for s in await operator_queries.subscriber_stats(conn)}
     states = await journal.subscriber_states(conn)
-    return [status_line(name, serving(name, settings, states), stats.get(name)) for name in SUBSCRIBERS]
+    instances = await audit_queries.live_instances(conn, alive_within_s(settings))
+    unrouted = await journal.unrouted_events(conn)
+    now = await journal.database_now(conn)
+    return status_report(now, settings, stats, states, instances, unrouted)
+
+
+def status_report(
+    now: datetime,
+    settings: Settings,
+    stats: dict[str, SubscriberStats],
+    states: dict[str, SubscriberState],
+    instances: Sequence[LiveInstance],
+    unrouted: int,
+) -> StatusReport:
+    """The report from its figures: a subscriber is served when a live instance serves it (by
+    this configuration when none is alive)."""
+    served_by = {name for i in instances for name in i.subscribers} if instances else None
+    lines = [status_line(n, serving(n, settings, states, served_by), stats.get(n)) for n in SUBSCRIBERS]
+    mine = fingerprint(settings)
+    return StatusReport(
+        now=now,
+        subscribers=lines,
+        unrouted_events=unrouted,
+        instances=list(instances),
+        config=mine,
+        warnings=status_warnings(settings, mine, instances, unrouted),
+    )
+
+
+def status_warnings(
+    settings: Settings, mine: str, instances: Sequence[LiveInstance], unrouted: int
+) -> list[str]:
+    """What an operator must know: no instance alive, instances on another configuration than the
+    one this command read, subscribers configured here that nothing serves."""
+    if not instances:
+        waiting = f"; {unrouted} events wait unrouted" if unrouted else ""
+        return [
+            f"no relay instance is alive (none recorded itself in the last "
+            f"{duration(alive_within_s(settings))}): nothing is routed or delivered{waiting}"
+        ]
+    warnings = []
+    other = [i for i in instances if i.config != mine]
+    if other:
+        named = ", ".join(f"{i.host}:{i.pid} ({i.config})" for i in other)
+        warnings.append(
+            f"{named} run another configuration than this command read ({mine}): "
+            "reload them (SIGHUP: systemctl kill -s HUP it-relay) or give this command their --config"
+        )
+    served = {name for i in instances for name in i.subscribers}
+    idle = sorted(set(settings.subscribers) - served)
+    if idle:
+        warnings.append(f"configured here but served by no live instance: {', '.join(idle)}")
+    return warnings
 
 
 # ─── Events and backfill ─────────────────────────────────────────────────────────────────────
@@ -195,6 +296,18 @@ def backfill_types(name: str, settings: Settings) -> list[str]:
     return routed_event_types(name)
 
 
+def backfill_warning(name: str, instances: Sequence[LiveInstance]) -> str | None:
+    """Why a backfill for `name` would wait: no live instance serves it (None: one does)."""
+    if any(name in i.subscribers for i in instances):
+        return None
+    if not instances:
+        return f"no relay instance is alive: {name}'s deliveries wait until one runs"
+    return (
+        f"no live instance serves {name} yet: its deliveries wait until one does "
+        "(reload the instances with the new configuration: systemctl kill -s HUP it-relay)"
+    )
+
+
 # ─── Rejections ──────────────────────────────────────────────────────────────────────────────
 
 
@@ -204,6 +317,13 @@ async def rejection(conn: Conn, number: int, event_id: UUID | None, given: str) 
     if found is None:
         raise UserError(f"no rejection {given} (pruned after its retention, or never recorded)")
     return found
+
+
+def not_dismissable(row: RejectionDetail) -> str:
+    """Why a rejection cannot be dismissed (it was republished, or dismissed before)."""
+    if row.resolved_at is not None:
+        return f"rejection {row.id} was republished as {row.resolved_event_id}: nothing to dismiss"
+    return f"rejection {row.id} was dismissed already, by {row.dismissed_by} at {when(row.dismissed_at)}"
 
 
 def republishable(row: RejectionDetail, corrected: dict[str, Any] | None) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """SQL access for the operators' commands: the delivery log, one event's journey, status figures,
-rejections; and their acts (replay, backfill, pause and resume, republish), each a sole record."""
+rejections; and their acts (replay, backfill, pause and resume, release,
+republish, dismiss), each a sole record, each recorded in the audit with it when given one."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from uuid import UUID
 
 import asyncpg
 
-from relay import codec, filters
+from relay import audit_queries, codec, filters
 from relay.database import Conn
 from relay.journal import sole_record, wake
 from relay.model import (
     AttemptRow,
+    AuditAction,
     DeliveryHistory,
     DeliveryRow,
     JournaledEvent,
@@ -49,13 +51,24 @@ class Selection:
 
 
 @sole_record("an operator's replay")
-async def replay(conn: Conn, channel: str, selection: Selection, *, dry_run: bool = False) -> dict[str, int]:
+async def replay(
+    conn: Conn, channel: str, selection: Selection, *, dry_run: bool = False, audit: AuditAction | None = None
+) -> dict[str, int]:
     """Re-queue the selected deliveries (same event_id), then wake every relay instance; with
     `dry_run`, only count them. Counted per subscriber."""
-    rows = await conn.fetch(query("replay"), *selection.args(), dry_run)
+    rows = await conn.fetch(query("replay"), *selection.args(), dry_run, audit_queries.SAMPLE)
     if rows and not dry_run:
         await wake(conn, channel, rows[0]["event_id"], rows[0]["event_type"])
+    if audit is not None and not dry_run:
+        await _record(conn, audit, rows)
     return {r["subscriber"]: r["n"] for r in rows}
+
+
+async def _record(conn: Conn, audit: AuditAction, rows: Sequence[asyncpg.Record]) -> None:
+    """`audit` on record with what the rows counted, and their samples of events."""
+    await audit_queries.record(
+        conn, audit, count=sum(r["n"] for r in rows), event_ids=[e for r in rows for e in r["sample"]]
+    )
 
 
 @sole_record("an operator's backfill")
@@ -68,12 +81,17 @@ async def backfill(
     since: datetime,
     until: datetime | None,
     dry_run: bool,
+    audit: AuditAction | None = None,
 ) -> dict[str, int]:
     """Deliveries from the journal for a subscriber added later, counted per event type."""
-    rows = await conn.fetch(query("backfill"), subscriber, list(event_types), since, until, dry_run)
+    rows = await conn.fetch(
+        query("backfill"), subscriber, list(event_types), since, until, dry_run, audit_queries.SAMPLE
+    )
     if rows and not dry_run:
         # A wake-up names a journaled event: the listener treats an unknown id as a rejection.
         await wake(conn, channel, rows[0]["event_id"], rows[0]["event_type"])
+    if audit is not None and not dry_run:
+        await _record(conn, audit, rows)
     return {r["event_type"]: r["n"] for r in rows}
 
 
@@ -92,6 +110,7 @@ async def backfill_filtered(
     until: datetime | None,
     dry_run: bool,
     condition: Mapping[str, Any],
+    audit: AuditAction | None = None,
 ) -> tuple[dict[str, int], int]:
     """A backfill for a subscriber with a filter: only the events it lets through get deliveries,
     as routing would have decided. Counted per event type, and how many the filter left out."""
@@ -111,24 +130,41 @@ async def backfill_filtered(
             break
         after = rows[-1]["seq"]
     rows = await conn.fetch(
-        query("backfill_chosen"), subscriber, list(event_types), since, until, dry_run, chosen
+        query("backfill_chosen"),
+        subscriber,
+        list(event_types),
+        since,
+        until,
+        dry_run,
+        chosen,
+        audit_queries.SAMPLE,
     )
     if rows and not dry_run:
         await wake(conn, channel, rows[0]["event_id"], rows[0]["event_type"])
+    if audit is not None and not dry_run:
+        await _record(conn, audit, rows)
     return {r["event_type"]: r["n"] for r in rows}, left_out
 
 
 @sole_record("an operator's pause or resume")
-async def set_paused(conn: Conn, subscriber: str, paused: bool, by: str) -> None:
+async def set_paused(
+    conn: Conn, subscriber: str, paused: bool, by: str, *, audit: AuditAction | None = None
+) -> None:
     await conn.execute(query("set_paused"), subscriber, paused, by)
+    if audit is not None:
+        await audit_queries.record(conn, audit, count=None, event_ids=())
 
 
 @sole_record("an operator's release of a held entity")
-async def release_entity(conn: Conn, channel: str, subscriber: str, entity: str) -> Released:
-    row = await conn.fetchrow(query("release_entity"), subscriber, entity)
+async def release_entity(
+    conn: Conn, channel: str, subscriber: str, entity: str, *, audit: AuditAction | None = None
+) -> Released:
+    row = await conn.fetchrow(query("release_entity"), subscriber, entity, audit_queries.SAMPLE)
     assert row is not None
     if row["event_id"] is not None:
         await wake(conn, channel, row["event_id"], row["event_type"])
+    if audit is not None:
+        await audit_queries.record(conn, audit, count=row["released"], event_ids=row["sample"])
     return Released(heads=row["heads"], released=row["released"])
 
 
@@ -201,6 +237,7 @@ async def event_journey(conn: Conn, event_id: UUID) -> Journey:
         deliveries=tuple(
             DeliveryHistory(**_delivery(d), history=tuple(tried.get(d["subscriber"], ()))) for d in deliveries
         ),
+        audit=tuple(await audit_queries.of_event(conn, event_id)),
     )
 
 
@@ -236,6 +273,8 @@ async def subscriber_stats(conn: Conn) -> list[SubscriberStats]:
             circuit=r["circuit"],
             circuit_changed_at=r["circuit_changed_at"],
             now=r["now"],
+            dead=r["dead"],
+            next_attempt=r["next_attempt"],
         )
         for r in await conn.fetch(query("subscriber_stats"))
     ]
@@ -255,6 +294,8 @@ def _rejection_fields(r: asyncpg.Record) -> dict[str, Any]:
         "received_at": r["received_at"],
         "resolved_at": r["resolved_at"],
         "resolved_event_id": r["resolved_event_id"],
+        "dismissed_at": r["dismissed_at"],
+        "dismissed_by": r["dismissed_by"],
     }
 
 
@@ -266,14 +307,15 @@ async def list_rejections(
     since: datetime | None,
     resolved: bool,
     limit: int,
+    dismissed: bool = False,
 ) -> list[RejectionRow]:
-    """Newest first; unresolved only unless `resolved`."""
-    rows = await conn.fetch(query("list_rejections"), reason, event_type, since, resolved, limit)
+    """Newest first; unresolved only unless `resolved`, not dismissed unless `dismissed`."""
+    rows = await conn.fetch(query("list_rejections"), reason, event_type, since, resolved, limit, dismissed)
     return [RejectionRow(**_rejection_fields(r)) for r in rows]
 
 
 async def rejection(conn: Conn, rejection_id: int, event_id: UUID | None) -> RejectionDetail | None:
-    """The rejection with this id, or else the first recorded under `event_id`."""
+    """The rejection with this id, or else the first recorded under `event_id` or republished as it."""
     r = await conn.fetchrow(query("rejection"), rejection_id, event_id)
     if r is None:
         return None
@@ -285,8 +327,21 @@ async def rejection(conn: Conn, rejection_id: int, event_id: UUID | None) -> Rej
     )
 
 
+@sole_record("an operator's dismissal of a rejection")
+async def dismiss_rejection(
+    conn: Conn, rejection_id: int, by: str, *, audit: AuditAction | None = None
+) -> bool:
+    """Set a rejection aside; False when there is none to dismiss (republished, or dismissed)."""
+    row = await conn.fetchrow(query("dismiss_rejection"), rejection_id, by)
+    if row is not None and audit is not None:
+        await audit_queries.record(conn, audit, count=1, event_ids=[e for e in [row["event_id"]] if e])
+    return row is not None
+
+
 @sole_record("an operator's republish of a corrected event")
-async def republish(conn: Conn, channel: str, rejection_id: int, event: NotifiedEvent) -> str | None:
+async def republish(
+    conn: Conn, channel: str, rejection_id: int, event: NotifiedEvent, *, audit: AuditAction | None = None
+) -> str | None:
     """Journal a corrected event under its id and mark the rejection resolved; None once done,
     else why nothing was written (one line): the id is another event's or rejection's, or routed."""
     row = await conn.fetchrow(query("lock_rejection"), rejection_id)
@@ -318,6 +373,8 @@ async def republish(conn: Conn, channel: str, rejection_id: int, event: Notified
         channel,
         codec.dumps({"event_id": event.event_id, "event_type": event.event_type}).decode(),
     )
+    if audit is not None:
+        await audit_queries.record(conn, audit, count=1, event_ids=[event.event_id])
     return None
 
 

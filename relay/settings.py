@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import difflib
 import hashlib
 import json
@@ -16,6 +17,8 @@ import os
 import re
 import tomllib
 import typing
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -56,6 +59,22 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
+# Whether loading reads secrets now (files, credentials): commands that only read the database
+# load without (secrets_unread()), so a shell without $CREDENTIALS_DIRECTORY runs them.
+_READ_SECRETS: ContextVar[bool] = ContextVar("read_secrets", default=True)
+
+
+class CredentialUnavailable(ValueError):
+    """A `*_credential` (`key`) asked for outside systemd (no $CREDENTIALS_DIRECTORY)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"{key} needs $CREDENTIALS_DIRECTORY, which systemd sets for the unit (LoadCredential=); "
+            "from a shell, set it to the directory of the credential files"
+        )
+        self.key = key
+
+
 def _read_secret(
     inline: SecretStr | None, file: Path | None, credential: str | None, what: str
 ) -> str | None:
@@ -76,7 +95,7 @@ def _read_secret(
 def _credential_path(name: str, key: str) -> Path:
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
     if not directory:
-        raise ValueError(f"{key} needs $CREDENTIALS_DIRECTORY (systemd LoadCredential=)")
+        raise CredentialUnavailable(key)
     return Path(directory) / name
 
 
@@ -122,7 +141,8 @@ class DatabaseSettings(Section):
 
     @model_validator(mode="after")
     def _check_password(self) -> DatabaseSettings:
-        self.resolved_password()
+        if _READ_SECRETS.get():
+            self.resolved_password()
         return self
 
 
@@ -451,6 +471,12 @@ class SubscriberSettings(Section):
 
     @model_validator(mode="after")
     def _check_secrets(self) -> SubscriberSettings:
+        if _READ_SECRETS.get():
+            self.check_secrets()
+        return self
+
+    def check_secrets(self) -> None:
+        """Read every secret this subscriber names and check it (ValueError naming the key)."""
         if self.kind != "http":
             self.broker_url()
         secrets = self.signing_secrets()
@@ -461,7 +487,6 @@ class SubscriberSettings(Section):
             if not _is_webhook_secret(secret):
                 # The message never quotes the secret.
                 raise ValueError("not a Standard Webhooks secret (whsec_ + base64 of at least 16 bytes)")
-        return self
 
 
 def _is_webhook_secret(secret: str) -> bool:
@@ -644,6 +669,25 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+class ConfigErrors(ConfigError):
+    """Every problem of a configuration (`problems`); the message names the first."""
+
+    def __init__(self, problems: list[str]) -> None:
+        more = f" (and {len(problems) - 1} more: check-config lists them)" if len(problems) > 1 else ""
+        super().__init__(f"config error: {problems[0]}{more}")
+        self.problems = problems
+
+
+@contextlib.contextmanager
+def secrets_unread() -> Iterator[None]:
+    """Settings loaded inside read no secret (from a file or a credential) and check none."""
+    reading = _READ_SECRETS.set(False)
+    try:
+        yield
+    finally:
+        _READ_SECRETS.reset(reading)
+
+
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     """Load the effective configuration, or raise ConfigError naming the bad key."""
     chosen = path if path is not None else os.environ.get(CONFIG_ENV)
@@ -679,9 +723,9 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     except ValidationError as exc:
         # A mistyped key explains the "field required" that follows it: report it first.
         details = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-        errors = [_did_you_mean(e, text) for e, text in zip(details, format_errors(details), strict=True)]
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ConfigError(f"config error: {errors[0]}{more}") from None
+        raise ConfigErrors(
+            [_did_you_mean(e, text) for e, text in zip(details, format_errors(details), strict=True)]
+        ) from None
     except SettingsError as exc:
         raise ConfigError(f"config error: {exc}") from None
 
@@ -772,10 +816,20 @@ def masked(settings: Settings) -> dict[str, Any]:
     return data
 
 
+_SECRET_SOURCES = frozenset(
+    f"{what}{how}" for what in ("secret", "password") for how in ("", "_file", "_credential")
+) | {"secrets"}
+
+
 def fingerprint(settings: Settings) -> str:
     """A short digest of what decides delivery (the subscribers and their policies, the delivery
     section), without secrets: instances that run the same configuration share it."""
     data = masked(settings)
-    shown = {"subscribers": data["subscribers"], "delivery": data["delivery"]}
+    # Where a secret comes from (inline, a file, a credential) is no difference: its value is not seen.
+    subscribers = {
+        name: {k: v for k, v in conf.items() if k not in _SECRET_SOURCES}
+        for name, conf in data["subscribers"].items()
+    }
+    shown = {"subscribers": subscribers, "delivery": data["delivery"]}
     text = json.dumps(shown, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]

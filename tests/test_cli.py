@@ -123,11 +123,50 @@ def test_check_config_accepts_the_example(tmp_path: Path) -> None:
     shown = json.loads(result.stdout)
     assert shown["subscribers"]["PF-10"]["secret_credential"] == "pf10-webhook-secret"
     assert "whsec_" not in result.stdout
-    # Outside systemd, the credentials the example names are missing: said so, naming the key.
-    bare = run("check-config", "--config", str(EXAMPLE))
-    assert bare.returncode == 2
-    assert "password_credential needs $CREDENTIALS_DIRECTORY" in bare.stderr
+    # The database's user is a role name, not a secret: shown.
+    assert shown["database"]["url"] == "postgresql://it_relay@localhost:5432/encore"
+    assert "not read" not in result.stderr
+    # Outside systemd the credentials cannot be read: the rest is checked, they are named.
+    bare = invoke("check-config", "--config", str(EXAMPLE))
+    assert bare.returncode == 0, bare.stderr
+    assert (
+        "note: not read (no $CREDENTIALS_DIRECTORY, which systemd sets for the unit): "
+        "database.password_credential, subscribers.PF-10.secret_credential;"
+    ) in bare.stderr
     assert "not served here (no deliveries are created for them)" in result.stderr
+
+
+def test_check_config_reports_every_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        "[delivery]\nconcurency = 3\ntimeout_s = -1\n[scheduler]\ninterval_s = 0\n"
+        '[subscribers.FA]\nurl = "http://127.0.0.1:9/fa"\nsecret = "not-a-secret"\n'
+    )
+    result = invoke("check-config", "--config", str(path))
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert (
+        lines[0]
+        == "it-relay: error: config error: delivery.concurency: unknown key (did you mean concurrency?)"
+    )
+    assert len(lines) == 3 and all(line.startswith("it-relay: error: config error: ") for line in lines)
+    assert any("delivery.timeout_s" in line for line in lines)
+    assert any("scheduler.interval_s" in line for line in lines)
+    assert "more" not in result.stderr
+    # The secret is checked once the structure is sound, and reported with the key that holds it.
+    only_secret = tmp_path / "secret.toml"
+    only_secret.write_text('[subscribers.FA]\nurl = "http://127.0.0.1:9/fa"\nsecret = "not-a-secret"\n')
+    secret = invoke("check-config", "--config", str(only_secret))
+    assert secret.returncode == 2
+    assert secret.stderr.splitlines()[-1] == (
+        "it-relay: error: config error: subscribers.FA: "
+        "not a Standard Webhooks secret (whsec_ + base64 of at least 16 bytes)"
+    )
+    assert "not-a-secret" not in secret.stdout + secret.stderr
+    # Another command names the first problem, in one line, and where to see them all.
+    other = invoke("status", "--config", str(path))
+    assert other.returncode == 2 and other.stderr.count("\n") == 1
+    assert other.stderr.endswith(" (and 2 more: check-config lists them)\n")
 
 
 def test_check_config_names_a_bad_key(tmp_path: Path) -> None:
@@ -275,5 +314,14 @@ def test_a_command_without_configuration_says_so_before_it_fails_to_connect() ->
     assert lines[0].startswith(
         "note: no configuration (--config FILE or IT_RELAY_CONFIG): using the defaults"
     )
-    assert "postgresql://***@localhost:5432/encore" in lines[0]
-    assert lines[-1].startswith("it-relay: error: database: ") and len(lines) == 2
+    assert "postgresql://it_relay@localhost:5432/encore" in lines[0]
+    assert lines[-1].startswith("it-relay: error: database at localhost:5432: ") and len(lines) == 2
+
+
+def test_an_unreachable_database_is_named_by_host_and_port() -> None:
+    env = {"IT_RELAY_DATABASE__URL": "postgresql://it_relay@127.0.0.1:1/encore"}
+    result = invoke("deliveries", "list", env=env)
+    assert result.returncode == 1
+    assert result.stderr.startswith("it-relay: error: database at 127.0.0.1:1: cannot connect (")
+    assert "is PostgreSQL running there, and is database.url right?" in result.stderr
+    assert result.stderr.count("\n") == 1

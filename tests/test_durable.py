@@ -17,12 +17,12 @@ from typing import Any
 import asyncpg
 import pytest
 
-from relay import codec, database, journal, operator_queries, scheduler_queries
+from relay import audit_queries, codec, database, journal, operator_queries, scheduler_queries
 from relay.contracts.examples import example
 from relay.gateway import Gateway
 from relay.listener import Listener
 from relay.metrics import Metrics
-from relay.model import DeliveryResult, NotifiedEvent, Rejection
+from relay.model import AuditAction, DeliveryResult, NotifiedEvent, Rejection
 from relay.planning import Emission, StateUpdate
 from relay.settings import load_settings
 from relay.sql import QUERIES
@@ -35,6 +35,7 @@ OBSERVED = (
     "subscriber_state",
     "scheduler_marks",
     "compliance_state",
+    "audit",
 )
 
 # Deferred: the trigger runs at COMMIT, so it sees the setting the commit itself obeys.
@@ -163,6 +164,8 @@ async def _sole_record_writes(db: asyncpg.Connection) -> dict[str, Write]:
     replayed = await _routed_event(db, "PF-10")
     await _routed_event(db, "PF-10")
     rejected = await _rejection(db)
+    junk = await _rejection(db)
+    by = AuditAction(action="replay", arguments={"event_id": str(replayed)}, os_user="ops", host="h")
     since = datetime.now(UTC) - timedelta(hours=1)
     fixed = example("it_ticket_created") | {"event_id": str(uuid.uuid4())}
     emission = Emission(
@@ -196,8 +199,10 @@ async def _sole_record_writes(db: asyncpg.Connection) -> dict[str, Write]:
             c, Rejection(reason="schema", errors=("$: x",), payload={"a": "\x00"}, source="notify")
         ),
         "replay": lambda c: operator_queries.replay(
-            c, "it_events", operator_queries.Selection(event_id=replayed)
+            c, "it_events", operator_queries.Selection(event_id=replayed), audit=by
         ),
+        "record": lambda c: audit_queries.record(c, by, count=1, event_ids=[replayed]),
+        "dismiss_rejection": lambda c: operator_queries.dismiss_rejection(c, junk, "ops@h", audit=by),
         "backfill": lambda c: operator_queries.backfill(
             c,
             "it_events",
@@ -311,7 +316,7 @@ def _calls(node: ast.AST) -> tuple[set[str], set[str]]:
 
 
 # The gateway modules that write the journal's tables (schema changes, relay.migrate, are apart).
-GATEWAY_MODULES = (journal, operator_queries, scheduler_queries)
+GATEWAY_MODULES = (journal, operator_queries, audit_queries, scheduler_queries)
 
 
 def test_every_gateway_writer_declares_whether_it_is_a_sole_record() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -50,18 +51,28 @@ async def test_a_subscriber_not_served_gets_no_deliveries_until_it_is_backfilled
         assert counted == 1
         status = await run_cli("status", "--config", str(config), "--json")
         assert status.returncode == 0, status.stderr
-        states = {s["subscriber"]: s["state"] for s in json.loads(status.stdout)}
+        states = {s["subscriber"]: s["state"] for s in json.loads(status.stdout)["subscribers"]}
         assert states["PF-10"] == "served" and states["HR"] == "not served"
 
+        # HR configured for the command, not yet for the running instance: a backfill would wait.
+        await wait_until(lambda: daemon.metrics.registry.get_sample_value("it_relay_instances") == 1)
+        config = _config(tmp_path, relay_db, sink, ["PF-10", "HR"])
+        since = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+        early = await run_cli(
+            "backfill", "--config", str(config), "--subscriber", "HR", "--since", since, "--dry-run"
+        )
+        assert early.returncode == 0, early.stderr
+        assert "warning: no live instance serves HR yet" in early.stderr
+
     # HR comes online: configured, then backfilled from the journal.
-    config = _config(tmp_path, relay_db, sink, ["PF-10", "HR"])
-    since = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
-    async with running(relay_settings(relay_db, sink, ["PF-10", "HR"])):
+    async with running(relay_settings(relay_db, sink, ["PF-10", "HR"])) as daemon:
+        await wait_until(lambda: daemon.metrics.registry.get_sample_value("it_relay_instances") == 1)
         looked = await cli(
             "backfill", "--config", str(config), "--subscriber", "hr", "--since", since, "--dry-run"
         )
         assert looked.returncode == 0, looked.stderr
         assert looked.stdout.strip() == "would create 1 deliveries for HR: it_asset_assigned 1"
+        assert "warning" not in looked.stderr
         assert set(await _statuses(db, event_id)) == {"PF-10"}
         done = await run_cli("backfill", "--config", str(config), "--subscriber", "HR", "--since", since)
         assert done.stdout.strip() == "created 1 deliveries for HR: it_asset_assigned 1", done.stderr
@@ -184,14 +195,24 @@ async def test_status_reports_each_subscriber(
         result = await cli("status", "--config", str(config), "--json")
         text = await run_cli("status", "--config", str(config))
     assert result.returncode == 0, result.stderr
-    report = {s["subscriber"]: s for s in json.loads(result.stdout)}
+    report = {s["subscriber"]: s for s in json.loads(result.stdout)["subscribers"]}
     assert report["GR"]["state"] == "served" and report["GR"]["delivered_5m"] == 1
     assert report["GR"]["backlog"] == 0 and report["GR"]["last_success"] is not None
     assert report["GR"]["latency_p50_s"] is not None
     assert report["FA"]["backlog"] == 1 and report["FA"]["failed_5m"] == 1
     assert report["FA"]["oldest_pending_s"] is not None and report["FA"]["last_error"] == "HTTP 500"
     assert report["PF-10"]["state"] == "not served"
+    assert report["FA"]["next_attempt"] is not None and report["FA"]["dead"] == 0
+    whole = json.loads(result.stdout)
+    (instance,) = whole["instances"]
+    assert instance["pid"] == os.getpid() and instance["config"] == whole["config"]
+    assert whole["warnings"] == [] and whole["unrouted_events"] == 0
     assert text.returncode == 0 and "FA" in text.stdout and "HTTP 500" in text.stdout
+    # The next attempt in about a minute, human; the last success with its zone; the instance.
+    fa = next(line for line in text.stdout.splitlines() if line.startswith("FA "))
+    assert re.search(r" (\d+s|1m00s) ", fa), fa
+    assert " UTC" in next(line for line in text.stdout.splitlines() if line.startswith("GR "))
+    assert f"pid {os.getpid()} it-relay " in text.stdout and "instances alive: 1" in text.stdout
 
 
 async def test_deliveries_list_follow_streams_new_outcomes(
@@ -211,6 +232,11 @@ async def test_deliveries_list_follow_streams_new_outcomes(
             event_id = str(await journal.publish(db, example("it_ticket_created")))
             line = await asyncio.wait_for(_line_with(follow, event_id), 30 * PATIENCE)
         assert json.loads(line)["status"] == "delivered"
+        # The command's own connection is named apart from the daemon's in pg_stat_activity.
+        names = await db.fetch(
+            "SELECT application_name FROM pg_stat_activity WHERE datname = current_database()"
+        )
+        assert "it-relay:cli" in {r["application_name"] for r in names}
     finally:
         follow.terminate()
         follow.wait(10)
@@ -338,6 +364,10 @@ async def test_bulk_replay_counts_first_filters_and_asks(
         later = (start + timedelta(hours=1)).isoformat()
         none = await run_cli(*base, "--all-subscribers", "--since", later)
         assert none.returncode == 1 and "nothing to replay" in none.stderr
+        # Looking and finding nothing is an answer: exit 0, said plainly.
+        looked_none = await run_cli(*base, "--all-subscribers", "--since", later, "--dry-run")
+        assert looked_none.returncode == 0, looked_none.stderr
+        assert looked_none.stdout.strip() == "would re-queue 0 deliveries: no delivery matches"
         refused = await run_cli(*base, "--all-subscribers")  # 14 > 10, and no terminal to ask on
         assert refused.returncode == 2 and "add --yes" in refused.stderr
         assert len(sink.requests) == 14
@@ -357,9 +387,13 @@ async def test_status_watch_redraws_until_ctrl_c(tmp_path: Path, relay_db: str, 
         env=env,
     )
     try:
-        # Two redraws of the table, without a restart (the screen-clearing escape is only for a
-        # terminal: click strips it from a pipe).
+        # Two redraws of the table, each under a title with the time and the interval, without a
+        # restart (the screen-clearing escape is only for a terminal: click strips it from a pipe).
         for _ in range(2):
+            title = await asyncio.wait_for(_line_with(watch, "it-relay status at "), 30 * PATIENCE)
+            assert re.fullmatch(
+                r"it-relay status at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC, every 2 s \(Ctrl-C ends\)\n", title
+            )
             line = await asyncio.wait_for(_line_with(watch, "subscriber state"), 30 * PATIENCE)
             assert "\x1b" not in line
         watch.send_signal(signal.SIGINT)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -12,6 +13,7 @@ import pytest
 
 from relay import codec
 from relay.contracts.examples import example
+from tests.support.cli import run_cli
 from tests.support.postgres import Roles, as_user, database_of
 from tests.support.reference import make_asset, make_license, make_org, make_ticket
 from tests.support.relay import cli, relay_settings, running, wait_for_rows, write_config
@@ -200,6 +202,18 @@ async def test_the_documented_roles_recipe_runs_and_isolates_tenants(
         # One config file, the relay's login; the owner's for the upgrade only.
         settings = relay_settings(as_user(database_url, names["it_relay"]), sink, ["PF-10"], scheduler={})
         config = write_config(tmp_path / "relay.toml", settings)
+        # The relay's login may not create the schema: the error gives the form that works.
+        refused = await run_cli("db", "upgrade", "--config", str(config))
+        assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+        host = urlsplit(database_url).netloc.rpartition("@")[2]
+        assert (
+            f"{names['it_relay']} (database.url, the relay's login) may not change the schema"
+            in refused.stderr
+        )
+        assert (
+            f"run it as the schema owner: it-relay db upgrade --config {config} "
+            f"--database-url postgresql://OWNER@{host}/{database_of(database_url)}"
+        ) in refused.stderr
         upgraded = await cli(
             "db",
             "upgrade",
@@ -239,6 +253,29 @@ async def test_the_documented_roles_recipe_runs_and_isolates_tenants(
                 )
             scheduled = await cli("scheduler", "run-once", "--config", str(config))
             assert scheduled.returncode == 0, scheduled.stderr
+            # The operator's commands work with the relay's login, and are on record under it.
+            for args in (
+                ["subscribers", "pause", "PF-10", "--reason", "recipe"],
+                ["replay", "--subscriber", "PF-10", "--status", "delivered", "--yes"],
+                ["status", "--json"],
+                ["audit", "list"],
+                ["rejections", "list", "--all"],
+            ):
+                done = await run_cli(*args, "--config", str(config))
+                assert done.returncode == 0, (args, done.stderr)
+            roles_on_record = await admin.fetch("SELECT db_role, action FROM it_relay.audit ORDER BY id")
+            assert [(r["db_role"], r["action"]) for r in roles_on_record] == [
+                (names["it_relay"], "pause"),
+                (names["it_relay"], "replay"),
+            ]
+            # Written by the relay's login, never rewritten by it.
+            relay = await asyncpg.connect(as_user(database_url, names["it_relay"]))
+            try:
+                for change in ("DELETE FROM it_relay.audit", "UPDATE it_relay.audit SET reason = 'x'"):
+                    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                        await relay.execute(change)
+            finally:
+                await relay.close()
             with pytest.raises(_Rollback):
                 await _assert_isolated(app, mine, theirs)
         finally:

@@ -143,7 +143,8 @@ WITH freed AS (
     RETURNING event_id, event_type
 )
 SELECT (SELECT count(*) FROM freed) AS heads, (SELECT count(*) FROM released) AS released,
-       (SELECT event_id FROM released LIMIT 1) AS event_id, (SELECT event_type FROM released LIMIT 1) AS event_type;
+       (SELECT event_id FROM released LIMIT 1) AS event_id, (SELECT event_type FROM released LIMIT 1) AS event_type,
+       ARRAY(SELECT event_id FROM freed UNION ALL (SELECT event_id FROM released LIMIT $3)) AS sample;
 
 -- name: entities_held
 -- Per subscriber: entities held behind a dead head, and since when (the oldest).
@@ -210,7 +211,8 @@ UPDATE it_relay.deliveries
 
 -- name: replay
 -- Deliveries back to pending, due now, with a fresh retry schedule and the same event_id; with $7
--- (a dry run) only counted. Per subscriber: how many, and one of their events (for the wake-up).
+-- (a dry run) only counted. Per subscriber: how many, one of their events (for the wake-up), and
+-- at most $8 of them (for the audit record).
 -- Each replay is a new generation (a broker stores it again instead of dropping a duplicate). A
 -- replayed head that held its entity frees it: the head goes first (journal order), the rest follow.
 WITH chosen AS (
@@ -237,7 +239,8 @@ WITH chosen AS (
      WHERE NOT $7::bool AND c.holds AND h.subscriber = c.subscriber AND h.entity_key = c.entity_key
        AND h.status = 'held'
 )
-SELECT subscriber, count(*) AS n, (array_agg(event_id))[1] AS event_id, (array_agg(event_type))[1] AS event_type
+SELECT subscriber, count(*) AS n, (array_agg(event_id))[1] AS event_id, (array_agg(event_type))[1] AS event_type,
+       (array_agg(event_id))[1:$8] AS sample
   FROM (SELECT event_id, subscriber, event_type FROM chosen WHERE $7::bool
         UNION ALL SELECT event_id, subscriber, event_type FROM requeued) x
  GROUP BY subscriber
@@ -245,7 +248,8 @@ SELECT subscriber, count(*) AS n, (array_agg(event_id))[1] AS event_id, (array_a
 
 -- name: backfill
 -- Deliveries for a subscriber added later: routed events of its types journaled in [$3, $4)
--- that it has no delivery for. Dry run: the same rows, counted, nothing written ($5).
+-- that it has no delivery for. Dry run: the same rows, counted, nothing written ($5). At most $6
+-- of each type's events come back (for the audit record).
 -- Each carries its entity and journal place, so an ordered subscriber gets them in journal order.
 WITH wanted AS (
     SELECT e.event_id, e.event_type, e.entity_key, e.seq
@@ -259,7 +263,7 @@ WITH wanted AS (
     ON CONFLICT (event_id, subscriber) DO NOTHING
     RETURNING event_id, event_type
 )
-SELECT event_type, count(*) AS n, (array_agg(event_id))[1] AS event_id
+SELECT event_type, count(*) AS n, (array_agg(event_id))[1] AS event_id, (array_agg(event_id))[1:$6] AS sample
   FROM (SELECT event_id, event_type FROM wanted WHERE $5::bool UNION ALL SELECT event_id, event_type FROM added) x
  GROUP BY event_type
  ORDER BY event_type;
@@ -283,12 +287,15 @@ ON CONFLICT (subscriber) DO UPDATE
  WHERE it_relay.subscriber_state.circuit <> excluded.circuit;
 
 -- name: subscriber_stats
--- Per subscriber, for `status`: backlog and its oldest row; attempts that succeeded or failed in
--- the last 5 and 60 minutes; journal-to-delivered latency of the last hour; the last success and
--- the last error.
+-- Per subscriber, for `status`: backlog, its oldest row and next attempt; dead now; attempts that
+-- succeeded or failed in the last 5 and 60 minutes; journal-to-delivered latency of the last hour;
+-- the last success and the last error.
 WITH pending AS (
-    SELECT subscriber, count(*) AS backlog, min(created_at) AS oldest_pending
+    SELECT subscriber, count(*) AS backlog, min(created_at) AS oldest_pending,
+           min(next_attempt_at) AS next_attempt
       FROM it_relay.deliveries WHERE status = 'pending' GROUP BY subscriber
+), dead AS (
+    SELECT subscriber, count(*) AS dead FROM it_relay.deliveries WHERE status = 'dead' GROUP BY subscriber
 ), tried AS (
     SELECT subscriber,
            count(*) FILTER (WHERE ok AND attempted_at > clock_timestamp() - interval '5 minutes') AS ok_5m,
@@ -317,14 +324,17 @@ WITH pending AS (
 ), names AS (
     SELECT subscriber FROM pending UNION SELECT subscriber FROM tried UNION SELECT subscriber FROM last_ok
     UNION SELECT subscriber FROM last_error UNION SELECT subscriber FROM it_relay.subscriber_state
+    UNION SELECT subscriber FROM dead
 )
 SELECT n.subscriber, coalesce(p.backlog, 0) AS backlog, p.oldest_pending,
        coalesce(t.ok_5m, 0) AS delivered_5m, coalesce(t.failed_5m, 0) AS failed_5m,
        coalesce(t.ok_60m, 0) AS delivered_60m, coalesce(t.failed_60m, 0) AS failed_60m,
        dl.p50_s, dl.p99_s, o.last_success, le.last_error, le.last_error_at,
-       s.paused, s.circuit, s.circuit_changed_at, clock_timestamp() AS now
+       s.paused, s.circuit, s.circuit_changed_at, clock_timestamp() AS now,
+       coalesce(x.dead, 0) AS dead, p.next_attempt
   FROM names n
   LEFT JOIN pending p USING (subscriber)
+  LEFT JOIN dead x USING (subscriber)
   LEFT JOIN tried t USING (subscriber)
   LEFT JOIN delivered dl USING (subscriber)
   LEFT JOIN last_ok o USING (subscriber)
@@ -354,22 +364,32 @@ SELECT d.event_id, d.event_type, d.subscriber, d.status, d.attempts, d.last_stat
  LIMIT 1000;
 
 -- name: list_rejections
-SELECT id, event_id, event_type, reason, errors, source, received_at, resolved_at, resolved_event_id
+-- Newest first; republished ones only with $4, dismissed ones only with $6.
+SELECT id, event_id, event_type, reason, errors, source, received_at, resolved_at, resolved_event_id,
+       dismissed_at, dismissed_by
   FROM it_relay.rejected_events
  WHERE ($1::text IS NULL OR reason = $1)
    AND ($2::text IS NULL OR event_type = $2)
    AND ($3::timestamptz IS NULL OR received_at >= $3)
    AND ($4::bool OR resolved_at IS NULL)
+   AND ($6::bool OR dismissed_at IS NULL)
  ORDER BY received_at DESC, id DESC
  LIMIT $5;
 
 -- name: rejection
+-- By its id, or else the event_id it was recorded under or republished as.
 SELECT id, event_id, event_type, reason, errors, source, received_at, resolved_at, resolved_event_id,
-       payload, raw_text
+       dismissed_at, dismissed_by, payload, raw_text
   FROM it_relay.rejected_events
- WHERE id = $1 OR ($2::uuid IS NOT NULL AND event_id = $2)
+ WHERE id = $1 OR ($2::uuid IS NOT NULL AND (event_id = $2 OR resolved_event_id = $2))
  ORDER BY id
  LIMIT 1;
+
+-- name: dismiss_rejection
+-- `rejections dismiss`: set aside, unless republished or dismissed already (then no row back).
+UPDATE it_relay.rejected_events SET dismissed_at = clock_timestamp(), dismissed_by = $2
+ WHERE id = $1 AND resolved_at IS NULL AND dismissed_at IS NULL
+RETURNING event_id;
 
 -- name: lock_rejection
 -- The rejection a republish resolves, locked until it commits: a second republish of it waits,
@@ -475,6 +495,37 @@ WITH me AS (
 )
 SELECT count(*) + 1 FROM it_relay.instances
  WHERE owner <> $1 AND heartbeat_at > clock_timestamp() - make_interval(secs => $8);
+
+-- name: live_instances
+-- The instances that recorded themselves within $1 seconds, for `status`.
+SELECT host, pid, version, config, subscribers, scheduler_leader, started_at,
+       extract(epoch FROM clock_timestamp() - heartbeat_at)::float8 AS heartbeat_age_s
+  FROM it_relay.instances
+ WHERE heartbeat_at > clock_timestamp() - make_interval(secs => $1)
+ ORDER BY host, pid;
+
+-- name: audit_record
+-- An operator's action, in the action's own transaction; db_role is the session's login.
+INSERT INTO it_relay.audit (action, os_user, host, arguments, count, event_ids, subscriber, reason)
+VALUES ($1, $2, $3, $4::jsonb, $5, $6::uuid[], $7, $8);
+
+-- name: audit_list
+-- Newest first, for `audit list`.
+SELECT id, at, action, db_role, os_user, host, arguments::text AS arguments, count, event_ids,
+       subscriber, reason
+  FROM it_relay.audit
+ WHERE ($1::timestamptz IS NULL OR at >= $1)
+ ORDER BY at DESC, id DESC
+ LIMIT $2;
+
+-- name: audit_of_event
+-- The actions that touched one event (the index on event_ids), oldest first, for `deliveries show`;
+-- of the events each touched, only this one.
+SELECT id, at, action, db_role, os_user, host, arguments::text AS arguments, count,
+       ARRAY[$1::uuid] AS event_ids, subscriber, reason
+  FROM it_relay.audit
+ WHERE event_ids @> ARRAY[$1::uuid]
+ ORDER BY at, id;
 
 -- name: instance_gone
 DELETE FROM it_relay.instances WHERE owner = $1;
@@ -649,7 +700,8 @@ SELECT e.event_id, e.seq, e.payload::text AS payload
  LIMIT $6;
 
 -- name: backfill_chosen
--- As `backfill`, for the events its filter let through ($6) only.
+-- As `backfill`, for the events its filter let through ($6) only; at most $7 of each type's events
+-- come back (for the audit record).
 WITH wanted AS (
     SELECT e.event_id, e.event_type, e.entity_key, e.seq
       FROM it_relay.events e
@@ -662,7 +714,7 @@ WITH wanted AS (
     ON CONFLICT (event_id, subscriber) DO NOTHING
     RETURNING event_id, event_type
 )
-SELECT event_type, count(*) AS n, (array_agg(event_id))[1] AS event_id
+SELECT event_type, count(*) AS n, (array_agg(event_id))[1] AS event_id, (array_agg(event_id))[1:$7] AS sample
   FROM (SELECT event_id, event_type FROM wanted WHERE $5::bool UNION ALL SELECT event_id, event_type FROM added) x
  GROUP BY event_type
  ORDER BY event_type;
