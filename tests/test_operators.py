@@ -115,6 +115,13 @@ async def test_pause_holds_deliveries_on_every_instance_and_resume_releases_them
         by_name = {s["subscriber"]: s for s in json.loads(listed.stdout)}
         assert by_name["PF-10"]["state"] == "paused" and by_name["PF-10"]["why"].startswith("paused by ")
         assert by_name["GR"]["state"] == "served" and by_name["HR"]["state"] == "not served"
+        # Which event types each takes, by the contracts.
+        assert by_name["HR"]["event_types"] == ["it_asset_assigned"]
+        text = await run_cli("subscribers", "list", "--config", str(config))
+        lines = text.stdout.splitlines()
+        assert lines[lines.index(next(x for x in lines if x.startswith("HR "))) + 1] == (
+            "         takes 1: it_asset_assigned"
+        )
 
         resumed = await run_cli("subscribers", "resume", "PF-10", "--config", str(config))
         assert resumed.returncode == 0, resumed.stderr
