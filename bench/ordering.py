@@ -9,11 +9,13 @@ its own process on a fresh database per run, with relay_bench.py's delivery sett
            unordered: p50/p95/p99 from commit to the first arrival at the sink;
   hot      a backlog of ONE asset_id, ordered, at a few sizes: one round trip per event is its
            physical bound, so the mean time per event is reported beside the rate.
-Beside them the bare POST ceilings of the same run (pyreqwest, the relay's sender; aiohttp, the
-ceiling relay_bench.py quotes). Prints a table, writes JSON to bench/results/; never asserts on time.
+Drains and latency runs are repeated --rounds times, unordered and ordered alternating: the median
+round of a drain is reported, a latency's percentiles pool every round's events. Beside them the
+bare POST ceilings of the same run (pyreqwest, the relay's sender; aiohttp, the ceiling
+relay_bench.py quotes). Prints a table, writes JSON to bench/results/; never asserts on a time.
 
-    python bench/ordering.py [--events 20000] [--entities 200] [--in-flight 16,64]
-        [--latency-rate 200] [--latency-seconds 30] [--hot-events 200,500,1000] [--dsn URL] [--seed 1]
+    python bench/ordering.py [--events 20000] [--entities 200] [--in-flight 16,64] [--rounds 3]
+        [--latency-rate 200] [--latency-seconds 30] [--hot-events 200,500,1000] [--dsn URL]
 """
 
 from __future__ import annotations
@@ -198,16 +200,34 @@ async def latency(
     arrivals = relay_bench._get(port, "/stats")["arrivals"]
     latencies = [(min(arrivals[eid]) - t) * 1000 for eid, t in committed.items()]
     return {
+        "_latencies": latencies,
         "ordering": ordering,
         "max_in_flight": DEFAULT_IN_FLIGHT,
         "events": len(committed),
         "entities": args.entities,  # the pool the producers draw from
         "rate_target": args.latency_rate,
-        "latency_ms": {
-            q: relay_bench._percentile(latencies, v) for q, v in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
-        },
+        "latency_ms": _quantiles(latencies),
         "out_of_order": _out_of_order(await _journal_order(dsn), arrivals),
     }
+
+
+def _quantiles(latencies: list[float]) -> dict[str, float]:
+    return {q: relay_bench._percentile(latencies, v) for q, v in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))}
+
+
+def _summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One configuration's rounds: the median round by rate; latency: every round's events pooled."""
+    out_of_order = sum(r["out_of_order"] for r in records)
+    if "rate_target" in records[0]:
+        pooled = [v for r in records for v in r.pop("_latencies")]
+        return records[0] | {
+            "events": len(pooled),
+            "latency_ms": _quantiles(pooled),
+            "out_of_order": out_of_order,
+            "rounds": [r["latency_ms"]["p99"] for r in records],
+        }
+    median = sorted(records, key=lambda r: float(r["events_per_s"]))[len(records) // 2]
+    return median | {"out_of_order": out_of_order, "rounds": [r["events_per_s"] for r in records]}
 
 
 async def ceilings(port: int, n: int) -> dict[str, float | None]:
@@ -245,8 +265,8 @@ def _table(
     lines += [
         "",
         "| run | ordering | max_in_flight | events/s | ms/event | of bare pyreqwest POST | CPU s / 1k "
-        "| p50 / p95 / p99 ms | out of order |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| p50 / p95 / p99 ms | each round (events/s; p99 ms) | out of order |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in runs.items():
         lat = r.get("latency_ms")
@@ -259,7 +279,8 @@ def _table(
         latency_text = f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f}" if lat else "—"
         lines.append(
             f"| {name.split('-')[0]} ({r['events']:,} ev, {r.get('entities', '')} ent) | {r['ordering']} "
-            f"| {r['max_in_flight']} | {rate} | {latency_text} | {r['out_of_order']} |"
+            f"| {r['max_in_flight']} | {rate} | {latency_text} | {' / '.join(f'{v:,.0f}' for v in r['rounds'])} "
+            f"| {r['out_of_order']} |"
         )
     lines += ["", "| target (ratio of this run) | this run | goal | met |", "|---|---|---|---|"]
     for key, value in targets.items():
@@ -276,24 +297,29 @@ async def _all(args: argparse.Namespace, dsn: str, workdir: Path) -> tuple[dict[
     rng = random.Random(args.seed)
     pool = _pool(rng, args.entities)
     backlog = [rng.choice(pool) for _ in range(args.events)]
-    runs: dict[str, dict[str, Any]] = {}
-    # Unordered then ordered at each max_in_flight, side by side so drift touches both alike.
-    for m in args.in_flight:
-        for ordering in ("none", "entity"):
-            label = f"drain-{ordering}-{m}"
-            runs[label] = await drain(dsn, args.port, workdir, backlog, ordering, m, label)
-            print(f"{label}: {runs[label]['events_per_s']:,.0f} events/s", flush=True)
-    if args.latency_seconds > 0:
+    rounds: dict[str, list[dict[str, Any]]] = {}
+    # Unordered then ordered, round after round, so a shared machine's drift touches both alike.
+    for k in range(args.rounds):
+        for m in args.in_flight:
+            for ordering in ("none", "entity"):
+                label = f"drain-{ordering}-{m}"
+                record = await drain(dsn, args.port, workdir, backlog, ordering, m, f"{label}-{k}")
+                rounds.setdefault(label, []).append(record)
+                print(f"{label} #{k}: {record['events_per_s']:,.0f} events/s", flush=True)
+    for k in range(args.rounds if args.latency_seconds > 0 else 0):
         for ordering in ("none", "entity"):
             label = f"latency-{ordering}"
-            runs[label] = await latency(dsn, args.port, workdir, args, ordering, label)
-            print(f"{label}: p99 {runs[label]['latency_ms']['p99']:.1f} ms", flush=True)
+            record = await latency(dsn, args.port, workdir, args, ordering, f"{label}-{k}")
+            rounds.setdefault(label, []).append(record)
+            print(f"{label} #{k}: p99 {record['latency_ms']['p99']:.1f} ms", flush=True)
+    runs = {label: _summary(records) for label, records in rounds.items()}
     # Several sizes: an entity's time per event grows with its own backlog (docs/benchmarks.md).
     for size in args.hot_events:
         label = f"hot-{size}"
         runs[label] = await drain(
             dsn, args.port, workdir, [pool[0]] * size, "entity", DEFAULT_IN_FLIGHT, label
         )
+        runs[label]["rounds"] = [runs[label]["events_per_s"]]
         print(f"{label}: {runs[label]['ms_per_event']:.2f} ms/event", flush=True)
     return ceiling, runs
 
@@ -316,6 +342,7 @@ def main() -> None:
         default=[200, 500, 1000],
         help="backlog sizes of the single hot entity, each drained ordered ('' skips)",
     )
+    ap.add_argument("--rounds", type=int, default=3, help="drains and latency runs, alternated")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--dsn", help="admin DSN of a PostgreSQL server (default: embedded pgserver)")
     ap.add_argument("--port", type=int, default=18197, help="the sink's port")
