@@ -89,3 +89,17 @@ def test_tests_count_only_their_own_database_backends() -> None:
                 text = " ".join(node.value.split())
                 if f"FROM {table}" in text and "datname = current_database()" not in text:
                     pytest.fail(f"{path.relative_to(root)}:{node.lineno} reads pg_stat_activity server-wide")
+
+
+# Beside ruff's complexity cap: a module past this many lines is split along its concerns (a new
+# capability gets its own module), so features do not regrow the big ones.
+MODULE_BUDGET_LINES = 420
+
+
+def test_every_module_keeps_to_its_size_budget() -> None:
+    over = {
+        str(p.relative_to(RELAY)): n
+        for p in RELAY.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MODULE_BUDGET_LINES
+    }
+    assert not over, f"split these along their concerns: {over}"
