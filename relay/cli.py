@@ -68,14 +68,12 @@ def validate(
         str, typer.Argument(metavar="FILE|-", help="Events as JSON, a JSON array or JSON lines.")
     ],
     unknown_fields: Annotated[
-        str, typer.Option(help="Policy for fields the contract does not name: keep, drop or reject.")
+        UnknownFields,
+        typer.Option(help="Policy for fields the contract does not name: keep, drop or reject."),
     ] = "keep",
 ) -> None:
     """Validate events against the contracts: exit 0 if all are valid, 1 otherwise."""
-    if unknown_fields not in ("keep", "drop", "reject"):
-        raise InputError("--unknown-fields must be keep, drop or reject")
-    policy: UnknownFields = unknown_fields  # type: ignore[assignment]
-    invalid = _report(list(cli_common.documents(cli_common.read_input(source))), policy, quiet=False)
+    invalid = _report(list(cli_common.documents(cli_common.read_input(source))), unknown_fields, quiet=False)
     raise typer.Exit(1 if invalid else 0)
 
 
@@ -130,9 +128,7 @@ def schemas_export(
 @app.command()
 def run(config: ConfigOption = None, log_level: LogLevel = None, log_format: LogFormat = None) -> None:
     """Run the relay daemon until SIGTERM or SIGINT."""
-    settings = cli_common.load(
-        config, log_level and log_level.value, log_format and log_format.value, secrets=True
-    )
+    settings = cli_common.load(config, log_level, log_format, secrets=True)
     # SIGHUP reads the same sources again (the file, IT_RELAY_* variables, credentials).
     cli_common.run_async(Daemon(settings, reload_settings=lambda: load_settings(config)).run())
 

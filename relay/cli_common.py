@@ -11,7 +11,6 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -20,7 +19,7 @@ from uuid import UUID
 import asyncpg
 import typer
 
-from relay import codec, database, logs, migrate
+from relay import codec, database, logs, migrate, model
 from relay.errors import InputError, UserError
 from relay.model import AuditAction, AuditActionName
 from relay.redaction import MASK, mask_url
@@ -40,7 +39,7 @@ Since = Annotated[datetime | None, typer.Option(help="From this time (UTC if no 
 def load(
     config: Path | None,
     log_level: str | None = None,
-    log_format: str | None = None,
+    log_format: model.LogFormat | None = None,
     *,
     secrets: bool = False,
 ) -> Settings:
@@ -58,7 +57,7 @@ def load(
         )
     logs.configure(
         (log_level or settings.logging.level).upper(),
-        log_format or settings.logging.format,  # type: ignore[arg-type]
+        log_format or settings.logging.format,
     )
     return settings
 
@@ -113,21 +112,12 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
-class Level(StrEnum):
-    DEBUG = "DEBUG"
-    INFO = "INFO"
-    WARNING = "WARNING"
-    ERROR = "ERROR"
-
-
-class Format(StrEnum):
-    json = "json"
-    console = "console"
-    auto = "auto"
-
-
-LogLevel = Annotated[Level | None, typer.Option("--log-level", case_sensitive=False, help="The log level.")]
-LogFormat = Annotated[Format | None, typer.Option("--log-format", help="The log format (default: auto).")]
+LogLevel = Annotated[
+    model.LogLevel | None, typer.Option("--log-level", case_sensitive=False, help="The log level.")
+]
+LogFormat = Annotated[
+    model.LogFormat | None, typer.Option("--log-format", help="The log format (default: auto).")
+]
 
 
 def event_id_option(value: str | None) -> UUID | None:

@@ -7,7 +7,6 @@ import asyncio
 import sys
 from collections.abc import Iterable
 from datetime import datetime
-from enum import StrEnum
 from typing import Annotated
 
 import asyncpg
@@ -17,26 +16,19 @@ from relay import codec, journal, operate, operator_queries
 from relay.cli_audit import arguments_text, done_by
 from relay.cli_common import AsJson, ConfigOption, cut, echo_json, event_id_option, load, with_db
 from relay.display import duration, when
-from relay.model import AttemptRow, AuditEntry, DeliveryHistory, DeliveryRow, Journey
+from relay.model import AttemptRow, AuditEntry, DeliveryHistory, DeliveryRow, DeliveryStatus, Journey
 from relay.settings import Settings
 
 deliveries_app = typer.Typer(help="The delivery log.", no_args_is_help=True)
 
 
-class DeliveryState(StrEnum):
-    """The delivery statuses, as stored and shown everywhere (a retry waits as pending)."""
-
-    pending = "pending"
-    delivered = "delivered"
-    dead = "dead"
-    held = "held"
+# The delivery statuses, as stored and shown everywhere (a retry waits as pending).
+DeliveryState = DeliveryStatus
+Status = Annotated[DeliveryStatus | None, typer.Option(help="The delivery status.")]
 
 
-Status = Annotated[DeliveryState | None, typer.Option(help="The delivery status.")]
-
-
-def status_value(value: DeliveryState | None) -> str | None:
-    return None if value is None else value.value
+def status_value(value: DeliveryStatus | None) -> str | None:
+    return value
 
 
 # The `last` column (HTTP status or error) when not --wide; the whole of it with --wide or --json.

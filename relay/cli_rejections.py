@@ -3,7 +3,6 @@ or dismiss it as junk (each act recorded in the audit)."""
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,17 +24,15 @@ from relay.cli_common import (
 )
 from relay.display import when
 from relay.errors import InputError, UserError
-from relay.model import REJECTION_REASONS, Rejection, RejectionDetail, RejectionRow
+from relay.model import Rejection, RejectionDetail, RejectionReason, RejectionRow
 
 rejections_app = typer.Typer(help="Rejected events: inspect, correct, publish again.", no_args_is_help=True)
-
-Reason = StrEnum("Reason", {r: r for r in REJECTION_REASONS})  # type: ignore[misc]
 
 
 @rejections_app.command("list")
 def rejections_list(
     config: ConfigOption = None,
-    reason: Annotated[Reason | None, typer.Option(help="The rejection reason.")] = None,
+    reason: Annotated[RejectionReason | None, typer.Option(help="The rejection reason.")] = None,
     event_type: Annotated[str | None, typer.Option("--event-type", help="An event type.")] = None,
     since: Since = None,
     resolved: Annotated[bool, typer.Option("--resolved", help="Also those already republished.")] = False,
@@ -49,7 +46,7 @@ def rejections_list(
         settings,
         lambda conn: operator_queries.list_rejections(
             conn,
-            reason=reason and reason.value,
+            reason=reason,
             event_type=operate.event_type_named(event_type),
             since=utc(since),
             resolved=resolved or everything,

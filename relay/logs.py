@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any, Literal, TextIO
+from typing import Any, TextIO
 
 import structlog
 
 from relay import redaction, tracing
-
-LogFormat = Literal["auto", "json", "console"]
+from relay.model import LogFormat
 
 
 def configure(level: str = "INFO", fmt: LogFormat = "auto", stream: TextIO | None = None) -> None:

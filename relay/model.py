@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 from uuid import UUID
 
 # PostgreSQL refuses a NOTIFY payload of 8000 bytes or more; rejected text is kept to this size too.
@@ -30,7 +30,12 @@ RejectionReason = Literal[
     "invalid_text",
     "untrusted_sender",
 ]
-REJECTION_REASONS: Final[tuple[RejectionReason, ...]] = RejectionReason.__args__  # type: ignore[attr-defined]
+REJECTION_REASONS: Final[tuple[RejectionReason, ...]] = get_args(RejectionReason)
+DELIVERY_STATUSES: Final[tuple[DeliveryStatus, ...]] = get_args(DeliveryStatus)
+# How the relay logs, and which HTTP client sends (docs/benchmarks.md chose the default).
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+LogFormat = Literal["auto", "json", "console"]
+Transport = Literal["pyreqwest", "pyqwest", "aiohttp", "httpx-aiohttp", "httpx"]
 OUTCOMES: Final[tuple[Outcome, ...]] = ("delivered", "retry", "dead")
 # An attempt's outcome becomes the delivery's status: a retry waits, pending, for its next round.
 STATUS_AFTER: Final[dict[Outcome, DeliveryStatus]] = {

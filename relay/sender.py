@@ -14,7 +14,7 @@ from base64 import b64encode
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
@@ -22,8 +22,7 @@ import httpx
 
 from relay.error_text import safe_reason
 from relay.errors import RelayError
-
-Transport = Literal["pyreqwest", "pyqwest", "aiohttp", "httpx-aiohttp", "httpx"]
+from relay.model import Transport
 
 
 @dataclass(frozen=True, slots=True)

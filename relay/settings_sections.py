@@ -19,6 +19,8 @@ from pydantic_settings import (
     NoDecode,
 )
 
+from relay.contracts import UnknownFields
+from relay.model import LogFormat, LogLevel, Transport
 from relay.settings_common import (
     _NO_PROXY,
     _READ_SECRETS,
@@ -117,7 +119,7 @@ class DeliverySettings(Section):
     lease_s: PositiveFloat = 60.0
     circuit_failure_threshold: PositiveInt = 5
     circuit_cooldown_s: PositiveFloat = 30.0
-    transport: Literal["pyreqwest", "pyqwest", "aiohttp", "httpx-aiohttp", "httpx"] = "pyreqwest"
+    transport: Transport = "pyreqwest"
     # At most this much of a subscriber's response is read; the rest is discarded with the connection.
     max_response_bytes: Annotated[int, Field(ge=0, le=16 * 1024 * 1024)] = 65536
     # One row per HTTP attempt in it_relay.attempts (time, status or error, duration, excerpt).
@@ -145,7 +147,7 @@ class RetentionSettings(Section):
 
 
 class ValidationSettings(Section):
-    unknown_fields: Literal["keep", "drop", "reject"] = "keep"
+    unknown_fields: UnknownFields = "keep"
 
 
 class SlaTarget(Section):
@@ -233,8 +235,8 @@ class IngestSettings(Section):
 
 
 class LoggingSettings(Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    format: Literal["auto", "json", "console"] = "auto"
+    level: LogLevel = "INFO"
+    format: LogFormat = "auto"
 
     @field_validator("level", mode="before")
     @classmethod

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 
 from relay import journal
 from relay.contracts.examples import example
-from relay.sender import Response, Sender, SendError, Transport, make_sender
+from relay.model import Transport
+from relay.sender import Response, Sender, SendError, make_sender
 from tests.support.relay import cli, path_of, relay_settings, running, wait_for_rows, write_config
 from tests.support.sink import PATIENCE, Sink
 
