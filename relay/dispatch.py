@@ -248,6 +248,11 @@ class Dispatcher:
             self._start(lane, item, probe, None if turns is None else turns.slots[index])
         if len(claimed) == limit:
             return 0
+        if lane.ordered:
+            # Most due rows of an ordered lane wait behind a head (in flight, or waiting out its
+            # retry): asking when the next row is due would say "now" and spin. The lane is woken
+            # when a head's outcome is written here, and looks again every poll interval.
+            return None
         due_in = await self._store.seconds_until_due(lane.name)
         return None if due_in is None else min(max(due_in, 0.005), self._poll_interval_s)
 
