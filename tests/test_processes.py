@@ -300,7 +300,7 @@ async def test_cli_database_errors_are_one_line(tmp_path: Path, sink: Sink) -> N
     )
     result = await cli("deliveries", "list", "--config", str(config))
     assert result.returncode == 1
-    assert result.stderr.startswith("it-relay: error: database: ")
+    assert result.stderr.startswith("it-relay: error: database at 127.0.0.1:1: cannot connect")
     assert "Traceback" not in result.stderr
 
 
