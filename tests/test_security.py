@@ -246,6 +246,10 @@ async def test_the_documented_roles_recipe_runs_and_isolates_tenants(
                     )
                     assert site is not None
                 await sink.wait_for(lambda r: any(b'"TKT-APP"' in x.body for x in r), within=30)
+                # A legacy full-payload notification is journaled by the relay's login too.
+                legacy = example("it_ticket_created") | {"ticket_number": "TKT-LEGACY"}
+                await app.execute("SELECT pg_notify('it_events', $1)", codec.dumps(legacy).decode())
+                await sink.wait_for(lambda r: any(b'"TKT-LEGACY"' in x.body for x in r), within=30)
                 await wait_for_rows(
                     admin,
                     "SELECT count(*) FROM it_relay.deliveries WHERE status = 'delivered'",
