@@ -267,7 +267,7 @@ def status_warnings(
         named = ", ".join(f"{i.host}:{i.pid} ({i.config})" for i in other)
         warnings.append(
             f"{named} run another configuration than this command read ({mine}): "
-            "reload them (SIGHUP: systemctl kill -s HUP it-relay) or give this command their --config"
+            "reload them (SIGHUP: systemctl reload it-relay) or give this command their --config"
         )
     served = {name for i in instances for name in i.subscribers}
     idle = sorted(set(settings.subscribers) - served)
@@ -304,7 +304,7 @@ def backfill_warning(name: str, instances: Sequence[LiveInstance]) -> str | None
         return f"no relay instance is alive: {name}'s deliveries wait until one runs"
     return (
         f"no live instance serves {name} yet: its deliveries wait until one does "
-        "(reload the instances with the new configuration: systemctl kill -s HUP it-relay)"
+        "(reload the instances with the new configuration: systemctl reload it-relay)"
     )
 
 
