@@ -78,7 +78,7 @@ async def test_status_shows_dead_now_and_instances_on_another_configuration(
         f"({instance['config']}) run another configuration than this command read ({report['config']})"
         in other
     )
-    assert "systemctl kill -s HUP it-relay" in other
+    assert "systemctl reload it-relay" in other
     assert idle == "configured here but served by no live instance: GR"
     fa = next(line for line in text.stdout.splitlines() if line.startswith("FA "))
     assert re.match(r"FA\s+served\s+0\s+-\s+-\s+1\s", fa), fa
