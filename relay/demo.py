@@ -25,7 +25,7 @@ from relay.contracts import REGISTRY, SUBSCRIBERS
 from relay.daemon import Daemon
 from relay.errors import UserError
 from relay.settings import load_settings
-from relay.sink import Reply, Sink
+from relay.testing.sink import Reply, Sink
 
 SECRET = "whsec_ZGVtby1zZWNyZXQtZm9yLWl0LXJlbGF5LTAxMjM0NTY3"
 LICENCE_KEY = "VISIO-7H2K9-DEMO-KEY-0001"

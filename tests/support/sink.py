@@ -1,10 +1,10 @@
-"""The tests' webhook subscriber: relay.sink's, with waits scaled for slow machines."""
+"""The tests' webhook subscriber: relay.testing.sink's, with waits scaled for slow machines."""
 
 from __future__ import annotations
 
 import os
 
-from relay import sink as _sink
+from relay.testing import sink as _sink
 
 # Every wait in the tests is for a condition, so a generous bound costs nothing when things go well;
 # CI machines have run four times slower than a developer's. IT_RELAY_TEST_PATIENCE scales them all.
