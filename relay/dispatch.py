@@ -230,22 +230,26 @@ class Dispatcher:
         limiter = lane.limiter
         turns = None
         if limiter is not None:
-            # A rate-limited lane claims no more than the tokens it got, each sent at its slot.
+            # A rate-limited lane claims no more rows than it holds tokens for; each goes at its slot.
             turns = await limiter.take(limit)
-            if not turns.slots:
+            if not turns.claimable:
                 return min(turns.wait_s, self._poll_interval_s)
-            limit = len(turns.slots)
+            limit = turns.claimable
         claimed = await self._store.claim_deliveries(
             lane.name, self._owner, limit, self._settings.lease_s, lane.ordered
         )
         if limiter is not None and turns is not None:
-            await limiter.give_back(turns, len(claimed))
+            try:
+                await limiter.claimed(turns, len(claimed))
+            except Exception:
+                # Never between a claim and its deliveries: a row left unstarted waits for its lease.
+                log.exception("giving back unused rate limit tokens failed", subscriber=lane.name)
         probe = allowed == 1 and bool(claimed)
         if probe:
             lane.breaker.claimed_probe()
         # Sent before asking when the next one is due: that round trip is off the path.
-        for index, item in enumerate(claimed):
-            self._start(lane, item, probe, None if turns is None else turns.slots[index])
+        for item in claimed:
+            self._start(lane, item, probe, paced=limiter is not None)
         if len(claimed) == limit:
             return 0
         if lane.ordered:
@@ -256,23 +260,26 @@ class Dispatcher:
         due_in = await self._store.seconds_until_due(lane.name)
         return None if due_in is None else min(max(due_in, 0.005), self._poll_interval_s)
 
-    def _start(self, lane: Lane, item: ClaimedDelivery, probe: bool, at: float | None = None) -> None:
+    def _start(self, lane: Lane, item: ClaimedDelivery, probe: bool, paced: bool = False) -> None:
         slot = self._slots.take(lane)
-        work = self._deliver(item, slot, probe) if at is None else self._paced(item, slot, probe, at)
+        work = self._paced(item, slot, probe) if paced else self._deliver(item, slot, probe)
         task = asyncio.create_task(work)
         self._tasks[task] = (item.event_id, lane.name)
         task.add_done_callback(self._tasks.pop)
 
-    async def _paced(self, item: ClaimedDelivery, slot: Slot, probe: bool, at: float) -> None:
+    async def _paced(self, item: ClaimedDelivery, slot: Slot, probe: bool) -> None:
         """A rate-limited delivery waits for its slot; if its subscriber is held meanwhile (429
         Retry-After) or the relay stops, it goes back unattempted, its attempt not spent."""
         limiter = slot.lane.limiter
         back = settle(item, [], item.attempts, "unattempted", slot.lane.policy)
         try:
-            go = limiter is None or await limiter.turn(item.event_id, at, self._stopping)
+            go = limiter is None or await limiter.turn(item.event_id, self._stopping)
         except asyncio.CancelledError:
             await self._settle(item, slot, probe, back)
             raise
+        except Exception:
+            log.exception("waiting for a rate limit slot failed", subscriber=slot.lane.name)
+            go = False
         if not go:
             await self._settle(item, slot, probe, back)
             return

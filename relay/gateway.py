@@ -56,8 +56,9 @@ class DeliveryPort(Protocol):
         """Up to `want` slots of the subscriber's shared rate limit (relay.ratelimit)."""
         ...
 
-    async def return_tokens(self, subscriber: str, mark: datetime | float, unused: int, rate: float) -> None:
-        """Give back the last `unused` slots of the grant that left the bucket at `mark`."""
+    async def return_tokens(self, subscriber: str, mark: datetime | float, unused: int, rate: float) -> bool:
+        """Give back the last `unused` slots of the grant that left the bucket at `mark`; False if
+        a later grant was made meanwhile (then they stay spent)."""
         ...
 
     async def hold_tokens(self, subscriber: str, seconds: float) -> None:
@@ -156,9 +157,9 @@ class Gateway:
         async with self._pool.acquire() as conn:
             return await journal.take_tokens(conn, subscriber, want, rate, horizon_s)
 
-    async def return_tokens(self, subscriber: str, mark: datetime | float, unused: int, rate: float) -> None:
+    async def return_tokens(self, subscriber: str, mark: datetime | float, unused: int, rate: float) -> bool:
         async with self._pool.acquire() as conn:
-            await journal.return_tokens(conn, subscriber, mark, unused, rate)
+            return await journal.return_tokens(conn, subscriber, mark, unused, rate)
 
     async def hold_tokens(self, subscriber: str, seconds: float) -> None:
         async with self._pool.acquire() as conn:

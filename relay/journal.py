@@ -283,14 +283,18 @@ async def take_tokens(conn: Conn, subscriber: str, want: int, rate: float, horiz
     """Slots of the subscriber's shared rate limit, taken in one locked statement (relay.ratelimit)."""
     row = await conn.fetchrow(query("take_tokens"), subscriber, want, rate, horizon_s)
     assert row is not None
-    return TokenGrant(row["granted"], row["first_in_s"], row["spacing_s"], row["wait_s"], row["next_slot"])
+    return TokenGrant(
+        row["granted"], row["first_in_s"], row["spacing_s"], row["wait_s"], row["next_slot"], row["now_s"]
+    )
 
 
 @redoable("tokens not given back are unused slots: fewer requests, never more")
 async def return_tokens(
     conn: Conn, subscriber: str, mark: datetime | float, unused: int, rate: float
-) -> None:
-    await conn.execute(query("return_tokens"), subscriber, mark, unused, rate)
+) -> bool:
+    """False when the bucket moved on since the grant (the slots stay spent)."""
+    status = await conn.execute(query("return_tokens"), subscriber, mark, unused, rate)
+    return status.endswith(" 1")
 
 
 @redoable("a lost hold is heard again: the subscriber answers 429 to the next request")

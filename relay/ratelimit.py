@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
-# How far ahead slots are handed out: a claimed delivery waits at most this long for its turn.
+# How far ahead slots are handed out.
 HORIZON_S: Final = 1.0
+# The longest a claimed delivery waits for its slot (two horizons) before it goes back unattempted.
+LONGEST_WAIT_S: Final = 2 * HORIZON_S
 MAX_RATE_PER_S: Final = 10_000.0
 
 
@@ -36,6 +38,9 @@ class TokenGrant:
     wait_s: float
     # The bucket's next_slot after this grant: unused tokens go back only while it is unchanged.
     mark: datetime | float
+    # The bucket's clock when it granted (seconds): slots are placed on it, not on when the answer
+    # was read (a busy loop reads late, and would shift every slot of the grant late).
+    at_s: float = 0.0
 
 
 def take(
@@ -54,9 +59,9 @@ def grant(
     """The grant at `now`, and the bucket's next_slot after it (times in seconds)."""
     granted, start = take(next_slot, now, want, rate, horizon_s)
     if granted == 0:
-        return TokenGrant(0, 0.0, 1 / rate, start - (now + horizon_s), next_slot), next_slot
+        return TokenGrant(0, 0.0, 1 / rate, start - (now + horizon_s), next_slot, now), next_slot
     after = start + granted / rate
-    return TokenGrant(granted, start - now, 1 / rate, 0.0, after), after
+    return TokenGrant(granted, start - now, 1 / rate, 0.0, after, now), after
 
 
 def given_back(next_slot: float, mark: float, unused: int, rate: float) -> float:

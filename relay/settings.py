@@ -129,10 +129,10 @@ class Settings(BaseSettings):
     def _lease_outlives_attempts(self) -> Settings:
         # A lease that ends while its request still runs lets another claim send it again, with
         # the same attempt number: every attempt must end (and be recorded) inside its lease.
-        # A rate-limited subscriber's request may also wait for its turn (up to the limiter's
-        # horizon) before each attempt.
+        # A rate-limited subscriber's request may also wait for its slot (at most two of the
+        # limiter's horizons) before each attempt.
         d = self.delivery
-        paced = (1 + d.inprocess_retries) * ratelimit.HORIZON_S
+        paced = (1 + d.inprocess_retries) * ratelimit.LONGEST_WAIT_S
         claims = {"delivery.timeout_s": (d.timeout_s, 0.0)} | {
             f"subscribers.{n}.timeout_s": (s.timeout_s or d.timeout_s, paced if s.rate_limit_per_s else 0.0)
             for n, s in self.subscribers.items()

@@ -23,6 +23,9 @@ from relay.settings import SubscriberSettings, load_settings
 from tests.support.cli import run_cli
 from tests.support.relay import SECRET, relay_settings, running, wait_for_rows, write_config
 from tests.support.sink import Reply, Sink
+from tests.test_loops_twin import Relay, make_relay
+
+__all__ = ["make_relay"]  # the twin's fixture, shared with tests/test_loops_twin.py
 
 INCIDENT = example("it_security_incident_created")
 VULNERABILITY = example("it_critical_vulnerability_detected")
@@ -273,3 +276,41 @@ async def test_static_headers_are_received_and_never_stored_or_shown(
     fa = json.loads(shown.stdout)["subscribers"]["FA"]
     assert fa["headers"] == {"Authorization": "**********"}
     assert token not in shown.stdout and "key-from-a-file" not in shown.stdout
+
+
+async def test_a_reload_swaps_every_policy_value_on_the_lane_and_the_router(make_relay: Any) -> None:
+    relay: Relay = await make_relay()
+    lane = relay.dispatcher.lanes["FA"]
+    assert lane.limiter is None and lane.filter is None
+    assert lane.policy.retry_on_status == frozenset({408, 425, 429})
+
+    def conf(**policy: Any) -> SubscriberSettings:
+        return SubscriberSettings.model_validate({"url": "http://fa.invalid/hook", "secret": SECRET} | policy)
+
+    reloaded = conf(
+        rate_limit_per_s=5,
+        retry_on_status=[404],
+        retry_schedule_s=[1, 2],
+        headers={"Authorization": "Bearer reloaded-token"},
+        filter={"asset_tag": {"$startsWith": "KEEP"}},
+    )
+    relay.dispatcher.reconfigure({"FA": reloaded}, {"FA": relay.destination})
+    relay.router.serve({"FA": reloaded})
+    limiter = lane.limiter
+    assert limiter is not None and limiter.rate_per_s == 5
+    assert lane.policy.retry_on_status == frozenset({404})
+    assert list(lane.policy.schedule_s) == [1.0, 2.0]
+    assert lane.target.headers == {"Authorization": "Bearer reloaded-token"}
+    assert lane.filter == {"asset_tag": {"$startsWith": "KEEP"}}
+    # Routing follows the new filter at once.
+    await relay.publish(1, tag="DROP")
+    kept = await relay.publish(1, tag="KEEP")
+    assert [k[0] for k in relay.twin.deliveries] == kept
+    # A later reload keeps the limiter (and a hold it may be under), with the new rate...
+    relay.dispatcher.reconfigure({"FA": conf(rate_limit_per_s=7)}, {"FA": relay.destination})
+    assert lane.limiter is limiter and limiter.rate_per_s == 7
+    # ... and one without the key removes it: the lane sends straight to its destination again.
+    relay.dispatcher.reconfigure({"FA": conf()}, {"FA": relay.destination})
+    unlimited = relay.dispatcher.lanes["FA"]
+    assert unlimited.limiter is None and unlimited.filter is None
+    assert unlimited.destination is relay.destination

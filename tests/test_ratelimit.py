@@ -182,8 +182,8 @@ async def test_a_lane_sends_at_the_rate_and_never_in_a_burst(limited: Any) -> No
     await relay.publish(30)
     await wait_until(lambda: relay.statuses() == {"delivered": 30}, within=10)
     sent = relay.destination.sent_at  # type: ignore[attr-defined]
-    gaps = [b - a for a, b in itertools.pairwise(sent)]
-    assert min(gaps) >= 1 / 20 - 0.01
+    # A slot used late (at most half a slot: the limiter's slack) brings the next one closer.
+    assert min(b - a for a, b in itertools.pairwise(sent)) >= 0.5 / 20 - 0.005
     assert windows(sent) <= 21
     # Claimed no more than the tokens it had: every attempt was a first attempt.
     assert {d.attempts for d in relay.twin.deliveries.values()} == {1}
@@ -199,7 +199,7 @@ async def test_after_a_pause_the_first_goes_at_once_and_the_rest_at_the_rate(lim
     await wait_until(lambda: relay.statuses() == {"delivered": 15}, within=10)
     later = relay.destination.sent_at[before:]  # type: ignore[attr-defined]
     assert windows(later) <= 11
-    assert min(b - a for a, b in itertools.pairwise(later)) >= 0.1 - 0.01
+    assert min(b - a for a, b in itertools.pairwise(later)) >= 0.05 - 0.005
 
 
 async def test_a_429_with_retry_after_holds_the_subscriber_without_spending_attempts(limited: Any) -> None:
@@ -240,7 +240,8 @@ async def test_quick_retries_take_their_own_slot(limited: Any) -> None:
     await relay.publish(4)
     await wait_until(lambda: relay.statuses() == {"delivered": 4}, within=10)
     sent = relay.destination.sent_at  # type: ignore[attr-defined]
-    assert min(b - a for a, b in itertools.pairwise(sent)) >= 0.1 - 0.01
+    assert min(b - a for a, b in itertools.pairwise(sent)) >= 0.05 - 0.005
+    assert windows(sent) <= 11
 
 
 # ─── Two relay processes, one subscriber ────────────────────────────────────────────────────────

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from relay import broker_routes
 from relay.errors import ConfigError
-from relay.settings import Settings, load_settings, masked
+from relay.settings import Settings, SubscriberSettings, load_settings, masked
 from tests.support.relay import example_credentials
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -451,3 +451,145 @@ def test_the_examples_broker_subscribers_are_valid(tmp_path: Path, monkeypatch: 
     assert settings.subscribers["IT-07"].kind == "amqp" and settings.subscribers["PF-11"].kind == "nats"
     assert settings.subscribers["IT-07"].broker_url() == "amqps://it-relay:mq-password@mq.internal:5671/it"
     assert settings.subscribers["PF-11"].broker_url() == "nats://it-relay:nats-password@nats.internal:4222"
+
+
+# ─── Per-subscriber policy: filter, rate_limit_per_s, retry_schedule_s, retry_on_status, headers ───
+
+
+def test_every_subscriber_key_is_documented_in_the_example() -> None:
+    text = EXAMPLE.read_text()
+    for key in SubscriberSettings.model_fields:
+        assert f"{key} =" in text, f"subscribers.NAME.{key}"
+
+
+def test_the_examples_policy_table_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = EXAMPLE.read_text()
+    table = text[text.index("# [subscribers.GR]") : text.index("# A broker subscriber")]
+    uncommented = "\n".join(line.removeprefix("#").removeprefix(" ") for line in table.splitlines())
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "gr-webhook-secret").write_text(SECRET)
+    (creds / "gr-gateway-token").write_text("gateway-token-0042")
+    (tmp_path / "key").write_text("api-key-0042\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    gr = load_settings(
+        _write(tmp_path, uncommented.replace("/etc/it-relay/gr-api.key", str(tmp_path / "key")))
+    )
+    conf = gr.subscribers["GR"]
+    assert conf.filter == {"severity": {"$in": ["critical", "high"]}}
+    assert (conf.rate_limit_per_s, conf.retry_schedule(gr.delivery)) == (50, [1, 10, 60])
+    assert conf.retryable_statuses() == {404, 408, 425, 429}
+    assert conf.static_headers() == {
+        "Authorization": "Bearer ...",
+        "X-Api-Key": "api-key-0042",
+        "X-Gateway-Token": "gateway-token-0042",
+    }
+
+
+def test_the_policy_defaults_are_todays() -> None:
+    settings = load_settings(None, subscribers={"FA": {"url": "https://a/", "secret": SECRET}})
+    fa = settings.subscribers["FA"]
+    assert fa.retry_schedule(settings.delivery) == settings.delivery.retry_schedule_s
+    assert fa.retryable_statuses() == {408, 425, 429}
+    assert (fa.filter, fa.rate_limit_per_s, fa.static_headers()) == (None, None, {})
+
+
+FA = f"[subscribers.FA]\nurl = 'https://a/'\nsecret = '{SECRET}'\n"
+
+
+@pytest.mark.parametrize(
+    ("keys", "named"),
+    [
+        ("filter = { license_key = 'x' }", "subscribers.FA.filter.license_key: names a licence key"),
+        (
+            "filter = { 'Licence-Key' = { '$exist' = true } }",
+            "subscribers.FA.filter.Licence-Key: names a licence key",
+        ),
+        (
+            "filter = { severity = 'high' }",
+            "subscribers.FA.filter.severity: no event routed to FA has this field",
+        ),
+        (
+            "filter = { asset_tag = { '$like' = 'A%' } }",
+            "subscribers.FA.filter.asset_tag.$like: unknown operator",
+        ),
+        (
+            "filter = { purchase_cost = { '$gt' = 'lots' } }",
+            "subscribers.FA.filter.purchase_cost.$gt: 'lots' does not fit",
+        ),
+        (
+            "filter = { asset_type = 'spaceship' }",
+            "subscribers.FA.filter.asset_type: 'spaceship' does not fit",
+        ),
+        (
+            "filter = { purchase_cost = { '$gt' = nan } }",
+            "subscribers.FA.filter.purchase_cost.$gt: not a finite number",
+        ),
+        ("filter = 'everything'", "subscribers.FA.filter: Input should be a valid dictionary"),
+        ("rate_limit_per_s = 0", "subscribers.FA.rate_limit_per_s: Input should be greater than 0"),
+        (
+            "rate_limit_per_s = 1e9",
+            "subscribers.FA.rate_limit_per_s: Input should be less than or equal to 10000",
+        ),
+        ("retry_schedule_s = []", "subscribers.FA.retry_schedule_s: List should have at least 1 item"),
+        (
+            "retry_schedule_s = [-1]",
+            "subscribers.FA.retry_schedule_s[0]: Input should be greater than or equal to 0",
+        ),
+        ("retry_on_status = [404, 503]", "subscribers.FA.retry_on_status: 503 is not a 4xx status"),
+        ("retry_on_status = [200]", "subscribers.FA.retry_on_status: 200 is not a 4xx status"),
+        (
+            "headers = { Webhook-Signature = 'v1,x' }",
+            "subscribers.FA.headers: Webhook-Signature is set by the relay",
+        ),
+        (
+            "headers = { Content-Type = 'text/plain' }",
+            "subscribers.FA.headers: Content-Type is set by the relay",
+        ),
+        (
+            "headers = { x-it-event-type = 'x' }",
+            "subscribers.FA.headers: x-it-event-type is set by the relay",
+        ),
+        ("headers = { ce-id = 'x' }", "subscribers.FA.headers: ce-id is set by the relay"),
+        ("headers = { 'X Bad' = 'x' }", "subscribers.FA.headers: 'X Bad' is not a header name"),
+        (
+            'headers = { X-Token = "a\\nInjected: yes" }',
+            "subscribers.FA: headers.X-Token: the value must be visible ASCII",
+        ),
+        ("headers = { X-Token = '' }", "subscribers.FA: headers.X-Token: the value is empty"),
+        (
+            "headers = { X-Token = 'a' }\nheaders_file = { x-token = '/x' }",
+            "subscribers.FA: headers: x-token is named twice",
+        ),
+        (
+            "headers_file = { X-Token = '/nonexistent/token' }",
+            "subscribers.FA: cannot read headers_file.X-Token from",
+        ),
+        (
+            "headers_credential = { X-Token = 'tok' }",
+            "subscribers.FA: headers_credential.X-Token needs $CREDENTIALS_DIRECTORY",
+        ),
+    ],
+)
+def test_a_bad_policy_key_is_named_on_one_line(tmp_path: Path, keys: str, named: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write(tmp_path, FA + keys + "\n"))
+    assert named in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_header_value_is_never_shown_in_an_error_nor_by_check_config(tmp_path: Path) -> None:
+    secret = "Bearer very-secret-token-123"
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write(tmp_path, FA + f'headers = {{ X-Token = "{secret}\\u0007" }}\n'))
+    assert "very-secret" not in str(info.value)
+    shown = masked(load_settings(_write(tmp_path, FA + f"headers = {{ Authorization = '{secret}' }}\n")))
+    assert shown["subscribers"]["FA"]["headers"] == {"Authorization": "**********"}
+    assert "very-secret" not in json.dumps(shown)
+
+
+def test_a_rate_limited_subscribers_lease_covers_its_wait_for_a_slot() -> None:
+    fa = {"url": "https://a/", "secret": SECRET, "rate_limit_per_s": 5}
+    with pytest.raises(ConfigError, match=r"2 s waiting for the rate limit.*use at least 13"):
+        load_settings(None, delivery={"lease_s": 12.5, "inprocess_retries": 0}, subscribers={"FA": fa})
+    assert load_settings(None, delivery={"lease_s": 13, "inprocess_retries": 0}, subscribers={"FA": fa})

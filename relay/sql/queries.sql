@@ -107,6 +107,44 @@ RETURNING d.event_id, d.event_type, d.attempts, d.failed_rounds, e.payload::text
 -- As claim_deliveries, for a subscriber with ordering = "entity": only an entity's head — no
 -- earlier delivery of its entity to this subscriber unfinished (pending, in flight, held), no
 -- earlier event of its entity still unrouted — so one per entity is in flight, in journal order.
+-- The heads are found entity by entity (a skip scan of deliveries_entity_idx: one probe per entity
+-- with unfinished deliveries), never by reading the rows queued behind them, so a hot entity's
+-- backlog costs its claims nothing. Deliveries without an entity are claimed as unordered ones.
+WITH RECURSIVE heads AS (
+    (SELECT h.entity_key, h.seq
+       FROM it_relay.deliveries h
+      WHERE h.subscriber = $1 AND h.status IN ('pending', 'held') AND h.entity_key IS NOT NULL
+      ORDER BY h.entity_key, h.seq
+      LIMIT 1)
+    UNION ALL
+    SELECT n.entity_key, n.seq
+      FROM heads p
+     CROSS JOIN LATERAL (
+            SELECT h.entity_key, h.seq
+              FROM it_relay.deliveries h
+             WHERE h.subscriber = $1 AND h.status IN ('pending', 'held') AND h.entity_key IS NOT NULL
+               AND h.entity_key > p.entity_key
+             ORDER BY h.entity_key, h.seq
+             LIMIT 1) n
+), candidates AS (
+    SELECT c.event_id
+      FROM heads x
+      JOIN it_relay.deliveries c ON c.subscriber = $1 AND c.entity_key = x.entity_key AND c.seq = x.seq
+     WHERE c.status = 'pending'
+       AND c.next_attempt_at <= clock_timestamp()
+       AND (c.lease_expires_at IS NULL OR c.lease_expires_at < clock_timestamp())
+       AND NOT EXISTS (SELECT 1 FROM it_relay.events u
+                        WHERE u.entity_key = c.entity_key AND u.seq < c.seq AND u.status = 'pending')
+    UNION ALL
+    (SELECT c.event_id
+       FROM it_relay.deliveries c
+      WHERE c.subscriber = $1 AND c.entity_key IS NULL
+        AND c.status = 'pending'
+        AND c.next_attempt_at <= clock_timestamp()
+        AND (c.lease_expires_at IS NULL OR c.lease_expires_at < clock_timestamp())
+      ORDER BY c.next_attempt_at, c.seq
+      LIMIT $3)
+)
 UPDATE it_relay.deliveries d
    SET lease_owner = $2, lease_expires_at = clock_timestamp() + make_interval(secs => $4),
        attempts = d.attempts + 1
@@ -116,12 +154,7 @@ UPDATE it_relay.deliveries d
            AND c.status = 'pending'
            AND c.next_attempt_at <= clock_timestamp()
            AND (c.lease_expires_at IS NULL OR c.lease_expires_at < clock_timestamp())
-           AND (c.entity_key IS NULL OR (
-                NOT EXISTS (SELECT 1 FROM it_relay.deliveries p
-                             WHERE p.subscriber = c.subscriber AND p.entity_key = c.entity_key
-                               AND p.seq < c.seq AND p.status IN ('pending', 'held'))
-                AND NOT EXISTS (SELECT 1 FROM it_relay.events u
-                                 WHERE u.entity_key = c.entity_key AND u.seq < c.seq AND u.status = 'pending')))
+           AND c.event_id IN (SELECT event_id FROM candidates)
          ORDER BY c.next_attempt_at, c.seq
          LIMIT $3
            FOR UPDATE SKIP LOCKED) c,
@@ -673,7 +706,7 @@ SELECT to_regclass('public.it_assets') IS NOT NULL;
 
 -- name: take_tokens
 -- Slots of a subscriber's shared rate limit (0012_rate_limit.sql; relay/ratelimit.py).
-SELECT granted, first_in_s, spacing_s, wait_s, next_slot FROM it_relay.take_tokens($1, $2, $3, $4);
+SELECT granted, first_in_s, spacing_s, wait_s, next_slot, now_s FROM it_relay.take_tokens($1, $2, $3, $4);
 
 -- name: return_tokens
 -- The unused tail of a grant back to the bucket, only while nobody took a slot after it ($2).

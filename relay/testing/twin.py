@@ -214,9 +214,12 @@ class Twin:
         self.next_slot[subscriber] = after
         return granted
 
-    async def return_tokens(self, subscriber: str, mark: datetime | float, unused: int, rate: float) -> None:
-        if subscriber in self.next_slot and isinstance(mark, float):
-            self.next_slot[subscriber] = ratelimit.given_back(self.next_slot[subscriber], mark, unused, rate)
+    async def return_tokens(self, subscriber: str, mark: datetime | float, unused: int, rate: float) -> bool:
+        before = self.next_slot.get(subscriber)
+        if before is None or not isinstance(mark, float):
+            return False
+        self.next_slot[subscriber] = ratelimit.given_back(before, mark, unused, rate)
+        return self.next_slot[subscriber] != before
 
     async def hold_tokens(self, subscriber: str, seconds: float) -> None:
         now = self.clock()

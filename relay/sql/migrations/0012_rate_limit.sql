@@ -11,13 +11,14 @@ CREATE TABLE it_relay.rate_limits (
 );
 
 -- Tokens for up to p_want requests at p_rate per second. granted = 0: none before the horizon
--- (wait_s says when to ask again). first_in_s: the first slot, from now; spacing_s: between slots;
--- next_slot: the bucket after this grant (give unused tokens back while it is unchanged).
+-- (wait_s says when to ask again). first_in_s: the first slot, from now_s (this server's clock at
+-- the grant, epoch seconds); spacing_s: between slots; next_slot: the bucket after this grant
+-- (give unused tokens back while it is unchanged).
 -- The clock is read after the row is locked, so a wait for the lock never hands out past slots.
 CREATE FUNCTION it_relay.take_tokens(
     p_subscriber text, p_want integer, p_rate double precision, p_horizon_s double precision,
     OUT granted integer, OUT first_in_s double precision, OUT spacing_s double precision,
-    OUT wait_s double precision, OUT next_slot timestamptz)
+    OUT wait_s double precision, OUT next_slot timestamptz, OUT now_s double precision)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -27,9 +28,14 @@ DECLARE
     v_start timestamptz;
     v_ahead double precision;
 BEGIN
-    INSERT INTO it_relay.rate_limits (subscriber) VALUES (p_subscriber) ON CONFLICT (subscriber) DO NOTHING;
     SELECT r.next_slot INTO v_slot FROM it_relay.rate_limits r WHERE r.subscriber = p_subscriber FOR UPDATE;
+    IF NOT FOUND THEN
+        -- The subscriber's first grant: its row, made once whoever comes first.
+        INSERT INTO it_relay.rate_limits (subscriber) VALUES (p_subscriber) ON CONFLICT (subscriber) DO NOTHING;
+        SELECT r.next_slot INTO v_slot FROM it_relay.rate_limits r WHERE r.subscriber = p_subscriber FOR UPDATE;
+    END IF;
     v_now := clock_timestamp();
+    now_s := extract(epoch FROM v_now);
     v_start := greatest(v_slot, v_now);
     v_ahead := extract(epoch FROM (v_now - v_start)) + p_horizon_s;
     spacing_s := 1.0 / p_rate;
