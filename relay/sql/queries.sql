@@ -127,14 +127,18 @@ WITH RECURSIVE heads AS (
              ORDER BY h.entity_key, h.seq
              LIMIT 1) n
 ), candidates AS (
+    -- Each head looked up by its key (LATERAL: one index probe per head, never a scan).
     SELECT c.event_id
       FROM heads x
-      JOIN it_relay.deliveries c ON c.subscriber = $1 AND c.entity_key = x.entity_key AND c.seq = x.seq
-     WHERE c.status = 'pending'
-       AND c.next_attempt_at <= clock_timestamp()
-       AND (c.lease_expires_at IS NULL OR c.lease_expires_at < clock_timestamp())
-       AND NOT EXISTS (SELECT 1 FROM it_relay.events u
-                        WHERE u.entity_key = c.entity_key AND u.seq < c.seq AND u.status = 'pending')
+     CROSS JOIN LATERAL (
+            SELECT c.event_id
+              FROM it_relay.deliveries c
+             WHERE c.subscriber = $1 AND c.entity_key = x.entity_key AND c.seq = x.seq
+               AND c.status = 'pending'
+               AND c.next_attempt_at <= clock_timestamp()
+               AND (c.lease_expires_at IS NULL OR c.lease_expires_at < clock_timestamp())
+               AND NOT EXISTS (SELECT 1 FROM it_relay.events u
+                                WHERE u.entity_key = c.entity_key AND u.seq < c.seq AND u.status = 'pending')) c
     UNION ALL
     (SELECT c.event_id
        FROM it_relay.deliveries c
@@ -149,15 +153,14 @@ UPDATE it_relay.deliveries d
    SET lease_owner = $2, lease_expires_at = clock_timestamp() + make_interval(secs => $4),
        attempts = d.attempts + 1
   FROM (SELECT c.event_id, c.subscriber
-          FROM it_relay.deliveries c
-         WHERE c.subscriber = $1
-           AND c.status = 'pending'
+          FROM candidates k
+          JOIN it_relay.deliveries c ON c.event_id = k.event_id AND c.subscriber = $1
+         WHERE c.status = 'pending'
            AND c.next_attempt_at <= clock_timestamp()
            AND (c.lease_expires_at IS NULL OR c.lease_expires_at < clock_timestamp())
-           AND c.event_id IN (SELECT event_id FROM candidates)
          ORDER BY c.next_attempt_at, c.seq
          LIMIT $3
-           FOR UPDATE SKIP LOCKED) c,
+           FOR UPDATE OF c SKIP LOCKED) c,
        it_relay.events e
  WHERE d.event_id = c.event_id AND d.subscriber = c.subscriber AND e.event_id = d.event_id
 RETURNING d.event_id, d.event_type, d.attempts, d.failed_rounds, e.payload::text AS body, e.created_at,
