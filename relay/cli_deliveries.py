@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Annotated
 
@@ -18,6 +18,7 @@ from relay.cli_common import AsJson, ConfigOption, cut, echo_json, event_id_opti
 from relay.display import duration, when
 from relay.model import AttemptRow, AuditEntry, DeliveryHistory, DeliveryRow, DeliveryStatus, Journey
 from relay.settings import Settings
+from relay.subscriber_policy import SubscriberPolicy, policies, policy_text
 
 deliveries_app = typer.Typer(help="The delivery log.", no_args_is_help=True)
 
@@ -146,13 +147,14 @@ def deliveries_show(
     if as_json:
         echo_json(journey)
         return
-    for line in journey_lines(journey):
+    for line in journey_lines(journey, {p.subscriber: p for p in policies(settings)}):
         typer.echo(line)
 
 
-def journey_lines(journey: Journey) -> list[str]:
+def journey_lines(journey: Journey, policy: Mapping[str, SubscriberPolicy] | None = None) -> list[str]:
     """The journey as `deliveries show` prints it: the event, its rejection and how that ended,
-    then each delivery's attempts and the actions on it, in time order."""
+    then each delivery (with the policy its subscriber follows) its attempts and the actions on
+    it, in time order."""
     lines: list[str] = []
     event = journey.event
     for_event = [
@@ -171,7 +173,11 @@ def journey_lines(journey: Journey) -> list[str]:
     if not journey.deliveries:
         lines.append("no deliveries")
     for d in journey.deliveries:
-        lines += _delivery_lines(d, [a for a in journey.audit if a.subscriber == d.subscriber])
+        delivery = _delivery_lines(d, [a for a in journey.audit if a.subscriber == d.subscriber])
+        followed = (policy or {}).get(d.subscriber)
+        if followed is not None:
+            delivery.insert(1, f"  policy: {policy_text(followed)}")
+        lines += delivery
     return lines
 
 

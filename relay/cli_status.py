@@ -14,6 +14,7 @@ from relay import operate
 from relay.cli_common import AsJson, ConfigOption, cut, echo_json, load, with_db
 from relay.display import duration, when
 from relay.operate import StatusReport
+from relay.subscriber_policy import policy_text
 
 # Seconds between two redraws of --watch.
 WATCH_EVERY_S = 2.0
@@ -65,6 +66,9 @@ def status_lines(report: StatusReport) -> list[str]:
             f"{_age(s.latency_p50_s):>6} {_age(s.latency_p99_s):>6} {s.circuit:7} "
             f"{when(s.last_success):23} {cut(s.last_error or '', 40)}".rstrip()
         )
+    if report.policies:
+        lines.append("policies (this configuration):")
+        lines += [f"  {p.subscriber}: {policy_text(p)}" for p in report.policies]
     lines.append(f"events not routed yet: {report.unrouted_events}")
     lines.append(f"instances alive: {len(report.instances)} (this command's configuration: {report.config})")
     for i in report.instances:

@@ -7,7 +7,7 @@ the record serialised)."""
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
@@ -30,6 +30,7 @@ from relay.model import (
 )
 from relay.redaction import scrub_external
 from relay.settings import Settings, canonical_subscriber, fingerprint
+from relay.subscriber_policy import SubscriberPolicy, policies
 
 Serving = Literal["served", "paused", "not served"]
 
@@ -216,6 +217,8 @@ class StatusReport:
     instances: list[LiveInstance]
     config: str
     warnings: list[str]
+    # What each configured subscriber's deliveries follow (filter, rate limit, retries, headers).
+    policies: list[SubscriberPolicy] = field(default_factory=list)
 
 
 async def status(conn: Conn, settings: Settings) -> StatusReport:
@@ -247,6 +250,7 @@ def status_report(
         instances=list(instances),
         config=mine,
         warnings=status_warnings(settings, mine, instances, unrouted),
+        policies=policies(settings),
     )
 
 

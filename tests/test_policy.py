@@ -200,7 +200,7 @@ async def test_filters_test_shows_which_events_of_a_file_would_pass(tmp_path: Pa
 
 
 async def test_each_subscriber_retries_on_its_own_schedule_and_statuses(
-    relay_db: str, db: asyncpg.Connection, sink: Sink
+    tmp_path: Path, relay_db: str, db: asyncpg.Connection, sink: Sink
 ) -> None:
     # FA's deploys answer 404 for a while: retried, on its own short schedule, then dead.
     # HR's 404 means gone; its 503s follow the default schedule (3 waits) and then succeed.
@@ -225,6 +225,28 @@ async def test_each_subscriber_retries_on_its_own_schedule_and_statuses(
     first, second = sink.at("/fa")
     assert second.at - first.at >= 0.5 - 0.05
     assert len(sink.at("/fa")) == 2  # FA's schedule has one wait: two attempts, then dead
+    # `deliveries show` and `status` say which policy each subscriber's deliveries follow.
+    config = write_config(tmp_path / "relay.toml", settings)
+    shown = await run_cli("deliveries", "show", purchased, "--config", str(config))
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("FA:"))
+    assert (
+        lines[at + 1]
+        == "  policy: no filter; no rate limit; retried after 500ms (own); 4xx retried: 404 (own)"
+    )
+    status = await run_cli("status", "--config", str(config))
+    assert status.returncode == 0, status.stderr
+    assert (
+        "  FA: no filter; no rate limit; retried after 500ms (own); 4xx retried: 404 (own)" in status.stdout
+    )
+    assert (
+        "  HR: no filter; no rate limit; retried after 300ms, 300ms, 300ms (delivery's); "
+        "4xx retried: 408, 425, 429 (default)"
+    ) in status.stdout
+    as_json = await run_cli("status", "--config", str(config), "--json")
+    policies = {p["subscriber"]: p for p in json.loads(as_json.stdout)["policies"]}
+    assert policies["FA"]["retry_on_status"] == [404] and policies["FA"]["statuses_from"] == "subscriber"
 
 
 async def test_static_headers_are_received_and_never_stored_or_shown(
@@ -276,6 +298,10 @@ async def test_static_headers_are_received_and_never_stored_or_shown(
     fa = json.loads(shown.stdout)["subscribers"]["FA"]
     assert fa["headers"] == {"Authorization": "**********"}
     assert token not in shown.stdout and "key-from-a-file" not in shown.stdout
+    # `status` names the headers a subscriber's requests carry, never their values.
+    status = await run_cli("status", "--config", str(write_config(tmp_path / "relay2.toml", settings)))
+    assert "headers Authorization, X-Api-Key, X-Tenant-Token" in status.stdout
+    assert token not in status.stdout and "tenant-credential" not in status.stdout
 
 
 async def test_a_reload_swaps_every_policy_value_on_the_lane_and_the_router(make_relay: Any) -> None:
