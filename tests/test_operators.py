@@ -239,11 +239,14 @@ async def test_deliveries_list_follow_streams_new_outcomes(
             event_id = str(await journal.publish(db, example("it_ticket_created")))
             line = await asyncio.wait_for(_line_with(follow, event_id), 30 * PATIENCE)
         assert json.loads(line)["status"] == "delivered"
-        # The command's own connection is named apart from the daemon's in pg_stat_activity.
-        names = await db.fetch(
-            "SELECT application_name FROM pg_stat_activity WHERE datname = current_database()"
+        # The command's own connection is named apart from the daemon's in pg_stat_activity (it
+        # connects for each poll: wait until one is seen).
+        await wait_for_rows(
+            db,
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = 'it-relay:cli'",
+            lambda v: v >= 1,
         )
-        assert "it-relay:cli" in {r["application_name"] for r in names}
     finally:
         follow.terminate()
         follow.wait(10)
