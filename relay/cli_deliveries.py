@@ -153,8 +153,8 @@ def deliveries_show(
 
 def journey_lines(journey: Journey, policy: Mapping[str, SubscriberPolicy] | None = None) -> list[str]:
     """The journey as `deliveries show` prints it: the event, its rejection and how that ended,
-    then each delivery (with the policy its subscriber follows) its attempts and the actions on
-    it, in time order."""
+    then the policy each subscriber follows, and each delivery's attempts and the actions on it,
+    in time order."""
     lines: list[str] = []
     event = journey.event
     for_event = [
@@ -172,12 +172,12 @@ def journey_lines(journey: Journey, policy: Mapping[str, SubscriberPolicy] | Non
     lines += [f"{done_by(a)}: {arguments_text(a.arguments)}" for a in for_event]
     if not journey.deliveries:
         lines.append("no deliveries")
+    followed = [p for d in journey.deliveries if (p := (policy or {}).get(d.subscriber)) is not None]
+    if followed:
+        lines.append("policies its deliveries follow (this configuration):")
+        lines += [f"  {p.subscriber}: {policy_text(p)}" for p in followed]
     for d in journey.deliveries:
-        delivery = _delivery_lines(d, [a for a in journey.audit if a.subscriber == d.subscriber])
-        followed = (policy or {}).get(d.subscriber)
-        if followed is not None:
-            delivery.insert(1, f"  policy: {policy_text(followed)}")
-        lines += delivery
+        lines += _delivery_lines(d, [a for a in journey.audit if a.subscriber == d.subscriber])
     return lines
 
 

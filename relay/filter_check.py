@@ -10,14 +10,14 @@ the field can have (a string against a string field, one of an enumeration's val
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final
 
 from relay.contracts import REGISTRY
 from relay.filters import LOGICAL, OPERATORS
-from relay.redaction import is_sensitive_key
+from relay.redaction import assigns_key, is_sensitive_key
 
 # Conditions nest this deep at most (the evaluator gives up at twice as deep).
 MAX_NESTING: Final = 16
@@ -95,14 +95,19 @@ def problem(condition: Any, subscriber: str) -> str | None:
     """The first reason to refuse `condition` as `subscriber`'s filter, as "<path>: <why>"."""
     if not isinstance(condition, Mapping):
         return ': a filter is a table of conditions, e.g. { severity = { "$in" = ["high"] } }'
-    infinite = _non_finite(condition, "")
+    # Checked before any message could quote it: a value that gives a licence key is never shown.
+    licence = _found(condition, "", lambda v: isinstance(v, str) and assigns_key(v))
+    if licence is not None:
+        return f"{licence}: its value gives a licence key, which is redacted before any filter sees it"
+    infinite = _found(condition, "", lambda v: isinstance(v, float) and not math.isfinite(v))
     if infinite is not None:
         return f"{infinite}: not a finite number (nan and inf match nothing)"
     return _Check(subscriber).table(condition, None, "", 0)
 
 
-def _non_finite(value: Any, path: str) -> str | None:
-    if isinstance(value, float) and not math.isfinite(value):
+def _found(value: Any, path: str, bad: Callable[[Any], bool]) -> str | None:
+    """The path of the first value (a key too) in `value` that is `bad`."""
+    if bad(value):
         return path or "(filter)"
     if isinstance(value, Mapping):
         items: list[tuple[Any, Any]] = list(value.items())
@@ -111,8 +116,15 @@ def _non_finite(value: Any, path: str) -> str | None:
     else:
         return None
     for key, sub in items:
-        at = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else str(key)
-        if (found := _non_finite(sub, at)) is not None:
+        if isinstance(key, int):
+            at = f"{path}[{key}]"
+        else:
+            # A key that is itself bad is named by its place, never shown.
+            name = "(a key)" if bad(key) else str(key)
+            at = f"{path}.{name}" if path else name
+            if bad(key):
+                return at
+        if (found := _found(sub, at, bad)) is not None:
             return found
     return None
 

@@ -288,6 +288,13 @@ def test_filters_that_fit_the_contracts_are_taken(subscriber: str, condition: di
         ("GR", {"license_key": {"$exist": True}}, "license_key: names a licence key"),
         ("FA", {"License-Key": "x"}, "License-Key: names a licence key"),
         ("FA", {"$or": [{"licence_key_hash": "x"}]}, "$or[0].licence_key_hash: names a licence key"),
+        (
+            "GR",
+            {"description": {"$in": "license_key=ABCD-1234"}},
+            "description.$in: its value gives a licence key",
+        ),
+        ("GR", {"severity": ['{"licence-key": "ABCD"}']}, "severity[0]: its value gives a licence key"),
+        ("GR", {"license_key=ABCD": float("nan")}, "(a key): its value gives a licence key"),
         ("GR", {"priority": "high"}, "priority: no event routed to GR has this field"),
         ("FM", {"location": {"floor": 1}}, "location.floor: no event routed to FM has this field"),
         ("GR", {"severity": {"$like": "h%"}}, "severity.$like: unknown operator"),
@@ -318,7 +325,7 @@ def test_a_filter_that_cannot_work_is_refused_naming_the_key(
 ) -> None:
     found = problem(condition, subscriber)
     assert found is not None and found.startswith(named), found
-    assert "\n" not in found
+    assert "\n" not in found and "ABCD" not in found
 
 
 def test_a_filter_too_deep_is_refused() -> None:

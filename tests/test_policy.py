@@ -230,11 +230,11 @@ async def test_each_subscriber_retries_on_its_own_schedule_and_statuses(
     shown = await run_cli("deliveries", "show", purchased, "--config", str(config))
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
-    at = next(i for i, line in enumerate(lines) if line.startswith("FA:"))
+    at = lines.index("policies its deliveries follow (this configuration):")
     assert (
-        lines[at + 1]
-        == "  policy: no filter; no rate limit; retried after 500ms (own); 4xx retried: 404 (own)"
+        lines[at + 1] == "  FA: no filter; no rate limit; retried after 500ms (own); 4xx retried: 404 (own)"
     )
+    assert lines[at + 2].startswith("FA: dead after 2 attempt(s)")
     status = await run_cli("status", "--config", str(config))
     assert status.returncode == 0, status.stderr
     assert (
@@ -340,3 +340,26 @@ async def test_a_reload_swaps_every_policy_value_on_the_lane_and_the_router(make
     unlimited = relay.dispatcher.lanes["FA"]
     assert unlimited.limiter is None and unlimited.filter is None
     assert unlimited.destination is relay.destination
+
+
+async def test_filters_test_takes_hostile_input_with_one_line_answers(tmp_path: Path) -> None:
+    events = tmp_path / "hostile.jsonl"
+    deep = "[" * 5000 + "]" * 5000
+    events.write_bytes(b"\xff\xfe{not json\n" + deep.encode() + b"\n" + b'"license_key=ABCD-1234"\n')
+    ran = await run_cli(
+        "filters", "test", "--subscriber", "GR", str(events), "--filter", '{"severity": "high"}'
+    )
+    assert ran.returncode == 1 and "Traceback" not in ran.stdout + ran.stderr
+    assert "ABCD-1234" not in ran.stdout + ran.stderr
+    assert [line.split(" ")[1] for line in ran.stdout.splitlines()] == ["invalid"] * 3
+    for given, error in (
+        ("{not json", "--filter: not JSON"),
+        ('{"severity": {"$regex": "h.*"}}', "--filter: severity.$regex: unknown operator"),
+        ('["severity"]', "--filter: a filter is a table of conditions"),
+    ):
+        refused = await run_cli("filters", "test", "--subscriber", "GR", str(events), "--filter", given)
+        assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith(
+            f"it-relay: error: {error}"
+        ), refused.stderr
+    unknown = await run_cli("filters", "test", "--subscriber", "GR-99", str(events))
+    assert unknown.returncode == 2 and "--subscriber 'GR-99': not a subscriber" in unknown.stderr
