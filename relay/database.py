@@ -62,8 +62,16 @@ async def create_pool(settings: DatabaseSettings) -> asyncpg.Pool:
         max_size=settings.pool_size,
         timeout=settings.connect_timeout_s,
         server_settings=server_settings,
+        reset=_keep_session,
     )
     return pool
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's reset query (unlock all, CLOSE ALL, UNLISTEN *, RESET ALL): half
+    of all round trips in a drain. Pool connections run only named queries, which leave no session
+    state (locks are transaction-scoped, settings SET LOCAL, LISTEN only on the listener's own
+    connection); asyncpg still rolls back a transaction left open before calling this."""
 
 
 def address(url: str) -> str:

@@ -1,0 +1,101 @@
+"""The daemon's pool releases a connection without a reset round trip, which is safe only because
+no named query leaves session state behind; both halves are checked here."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from relay import database
+from relay.settings import load_settings
+from relay.sql import QUERIES
+from tests.support.sink import PATIENCE
+
+# The one query allowed session state: the scheduler's leader lock, on its own connection.
+SESSION_STATE_ALLOWED = {"scheduler_try_lead"}
+
+SESSION_STATE = (
+    re.compile(
+        r"\bpg_(try_)?advisory_lock(_shared)?\s*\(", re.I
+    ),  # session locks; _xact_ ones end with the transaction
+    re.compile(r"set_config\s*\([^;]*,\s*false\s*\)", re.I),
+    # A statement's first word: an UPDATE's SET clause is not one.
+    re.compile(r"(?:\A|;)\s*SET\s+(?!LOCAL\b)(?!TRANSACTION\b)\w+", re.I),
+    re.compile(r"(?:\A|;)\s*(LISTEN|UNLISTEN)\b", re.I),
+    re.compile(r"\bDECLARE\b[^;]*\bWITH\s+HOLD\b", re.I),
+    re.compile(r"(?:\A|;)\s*PREPARE\b", re.I),
+)
+
+
+def test_no_named_query_leaves_session_state_behind() -> None:
+    offenders = {
+        name: pattern.pattern
+        for name, text in QUERIES.items()
+        if name not in SESSION_STATE_ALLOWED
+        for pattern in SESSION_STATE
+        if pattern.search(re.sub(r"--[^\n]*", "", text))
+    }
+    assert offenders == {}
+
+
+def test_the_session_state_check_sees_each_kind() -> None:
+    """The patterns above are not vacuous: each catches the statement it is for."""
+    samples = [
+        "SELECT pg_advisory_lock(1)",
+        "SELECT set_config('x.y', '1', false)",
+        "SET statement_timeout = 0",
+        "LISTEN it_events",
+        "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+        "PREPARE p AS SELECT 1",
+    ]
+    assert [any(p.search(s) for p in SESSION_STATE) for s in samples] == [True] * len(samples)
+    harmless = [
+        "SELECT pg_advisory_xact_lock(1)",
+        "SET LOCAL synchronous_commit TO on",
+        "UPDATE t\n   SET a = 1",
+    ]
+    assert [any(p.search(s) for p in SESSION_STATE) for s in harmless] == [False] * len(harmless)
+
+
+@pytest.fixture
+async def pool(relay_db: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await database.create_pool(load_settings(None, database={"url": relay_db}).database)
+    yield pool
+    await pool.close()
+
+
+async def test_releasing_a_connection_sends_no_query(pool: asyncpg.Pool, db: asyncpg.Connection) -> None:
+    async with pool.acquire() as conn:
+        backend = await conn.fetchval("SELECT pg_backend_pid() /* the last word */")
+
+    # pg_stat_activity shows a backend's last statement once it is idle: ours, not a reset query.
+    deadline = asyncio.get_running_loop().time() + 15 * PATIENCE
+    while True:
+        row = await db.fetchrow(
+            "SELECT state, query FROM pg_stat_activity WHERE pid = $1 AND datname = current_database()",
+            backend,
+        )
+        assert row is not None
+        if row["state"] == "idle":
+            break
+        assert asyncio.get_running_loop().time() < deadline, "the pool's connection never went idle"
+        await asyncio.sleep(0.02)
+    assert "the last word" in row["query"]
+
+
+async def test_a_transaction_left_open_is_rolled_back_on_release(
+    pool: asyncpg.Pool, db: asyncpg.Connection
+) -> None:
+    await db.execute("CREATE TABLE public.left_open (id int)")
+    async with pool.acquire() as conn:
+        backend = await conn.fetchval("SELECT pg_backend_pid()")
+        await conn.execute("BEGIN")
+        await conn.execute("INSERT INTO public.left_open VALUES (1)")
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT pg_backend_pid()") == backend
+        assert not conn.is_in_transaction()
+        assert await conn.fetchval("SELECT count(*) FROM public.left_open") == 0
