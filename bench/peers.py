@@ -3,6 +3,9 @@
     python bench/peers.py naive --dsn URL --port P       LISTEN and POST, no journal: the non-durable bound
     python bench/peers.py pgqueuer --dsn URL --port P    the obvious PgQueuer relay: one job per delivery,
                                                          enqueued in the producer's transaction; the job POSTs
+                                                         (QueueManager's run with batch_size=20 and no
+                                                         concurrency cap, aiohttp's default session: as its
+                                                         users run it; --concurrency N caps both)
 
 Both POST the payload to /pf-10 and /hr with a webhook-id header, like the relay.
 """
@@ -106,7 +109,12 @@ async def pgqueuer(dsn: str, port: int, concurrency: int, drain: int = 0) -> Non
     from pgqueuer.db import AsyncpgDriver
     from pgqueuer.models import Job
 
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency))
+    # Its users' obvious setup: aiohttp's default session (100 connections per host).
+    session = (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency))
+        if concurrency
+        else aiohttp.ClientSession()
+    )
     conn = await asyncpg.connect(dsn)
     pgq = PgQueuer(AsyncpgDriver(conn))
 
@@ -125,8 +133,11 @@ async def pgqueuer(dsn: str, port: int, concurrency: int, drain: int = 0) -> Non
                 raise RuntimeError(f"HTTP {r.status}")
 
     print("ready", flush=True)
-    # PgQueuer requires max_concurrent_tasks >= 2 x batch_size.
-    await pgq.run(batch_size=max(1, concurrency // 2), max_concurrent_tasks=concurrency)
+    if concurrency:
+        # PgQueuer requires max_concurrent_tasks >= 2 x batch_size.
+        await pgq.run(batch_size=max(1, concurrency // 2), max_concurrent_tasks=concurrency)
+    else:
+        await pgq.run(batch_size=20)
 
 
 async def install_pgqueuer(dsn: str) -> None:
@@ -143,10 +154,14 @@ def main() -> None:
     ap.add_argument("system", choices=["naive", "pgqueuer"])
     ap.add_argument("--dsn", required=True)
     ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument(
+        "--concurrency", type=int, default=0, help="cap in-flight POSTs (default: naive 64, PgQueuer none)"
+    )
     ap.add_argument("--drain", type=int, default=0, help="naive: POST this many pre-built events on the go")
     args = ap.parse_args()
     run = naive if args.system == "naive" else pgqueuer
+    if args.system == "naive" and not args.concurrency:
+        args.concurrency = 64
     try:
         import uvloop
 

@@ -1,20 +1,26 @@
 """it-relay beside this machine's ceilings and two peers, measured in one run.
 
 Scenarios (each reported as a ratio of the ceilings bench/limits.py measures in the same run):
-  throughput  N events from 4 producer connections (one commit each), 2 subscribers, minimal sink:
-              it-relay, a naive LISTEN-and-POST relay (no journal: the non-durable bound), and the
-              obvious PgQueuer relay (one job per delivery, enqueued in the producer's transaction);
-              bounded by what the producers commit, so it cannot show a relay's own speed;
+  throughput  the burst: N events from 4 producer connections (one commit each), 2 subscribers,
+              minimal sink: it-relay, a naive LISTEN-and-POST relay (no journal: the non-durable
+              bound), and the obvious PgQueuer relay (one job per delivery, enqueued in the
+              producer's transaction); bounded by the producers' commits, so it shows the relay's
+              lag (commit to arrival) during a burst more than its speed;
   latency     200 events/s for 30 s through each system: p50/p95/p99 from commit to the sink;
-  drain       the relay's own speed: 100k events' deliveries ready before the system starts
-              (it-relay: journaled; PgQueuer: its queue pre-filled; naive: a pre-built list),
-              timed from the system's readiness; it-relay per sender (--transports), without the
-              attempts history, and as several processes (--instances).
-Each system runs as its own process, so CPU time and memory are its own. Prints a table and the
-targets as ratios, writes JSON to bench/results/, and with --docs rewrites docs/benchmarks.md.
+  drain       the relay's own speed at a shallow and a deep backlog (--depths, 5,000 and 30,000
+              events): deliveries ready before the system starts (it-relay: journaled; PgQueuer: its
+              queue pre-filled; naive: a pre-built list), timed from the system's readiness; it-relay
+              per sender (--transports), per other checkout (--trees, A/B in one run), without the
+              attempts history (--no-history), as several processes (--instances); peak RSS from one
+              it-relay drain of --rss-depth (100,000).
+Every drain reports CPU per delivery split into the system's, PostgreSQL's (the postmaster's process
+tree) and the sink's, transactions and WAL bytes per delivery, and the share of HOT updates.
+Each system runs as its own process, with its defaults. Prints a table and the targets as ratios,
+writes JSON to bench/results/, and with --docs rewrites docs/benchmarks.md.
 
-    python bench/relay_bench.py [--quick] [--dsn URL] [--docs] [--profile DIR]
-        [--scenarios throughput,latency,drain] [--transports pyreqwest,aiohttp] [--instances 1,2,4]
+    python bench/relay_bench.py [--quick] [--dsn URL] [--docs] [--profile DIR] [--repeat N]
+        [--scenarios throughput,latency,drain] [--depths 5000,30000] [--transports pyreqwest,aiohttp]
+        [--trees DIR,DIR] [--instances 1,2,4]
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ sys.path.insert(0, str(HERE))
 
 import limits
 import peers
+import report
+import server
 import sink
 
 from relay import codec, migrate
@@ -57,6 +65,9 @@ SUBSCRIBERS = ("PF-10", "HR")  # it_asset_assigned is routed to exactly these tw
 PROFILE_DIR: Path | None = None
 PROFILE_FORMAT = "raw"  # py-spy's: raw (collapsed stacks, for scripts) or flamegraph (SVG)
 TRANSPORT = "pyreqwest"  # the relay's default sender; --transports lists the ones compared
+# A checkout of the relay to run instead of this one (--trees): each change measured in the same run.
+TREE: Path | None = None
+SINK_PID: int | None = None  # the sink's process, whose CPU per delivery is reported beside the systems'
 
 
 def _label(system: str, transport: str | None = None, instances: int = 1) -> str:
@@ -90,9 +101,8 @@ def _config(
         "[database]",
         f'url = "{dsn}"',
         "poll_interval_s = 2.0",
+        # The relay's own defaults for everything it is measured on: what a user gets.
         "[delivery]",
-        "concurrency = 256",
-        "batch_size = 500",
         f"record_attempts = {'true' if record_attempts else 'false'}",
         f'transport = "{transport}"',
         "[scheduler]",
@@ -108,7 +118,6 @@ def _config(
             f'[subscribers."{name}"]',
             f'url = "http://127.0.0.1:{port}/{name.lower()}"',
             f'secret = "{SECRET}"',
-            "max_in_flight = 128",
         ]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -120,7 +129,16 @@ async def _fresh_database(admin_dsn: str, system: str) -> str:
     await conn.execute(f'CREATE DATABASE "{name}"')
     await conn.close()
     dsn = urlunsplit(urlsplit(admin_dsn)._replace(path=f"/{name}"))
-    if system == "it-relay":
+    if system == "it-relay" and TREE is not None:
+        # That checkout's own schema, by its own command.
+        subprocess.run(
+            [sys.executable, "-m", "relay", "db", "upgrade", "--database-url", dsn],
+            cwd=TREE,
+            env=os.environ | {"PYTHONPATH": str(TREE)},
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    elif system == "it-relay":
         conn = await asyncpg.connect(dsn)
         await migrate.upgrade(conn)
         await conn.close()
@@ -224,7 +242,14 @@ def _start(
             ]
     else:
         command = [sys.executable, str(HERE / "peers.py"), system, "--dsn", dsn, "--port", str(port), *extra]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=(workdir / f"{system}.log").open("ab"))
+    tree = TREE if system == "it-relay" else None
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=(workdir / f"{system}.log").open("ab"),
+        cwd=tree,
+        env=os.environ | {"PYTHONPATH": str(tree)} if tree else None,
+    )
 
 
 async def _wait_ready(system: str, dsn: str, proc: subprocess.Popen[bytes]) -> None:
@@ -265,19 +290,24 @@ async def throughput(
     before = _get(port, "/count")
     label = f"{system}-{'paced' if rate else 'burst'}"
     procs = [_start(system, dsn, port, workdir, label, transport=TRANSPORT)]
+    postmaster = await server.postmaster_pid(dsn)
     try:
         for proc in procs:
             await _wait_ready(system, dsn, proc)
-        cpu0 = sum(_cpu_seconds(p.pid) for p in procs)
+        pg0 = await server.snapshot(dsn, postmaster, _TABLES.get(system))
+        cpu0, sink0 = sum(_cpu_seconds(p.pid) for p in procs), _sink_cpu()
         t0 = time.monotonic()
         committed = await _produce(system, dsn, n, producers, rate)
         await _await_sink(port, before + len(committed) * len(SUBSCRIBERS), procs)
         elapsed = time.monotonic() - t0
-        cpu = sum(_cpu_seconds(p.pid) for p in procs) - cpu0
+        cpu, sink_cpu = sum(_cpu_seconds(p.pid) for p in procs) - cpu0, _sink_cpu() - sink0
         rss = max(_peak_rss_mb(p.pid) for p in procs)
     finally:
         for proc in procs:
             _stop(proc)
+    pg = server.spent(
+        pg0, await server.snapshot(dsn, postmaster, _TABLES.get(system)), len(committed) * len(SUBSCRIBERS)
+    )
     arrivals = _get(port, "/stats")["arrivals"]
     latencies = [
         (t - committed[eid]) * 1000 for eid, times in arrivals.items() if eid in committed for t in times
@@ -292,7 +322,10 @@ async def throughput(
         "events_per_s": len(committed) / elapsed,
         "deliveries_per_s": deliveries / elapsed,
         "cpu_s_per_1k_deliveries": cpu / deliveries * 1000,
+        "sink_cpu_us_per_delivery": sink_cpu / deliveries * 1e6,
         "peak_rss_mb": rss,
+        # The producers' commits are the server's work too here: compare drains for the relay's share.
+        **pg,
         "latency_ms": {
             "p50": _percentile(latencies, 0.50),
             "p95": _percentile(latencies, 0.95),
@@ -325,41 +358,55 @@ async def backlog(
         )
     await conn.close()
     before = _get(port, "/count")
-    tag = f"{transport}{'' if record_attempts else '-no-history'}-x{instances}"
+    tag = f"{transport}{'' if record_attempts else '-no-history'}-x{instances}-{n}"
     procs = [
         _start("it-relay", dsn, port, workdir, f"it-relay-drain-{tag}-{i}", record_attempts, transport)
         for i in range(instances)
     ]
+    postmaster = await server.postmaster_pid(dsn)
     try:
         # Timed from the moment every process is ready (as the peers are): start-up is not drain.
         for proc in procs:
             await _wait_ready("it-relay", dsn, proc)
-        cpu0 = sum(_cpu_seconds(p.pid) for p in procs)
+        pg0 = await server.snapshot(dsn, postmaster, _TABLES["it-relay"])
+        cpu0, sink0 = sum(_cpu_seconds(p.pid) for p in procs), _sink_cpu()
         started, t0 = _get(port, "/count"), time.monotonic()
         await _await_sink(port, before + n * len(SUBSCRIBERS), procs)
         elapsed = time.monotonic() - t0
-        cpu = sum(_cpu_seconds(p.pid) for p in procs) - cpu0
+        cpu, sink_cpu = sum(_cpu_seconds(p.pid) for p in procs) - cpu0, _sink_cpu() - sink0
         rss = max(_peak_rss_mb(p.pid) for p in procs)
     finally:
         for proc in procs:
             _stop(proc)
+    pg1 = await server.snapshot(dsn, postmaster, _TABLES["it-relay"])
     return _drained(
-        _label("it-relay", transport, instances),
-        "drain" if record_attempts else "drain, no attempt history",
+        _label("it-relay", transport, instances) + (f" [{TREE.name}]" if TREE is not None else ""),
+        f"drain {n:,}" if record_attempts else f"drain {n:,}, no attempt history",
         n,
         elapsed,
         cpu,
         rss,
         done_before=started - before,
+        sink_cpu=sink_cpu,
+        pg=(pg0, pg1),
     )
 
 
 def _drained(
-    system: str, scenario: str, n: int, elapsed: float, cpu: float, rss: float, done_before: int = 0
+    system: str,
+    scenario: str,
+    n: int,
+    elapsed: float,
+    cpu: float,
+    rss: float,
+    done_before: int = 0,
+    sink_cpu: float = 0.0,
+    pg: tuple[server.Snapshot, server.Snapshot] | None = None,
 ) -> dict[str, Any]:
     """A drain's figures over the deliveries made after the clock started."""
     deliveries = n * len(SUBSCRIBERS) - done_before
     return {
+        "depth": n,
         "system": system,
         "scenario": scenario,
         "events": n,
@@ -367,8 +414,18 @@ def _drained(
         "events_per_s": deliveries / len(SUBSCRIBERS) / elapsed,
         "deliveries_per_s": deliveries / elapsed,
         "cpu_s_per_1k_deliveries": cpu / deliveries * 1000,
+        "sink_cpu_us_per_delivery": sink_cpu / deliveries * 1e6,
         "peak_rss_mb": rss,
+        **(server.spent(*pg, deliveries) if pg else {}),
     }
+
+
+# The table whose updates the HOT share is read from, per system.
+_TABLES = {"it-relay": "it_relay.deliveries", "pgqueuer": "public.pgqueuer"}
+
+
+def _sink_cpu() -> float:
+    return _cpu_seconds(SINK_PID) if SINK_PID is not None else 0.0
 
 
 async def peer_drain(system: str, admin_dsn: str, port: int, n: int, workdir: Path) -> dict[str, Any]:
@@ -381,10 +438,12 @@ async def peer_drain(system: str, admin_dsn: str, port: int, n: int, workdir: Pa
     else:
         extra = ("--drain", str(n))
     before = _get(port, "/count")
-    proc = _start(system, dsn, port, workdir, f"{system}-drain", extra=extra)
+    proc = _start(system, dsn, port, workdir, f"{system}-drain-{n}", extra=extra)
+    postmaster = await server.postmaster_pid(dsn)
     try:
         await _wait_ready(system, dsn, proc)
-        cpu0 = _cpu_seconds(proc.pid)
+        pg0 = await server.snapshot(dsn, postmaster, _TABLES.get(system))
+        cpu0, sink0 = _cpu_seconds(proc.pid), _sink_cpu()
         started, t0 = _get(port, "/count"), time.monotonic()
         if system == "naive":
             conn = await asyncpg.connect(dsn)
@@ -392,66 +451,22 @@ async def peer_drain(system: str, admin_dsn: str, port: int, n: int, workdir: Pa
             await conn.close()
         await _await_sink(port, before + n * len(SUBSCRIBERS), [proc])
         elapsed = time.monotonic() - t0
-        cpu = _cpu_seconds(proc.pid) - cpu0
+        cpu, sink_cpu = _cpu_seconds(proc.pid) - cpu0, _sink_cpu() - sink0
         rss = _peak_rss_mb(proc.pid)
     finally:
         _stop(proc)
-    return _drained(system, "drain", n, elapsed, cpu, rss, done_before=started - before)
-
-
-def _history_cost(by: dict[tuple[str, str], dict[str, Any]]) -> float | None:
-    """How much slower the backlog drains with the attempts history than without it."""
-    with_it = by.get((_label("it-relay"), "drain"))
-    without = by.get((_label("it-relay"), "drain, no attempt history"))
-    if not with_it or not without:
-        return None
-    return 1 - with_it["deliveries_per_s"] / without["deliveries_per_s"]
-
-
-def _table(ceilings: dict[str, float | None], runs: list[dict[str, Any]], header: str) -> str:
-    post = ceilings.get("post_per_s[aiohttp]") or float("nan")
-    lines = [header, "", "| ceiling | per second |", "|---|---|"]
-    lines += [f"| {k} | {v:,.0f} |" if v else f"| {k} | n/a |" for k, v in ceilings.items()]
-    lines += [
-        "",
-        "| system | scenario | events/s | deliveries/s | of bare aiohttp POST | CPU s / 1k deliveries "
-        "| p50 / p95 / p99 ms | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in runs:
-        lat = r.get("latency_ms")
-        latency = f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f}" if lat else "—"
-        scenario = r["scenario"] + (f" @{r['rate_target']:.0f}/s" if r.get("rate_target") else "")
-        lines.append(
-            f"| {r['system']} | {scenario} | {r['events_per_s']:,.0f} | {r['deliveries_per_s']:,.0f} | "
-            f"{r['deliveries_per_s'] / post:.0%} | {r['cpu_s_per_1k_deliveries']:.3f} | {latency} | "
-            f"{r['peak_rss_mb']:.0f} |"
-        )
-    return "\n".join(lines)
-
-
-def _chart(ceilings: dict[str, float | None], runs: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    bars = [
-        (f"{r['system']}\n{r['scenario']}", r["deliveries_per_s"]) for r in runs if r["scenario"] != "latency"
-    ]
-    bars += [(f"ceiling\nPOST {k[11:-1]}", v) for k, v in ceilings.items() if k.startswith("post") and v]
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    colors = [
-        "#2b6cb0" if "it-relay" in b[0] else "#718096" if "ceiling" in b[0] else "#dd6b20" for b in bars
-    ]
-    ax.bar([b[0] for b in bars], [b[1] for b in bars], color=colors)
-    ax.set_ylabel("deliveries (POSTs) per second")
-    ax.set_title("it-relay, peers and ceilings — same machine, same run")
-    for i, (_, v) in enumerate(bars):
-        ax.text(i, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=8)
-    plt.xticks(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    pg1 = await server.snapshot(dsn, postmaster, _TABLES.get(system))
+    return _drained(
+        system,
+        f"drain {n:,}",
+        n,
+        elapsed,
+        cpu,
+        rss,
+        done_before=started - before,
+        sink_cpu=sink_cpu,
+        pg=(pg0, pg1),
+    )
 
 
 async def _pyreqwest_post_rate(port: int, n: int, conc: int) -> float:
@@ -481,13 +496,55 @@ async def _pyreqwest_post_rate(port: int, n: int, conc: int) -> float:
     return rate
 
 
+def _medians(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Of repeated runs, each system's median by deliveries/s (the others kept beside it)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["system"], r["scenario"]), []).append(r)
+    out = []
+    for group in groups.values():
+        ranked = sorted(group, key=lambda r: r["deliveries_per_s"])
+        median = dict(ranked[len(ranked) // 2])
+        if len(group) > 1:
+            median["repeats_deliveries_per_s"] = [r["deliveries_per_s"] for r in group]
+        out.append(median)
+    return out
+
+
+def _drains(
+    args: argparse.Namespace, dsn: str, workdir: Path, depth: int, systems: list[str], transports: list[str]
+) -> list[dict[str, Any]]:
+    """One depth's drains: each system, it-relay per sender, per checkout (--trees) and process count."""
+    global TREE
+    runs: list[dict[str, Any]] = []
+    for system in systems:
+        if system != "it-relay":
+            runs.append(asyncio.run(peer_drain(system, dsn, args.port, depth, workdir)))
+            continue
+        for transport in transports:
+            runs.append(asyncio.run(backlog(dsn, args.port, depth, workdir, transport=transport)))
+        for tree in args.trees.split(",") if args.trees else []:
+            TREE = Path(tree).resolve()
+            try:
+                runs.append(asyncio.run(backlog(dsn, args.port, depth, workdir)))
+            finally:
+                TREE = None
+        if args.no_history:
+            runs.append(asyncio.run(backlog(dsn, args.port, depth, workdir, record_attempts=False)))
+        for count in [int(x) for x in args.instances.split(",")] if args.instances else []:
+            if count > 1:
+                runs.append(asyncio.run(backlog(dsn, args.port, depth, workdir, instances=count)))
+    return runs
+
+
 def _scenarios(args: argparse.Namespace, dsn: str, workdir: Path) -> list[dict[str, Any]]:
     """Every scenario of the run, in order (each system in its own process)."""
     systems = args.systems.split(",")
     transports = args.transports.split(",")
+    depths = [int(x) for x in args.depths.split(",")]
     runs: list[dict[str, Any]] = []
     wanted = set(args.scenarios.split(","))
-    # Producer-bound: what 4 producer connections commit, delivered.
+    # Burst: what 4 producer connections commit, delivered, and the relay's lag meanwhile.
     for system in systems if "throughput" in wanted else []:
         runs.append(
             asyncio.run(throughput(system, dsn, args.port, args.events, args.producers, None, workdir))
@@ -498,95 +555,22 @@ def _scenarios(args: argparse.Namespace, dsn: str, workdir: Path) -> list[dict[s
         runs.append(
             asyncio.run(throughput(system, dsn, args.port, paced, args.producers, args.latency_rate, workdir))
         )
-    # Drain: the relay's own speed. it-relay per transport, then without the attempts history and
-    # with more processes; the peers with the same deliveries ready before they start.
+    # Drain: the relay's own speed, at a shallow and a deep backlog (PgQueuer's dequeue slows with
+    # depth; a single depth tells half the story). The peers with the same deliveries ready.
     if "drain" not in wanted:
         return runs
-    if "it-relay" in systems:
-        for transport in transports:
-            runs.append(asyncio.run(backlog(dsn, args.port, args.backlog, workdir, transport=transport)))
-        runs.append(asyncio.run(backlog(dsn, args.port, args.backlog, workdir, record_attempts=False)))
-        for count in [int(x) for x in args.instances.split(",")] if args.instances else []:
-            if count > 1:
-                runs.append(asyncio.run(backlog(dsn, args.port, args.backlog, workdir, instances=count)))
-    for system in systems:
-        if system != "it-relay":
-            runs.append(asyncio.run(peer_drain(system, dsn, args.port, args.backlog, workdir)))
+    for depth in depths:
+        drains: list[dict[str, Any]] = []
+        for _ in range(args.repeat):
+            drains += _drains(args, dsn, workdir, depth, systems, transports)
+        runs += _medians(drains)
+    if "it-relay" in systems and args.rss_depth:
+        runs.append(asyncio.run(backlog(dsn, args.port, args.rss_depth, workdir)))
     return runs
 
 
-def _targets(ceilings: dict[str, float | None], runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Issue 16's targets as ratios of this run (None when a run is missing)."""
-    by = {(r["system"], r["scenario"]): r for r in runs}
-    relay = by.get((_label("it-relay"), "drain"))
-    pgq = by.get(("pgqueuer", "drain"))
-    relay_lat = by.get((_label("it-relay"), "latency"))
-    naive_lat = by.get(("naive", "latency"))
-    post = ceilings.get("post_per_s[aiohttp]")
-
-    def ratio(a: float | None, b: float | None) -> float | None:
-        return a / b if a is not None and b else None
-
-    def get(run: dict[str, Any] | None, *keys: str) -> float | None:
-        value: Any = run
-        for key in keys:
-            value = value.get(key) if isinstance(value, dict) else None
-        return float(value) if value is not None else None
-
-    scaling = {
-        r["system"]: ratio(r["deliveries_per_s"], get(relay, "deliveries_per_s"))
-        for r in runs
-        if r["scenario"] == "drain" and r["system"].startswith(_label("it-relay") + " x")
-    }
-    return {
-        "drain_vs_pgqueuer_drain": ratio(get(relay, "deliveries_per_s"), get(pgq, "deliveries_per_s")),
-        "cpu_per_delivery_vs_pgqueuer": ratio(
-            get(relay, "cpu_s_per_1k_deliveries"), get(pgq, "cpu_s_per_1k_deliveries")
-        ),
-        "drain_vs_aiohttp_post_ceiling": ratio(get(relay, "deliveries_per_s"), post),
-        "p99_vs_naive_p99": ratio(get(relay_lat, "latency_ms", "p99"), get(naive_lat, "latency_ms", "p99")),
-        "drain_peak_rss_mb": get(relay, "peak_rss_mb"),
-        "attempt_history_cost": _history_cost(by),
-        "transports": {
-            r["system"]: r["deliveries_per_s"]
-            for r in runs
-            if r["scenario"] == "drain" and r["system"].startswith("it-relay (") and " x" not in r["system"]
-        },
-        "scaling_vs_one_process": scaling,
-    }
-
-
-TARGETS = (
-    ("drain_vs_pgqueuer_drain", ">=", 2.0, "drain / PgQueuer relay's drain"),
-    ("cpu_per_delivery_vs_pgqueuer", "<=", 0.5, "CPU per delivery / PgQueuer's"),
-    ("drain_vs_aiohttp_post_ceiling", ">=", 1.0, "drain / bare aiohttp POST ceiling"),
-    ("p99_vs_naive_p99", "<=", 2.0, "p99 at the paced rate / naive relay's p99"),
-    ("drain_peak_rss_mb", "<=", 150.0, "peak RSS in the drain, MB"),
-)
-
-
-def _report(targets: dict[str, Any]) -> str:
-    lines = ["| target | this run | goal | met |", "|---|---|---|---|"]
-    for key, op, goal, text in TARGETS:
-        value = targets.get(key)
-        if value is None:
-            lines.append(f"| {text} | n/a | {op} {goal:g} | — |")
-            continue
-        met = value >= goal if op == ">=" else value <= goal
-        shown = f"{value:.0f}" if key == "drain_peak_rss_mb" else f"{value:.2f}x"
-        lines.append(f"| {text} | {shown} | {op} {goal:g} | {'yes' if met else 'no'} |")
-    if targets.get("attempt_history_cost") is not None:
-        lines.append(
-            f"| attempts history: drain slower by | {targets['attempt_history_cost']:.1%} | <= 10% | "
-            f"{'yes' if targets['attempt_history_cost'] <= 0.10 else 'no'} |"
-        )
-    for system, value in (targets.get("scaling_vs_one_process") or {}).items():
-        lines.append(f"| {system} drain / one process | {value:.2f}x | — | — |")
-    return "\n".join(lines)
-
-
 def main() -> None:
-    global PROFILE_DIR, PROFILE_FORMAT, TRANSPORT
+    global PROFILE_DIR, PROFILE_FORMAT, TRANSPORT, SINK_PID
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dsn", help="admin DSN of a PostgreSQL server (default: embedded pgserver)")
     ap.add_argument("--events", type=int, default=20000)
@@ -600,7 +584,19 @@ def main() -> None:
     ap.add_argument("--scenarios", default="throughput,latency,drain", help="which scenarios to run")
     ap.add_argument("--latency-rate", type=float, default=200.0)
     ap.add_argument("--latency-seconds", type=float, default=30.0)
-    ap.add_argument("--backlog", type=int, default=100_000)
+    ap.add_argument("--depths", default="5000,30000", help="backlogs drained by every system (events)")
+    ap.add_argument(
+        "--rss-depth", type=int, default=100_000, help="it-relay alone drains this many for peak RSS"
+    )
+    ap.add_argument(
+        "--trees",
+        default="",
+        help="other checkouts of the relay drained beside this one (DIR,DIR): A/B in one run",
+    )
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="run each drain N times, interleaved; report the median"
+    )
+    ap.add_argument("--no-history", action="store_true", help="also drain without the attempts history")
     ap.add_argument("--quick", action="store_true", help="small runs (a few minutes)")
     ap.add_argument("--port", type=int, default=18199)
     ap.add_argument("--out", type=Path, default=HERE / "results")
@@ -608,7 +604,7 @@ def main() -> None:
     ap.add_argument("--profile", type=Path, help="record py-spy profiles of the relay into this directory")
     ap.add_argument("--profile-format", choices=["raw", "flamegraph"], default="raw")
     ap.add_argument(
-        "--instances", default="1,2,4", help="it-relay processes side by side on one database, per drain"
+        "--instances", default="", help="it-relay processes side by side on one database, per drain (1,2,4)"
     )
     args = ap.parse_args()
     PROFILE_DIR = args.profile
@@ -617,18 +613,19 @@ def main() -> None:
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     if args.quick:
-        args.events, args.latency_seconds, args.backlog = 4000, 10.0, 10_000
+        args.events, args.latency_seconds, args.depths, args.rss_depth = 4000, 10.0, "2000,10000", 0
 
     workdir = Path(tempfile.mkdtemp(prefix="it-relay-bench-"))
-    server = None
+    embedded = None
     dsn = args.dsn
     if dsn is None:
         import pgserver
 
-        server = pgserver.get_server(str(workdir / "pg"), cleanup_mode="stop")
-        dsn = server.get_uri()
+        embedded = pgserver.get_server(str(workdir / "pg"), cleanup_mode="stop")
+        dsn = embedded.get_uri()
     sink_proc = mp.Process(target=sink.serve, args=(args.port,), daemon=True)
     sink_proc.start()
+    SINK_PID = sink_proc.pid
     time.sleep(0.5)
     try:
         ceilings: dict[str, float | None] = dict(
@@ -644,16 +641,21 @@ def main() -> None:
         runs = _scenarios(args, dsn, workdir)
     finally:
         sink_proc.terminate()
-        if server is not None:
-            server.cleanup()
+        if embedded is not None:
+            embedded.cleanup()
 
     header = (
         f"it-relay benchmark — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
         f"{os.cpu_count()} cores; {args.events} events x {len(SUBSCRIBERS)} subscribers, "
-        f"drain {args.backlog}{' (quick)' if args.quick else ''}"
+        f"drains of {args.depths} events{' (quick)' if args.quick else ''}"
     )
-    targets = _targets(ceilings, runs)
-    table = _table(ceilings, runs, header) + "\n\nTargets (ratios of this run):\n\n" + _report(targets)
+    depths = [int(x) for x in args.depths.split(",")]
+    targets = report.targets(ceilings, runs, depths, _label("it-relay"))
+    table = (
+        report.table(ceilings, runs, header)
+        + "\n\nTargets (ratios of this run):\n\n"
+        + report.report(targets)
+    )
     print("\n" + table)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}"
@@ -666,14 +668,14 @@ def main() -> None:
                 "targets": targets,
                 "quick": args.quick,
                 "events": args.events,
-                "backlog": args.backlog,
+                "depths": depths,
             },
             indent=2,
         )
     )
     print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     if args.docs:
-        _chart(ceilings, runs, ROOT / "docs" / "benchmarks.png")
+        report.chart(ceilings, runs, ROOT / "docs" / "benchmarks.png")
         doc = ROOT / "docs" / "benchmarks.md"
         text = doc.read_text() if doc.exists() else ""
         marker = "<!-- results -->"

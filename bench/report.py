@@ -1,0 +1,179 @@
+"""The relay bench's table, its targets as ratios of one run, and its chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+RELAY = "it-relay (pyreqwest)"  # the label of the relay with its default sender
+
+
+def _f(value: float | None, fmt: str) -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+def table(ceilings: dict[str, float | None], runs: list[dict[str, Any]], header: str) -> str:
+    post = ceilings.get("post_per_s[aiohttp]") or float("nan")
+    lines = [header, "", "| ceiling | per second |", "|---|---|"]
+    lines += [f"| {k} | {v:,.0f} |" if v else f"| {k} | n/a |" for k, v in ceilings.items()]
+    lines += [
+        "",
+        "| system | scenario | deliveries/s | of bare aiohttp POST | CPU µs / delivery: system + PostgreSQL "
+        "(sink) | transactions / delivery | WAL B / delivery | HOT updates | p50 / p95 / p99 ms | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        lat = r.get("latency_ms")
+        latency = f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f}" if lat else "—"
+        scenario = r["scenario"] + (f" @{r['rate_target']:.0f}/s" if r.get("rate_target") else "")
+        own = r["cpu_s_per_1k_deliveries"] * 1000
+        pg = r.get("pg_cpu_us_per_delivery")
+        cpu = f"{own:.0f} + {_f(pg, '.0f')} = {_f(own + pg if pg is not None else None, '.0f')}"
+        hot = r.get("hot_update_share")
+        lines.append(
+            f"| {r['system']} | {scenario} | {r['deliveries_per_s']:,.0f} | "
+            f"{r['deliveries_per_s'] / post:.0%} | {cpu} ({_f(r.get('sink_cpu_us_per_delivery'), '.0f')}) | "
+            f"{_f(r.get('transactions_per_delivery'), '.2f')} | {_f(r.get('wal_bytes_per_delivery'), ',.0f')} | "
+            f"{'—' if hot is None else f'{hot:.0%}'} | {latency} | {r['peak_rss_mb']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def _total_cpu(run: dict[str, Any] | None) -> float | None:
+    if not run or run.get("pg_cpu_us_per_delivery") is None:
+        return None
+    return float(run["cpu_s_per_1k_deliveries"] * 1000 + run["pg_cpu_us_per_delivery"])
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _get(run: dict[str, Any] | None, *keys: str) -> float | None:
+    value: Any = run
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return float(value) if value is not None else None
+
+
+def targets(
+    ceilings: dict[str, float | None], runs: list[dict[str, Any]], depths: list[int], relay: str = RELAY
+) -> dict[str, Any]:
+    """Issue 29's targets as ratios of this run (None when a run is missing)."""
+    by = {(r["system"], r["scenario"]): r for r in runs}
+    shallow, deep = (min(depths), max(depths)) if depths else (0, 0)
+
+    def drain(system: str, depth: int) -> dict[str, Any] | None:
+        return by.get((system, f"drain {depth:,}"))
+
+    relay_lat, naive_lat = by.get((relay, "latency")), by.get(("naive", "latency"))
+    relay_burst, pgq_burst = by.get((relay, "throughput")), by.get(("pgqueuer", "throughput"))
+    post = ceilings.get("post_per_s[aiohttp]")
+    out: dict[str, Any] = {
+        "shallow_depth": shallow,
+        "deep_depth": deep,
+        "shallow_drain_vs_pgqueuer": _ratio(
+            _get(drain(relay, shallow), "deliveries_per_s"),
+            _get(drain("pgqueuer", shallow), "deliveries_per_s"),
+        ),
+        "shallow_drain_vs_aiohttp_post_ceiling": _ratio(
+            _get(drain(relay, shallow), "deliveries_per_s"), post
+        ),
+        "deep_drain_vs_pgqueuer": _ratio(
+            _get(drain(relay, deep), "deliveries_per_s"), _get(drain("pgqueuer", deep), "deliveries_per_s")
+        ),
+        "cpu_with_postgres_vs_pgqueuer": _ratio(
+            _total_cpu(drain(relay, shallow)), _total_cpu(drain("pgqueuer", shallow))
+        ),
+        "p99_vs_naive": _ratio(_get(relay_lat, "latency_ms", "p99"), _get(naive_lat, "latency_ms", "p99")),
+        "p50_vs_naive": _ratio(_get(relay_lat, "latency_ms", "p50"), _get(naive_lat, "latency_ms", "p50")),
+        "burst_vs_pgqueuer": _ratio(
+            _get(relay_burst, "deliveries_per_s"), _get(pgq_burst, "deliveries_per_s")
+        ),
+        "burst_lag_p50_ms": _get(relay_burst, "latency_ms", "p50"),
+        "drain_peak_rss_mb": max(
+            (r["peak_rss_mb"] for r in runs if r["system"] == relay and r["scenario"].startswith("drain")),
+            default=None,
+        ),
+        "rss_depth": max(
+            (r["depth"] for r in runs if r["system"] == relay and r["scenario"].startswith("drain")),
+            default=None,
+        ),
+        "scaling_vs_one_process": {
+            r["system"]: _ratio(r["deliveries_per_s"], _get(drain(relay, r["depth"]), "deliveries_per_s"))
+            for r in runs
+            if r["scenario"].startswith("drain") and r["system"].startswith(relay + " x")
+        },
+    }
+    return out
+
+
+TARGETS = (
+    ("shallow_drain_vs_pgqueuer", ">=", 1.3, "drain at {shallow_depth:,} / PgQueuer's"),
+    (
+        "shallow_drain_vs_aiohttp_post_ceiling",
+        ">=",
+        0.7,
+        "drain at {shallow_depth:,} / bare aiohttp POST ceiling",
+    ),
+    ("deep_drain_vs_pgqueuer", ">=", 5.0, "drain at {deep_depth:,} / PgQueuer's"),
+    (
+        "cpu_with_postgres_vs_pgqueuer",
+        "<=",
+        1.0,
+        "CPU per delivery with PostgreSQL's / PgQueuer's (at {shallow_depth:,})",
+    ),
+    ("p99_vs_naive", "<=", 2.0, "p99 at the paced rate / naive relay's"),
+    ("p50_vs_naive", "<=", 1.5, "p50 at the paced rate / naive relay's"),
+    ("burst_vs_pgqueuer", ">=", 1.0, "burst / PgQueuer's"),
+    ("burst_lag_p50_ms", "<=", 20.0, "lag during the burst, p50 ms"),
+    ("drain_peak_rss_mb", "<=", 150.0, "peak RSS in a drain of {rss_depth:,}, MB"),
+)
+
+
+def report(found: dict[str, Any]) -> str:
+    lines = ["| target | this run | goal | met |", "|---|---|---|---|"]
+    for key, op, goal, text in TARGETS:
+        value = found.get(key)
+        try:
+            label = text.format(**found)
+        except (KeyError, TypeError, ValueError):
+            label = text.replace("{", "").replace("}", "").replace(":,", "")
+        if value is None:
+            lines.append(f"| {label} | n/a | {op} {goal:g} | — |")
+            continue
+        met = value >= goal if op == ">=" else value <= goal
+        shown = (
+            f"{value:.0f}"
+            if key.endswith(("_mb", "_ms")) and value >= 10
+            else (f"{value:.1f}" if key.endswith(("_mb", "_ms")) else f"{value:.2f}x")
+        )
+        lines.append(f"| {label} | {shown} | {op} {goal:g} | {'yes' if met else 'no'} |")
+    for system, value in (found.get("scaling_vs_one_process") or {}).items():
+        if value is not None:
+            lines.append(f"| {system} drain / one process | {value:.2f}x | — | — |")
+    return "\n".join(lines)
+
+
+def chart(ceilings: dict[str, float | None], runs: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = [
+        (f"{r['system']}\n{r['scenario']}", r["deliveries_per_s"]) for r in runs if r["scenario"] != "latency"
+    ]
+    bars += [(f"ceiling\nPOST {k[11:-1]}", v) for k, v in ceilings.items() if k.startswith("post") and v]
+    fig, ax = plt.subplots(figsize=(11, 4.8))
+    colors = [
+        "#2b6cb0" if "it-relay" in b[0] else "#718096" if "ceiling" in b[0] else "#dd6b20" for b in bars
+    ]
+    ax.bar([b[0] for b in bars], [b[1] for b in bars], color=colors)
+    ax.set_ylabel("deliveries (POSTs) per second")
+    ax.set_title("it-relay, peers and ceilings — same machine, same run")
+    for i, (_, v) in enumerate(bars):
+        ax.text(i, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=7)
+    plt.xticks(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
