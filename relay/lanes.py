@@ -51,6 +51,8 @@ class Lane:
     paused: bool = False
     circuit_shared_open: bool = False
     in_flight: int = 0
+    # The last claim took all it asked for: more rows are probably due (see Dispatcher._claim_limit).
+    backlogged: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 

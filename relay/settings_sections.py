@@ -96,7 +96,7 @@ class ServerSettings(Section):
 
 class DeliverySettings(Section):
     timeout_s: PositiveFloat = 10.0
-    concurrency: PositiveInt = 64
+    concurrency: PositiveInt = 256
     retry_schedule_s: Annotated[
         list[Annotated[float, Field(ge=0)]], Field(min_length=1), NoDecode, BeforeValidator(_list_text)
     ] = [

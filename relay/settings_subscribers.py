@@ -47,7 +47,7 @@ class SubscriberSettings(Section):
     secret_file: Path | None = None
     secret_credential: str | None = None
     timeout_s: PositiveFloat | None = None
-    max_in_flight: PositiveInt = 16
+    max_in_flight: PositiveInt = 64
     format: Literal["standard", "cloudevents"] = "standard"
     enabled: bool = True
     # "entity": one delivery in flight per entity, in journal order (docs/reliability.md, Ordering).

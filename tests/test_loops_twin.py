@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import pairwise
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -39,6 +40,8 @@ class Scripted:
     hang: asyncio.Event | None = None
     # Answers for one event (by its asset_tag) before it gets 200s; the script is for any event.
     by_tag: dict[str, list[Answer]] = field(default_factory=dict)
+    # Answers spread over time (request n waits spread_s x (n mod 8)), so slots free one by one.
+    spread_s: float = 0.0
 
     async def send(self, request: Request, timeout_s: float, at: datetime) -> Answer:
         self.requests.append(request)
@@ -47,7 +50,7 @@ class Scripted:
         try:
             if self.hang is not None:
                 await self.hang.wait()
-            await asyncio.sleep(0)
+            await asyncio.sleep(self.spread_s * (len(self.requests) % 8))
             own = self.by_tag.get(str(codec.loads(request.body).get("asset_tag")))
             step = (
                 own.pop(0) if own else self.script.pop(0) if self.script else Answer("delivered", 200, None)
@@ -327,3 +330,33 @@ async def test_a_reload_that_removes_a_lane_lets_its_attempt_in_flight_finish(ma
     await asyncio.sleep(0.2)  # the lane is gone: nothing may claim the new delivery
     assert relay.statuses() == {"delivered": 2, "pending": 1}
     assert {first, second} == {UUID(r.headers["webhook-id"]) for r in relay.destination.requests}
+
+
+async def test_a_backlogged_lane_claims_a_quarter_of_its_slots_at_a_time(
+    make_relay: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slot-by-slot claims cost PostgreSQL a statement per few deliveries; behind a full claim the
+    lane waits until a quarter of its slots are free. A lane that is caught up claims at once."""
+    relay: Relay = await make_relay(max_in_flight=16, spread_s=0.003)
+    asked: list[tuple[int, int]] = []
+    claim = relay.twin.claim_deliveries
+
+    async def recording(
+        subscriber: str, owner: str, limit: int, lease_s: float, ordered: bool = False
+    ) -> Any:
+        got = await claim(subscriber, owner, limit, lease_s, ordered)
+        asked.append((limit, len(got)))
+        return got
+
+    monkeypatch.setattr(relay.twin, "claim_deliveries", recording)
+    await relay.publish(400)
+    await wait_until(lambda: relay.statuses() == {"delivered": 400}, within=20)
+    after_full = [limit for (before, got), (limit, _) in pairwise(asked) if got == before]
+    assert after_full, "the backlog was never claimed in full"
+    assert min(after_full) >= 4
+    assert relay.destination.peak <= 16
+    # Caught up: one new event is claimed and sent without waiting for slots to free.
+    asked.clear()
+    await relay.publish(1, tag="late")
+    await wait_until(lambda: relay.statuses() == {"delivered": 401}, within=5)
+    assert asked[0][1] == 1

@@ -22,6 +22,7 @@ import pytest
 
 from relay import journal
 from relay.contracts.examples import example
+from relay.settings import SubscriberSettings
 from tests.support.postgres import fresh_name, upgraded, with_database
 from tests.support.relay import (
     relay_settings,
@@ -34,7 +35,7 @@ from tests.support.sink import Received, Reply, Sink
 
 pytestmark = pytest.mark.faults
 PATHS = ("/pf-10", "/hr")
-MAX_IN_FLIGHT = 16  # the default per subscriber
+MAX_IN_FLIGHT: int = SubscriberSettings.model_fields["max_in_flight"].default  # the default per subscriber
 
 
 async def publish_many(db: asyncpg.Connection, count: int, tag: str = "F") -> list[str]:
