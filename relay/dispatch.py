@@ -220,7 +220,9 @@ class Dispatcher:
         allowed = lane.breaker.allowed(now)
         if self._waits_for_a_batch(lane):
             return 0, allowed
-        limit = min(self._slots.available(lane), self._settings.batch_size)
+        available = self._slots.available(lane)
+        lane.waiting_for_slots = available <= 0
+        limit = min(available, self._settings.batch_size)
         return (limit if allowed is None else min(limit, allowed)), allowed
 
     @staticmethod

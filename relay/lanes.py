@@ -19,7 +19,7 @@ from relay.gateway import DeliveryPort
 from relay.limiter import Limiter
 from relay.logs import get_logger
 from relay.metrics import Metrics
-from relay.model import Outcome, effectively_paused
+from relay.model import DeliveryStatus, Outcome, effectively_paused
 from relay.request import Target
 from relay.settle import RetryPolicy
 from relay.supervisor import Loop
@@ -53,6 +53,8 @@ class Lane:
     in_flight: int = 0
     # The last claim took all it asked for: more rows are probably due (see Dispatcher._claim_limit).
     backlogged: bool = False
+    # Woken with work to look for while every slot was taken: a slot given back must wake it.
+    waiting_for_slots: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -72,13 +74,28 @@ class Slots:
         self.in_flight += 1
         return Slot(lane, self)
 
-    def _give_back(self, lane: Lane) -> None:
+    def _give_back(self, lane: Lane, status: DeliveryStatus | None) -> None:
         was_full = self.in_flight >= self.concurrency
         lane.in_flight -= 1
         self.in_flight -= 1
-        lane.wake.set()
+        if wakes_its_lane(lane, status):
+            lane.wake.set()
         if was_full:
             self._on_all_freed()
+
+
+def wakes_its_lane(lane: Lane, status: DeliveryStatus | None) -> bool:
+    """Whether a slot given back should make its lane look again. A caught-up lane whose delivery
+    ended (delivered, dead) has nothing to find: waking it would cost a claim that finds nothing and
+    a due-time query per delivery. A retry must wake it (its due time changed), and so must an
+    ordered lane (a successor may be waiting), a backlogged one, or one waiting for slots."""
+    return (
+        status not in ("delivered", "dead")
+        or lane.ordered
+        or lane.backlogged
+        or lane.waiting_for_slots
+        or lane.limiter is not None
+    )
 
 
 class Slot:
@@ -92,10 +109,11 @@ class Slot:
         self.queued = False  # its outcome is with the writer, which releases it once written
         self.released = False
 
-    def release(self) -> None:
+    def release(self, status: DeliveryStatus | None = None) -> None:
+        """Give the slot back; `status` is the outcome written for it (None: no outcome)."""
         if not self.released:
             self.released = True
-            self._slots._give_back(self.lane)
+            self._slots._give_back(self.lane, status)
 
 
 class LaneStates:

@@ -46,8 +46,8 @@ class OutcomeWriter:
         batch = self._pending[:BATCH_LIMIT]
         await self._store.write_results([r for r, _ in batch], self._owner)
         del self._pending[: len(batch)]
-        for _, slot in batch:
-            slot.release()
+        for result, slot in batch:
+            slot.release(result.status)
 
     async def flush(self, deadline: float) -> None:
         """At shutdown: write everything queued, retrying database errors until `deadline`."""
