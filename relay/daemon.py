@@ -203,6 +203,7 @@ class Daemon:
             batch_size=s.delivery.batch_size,
             poll_interval_s=s.database.poll_interval_s,
             tracing=self.tracing,
+            handoff=dispatcher,
         )
 
         def on_wake(everything: bool) -> None:

@@ -7,7 +7,7 @@ same ports in memory (tests/test_gateway_contract.py holds the two to the same r
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from typing import Protocol
@@ -15,7 +15,7 @@ from uuid import UUID
 
 import asyncpg
 
-from relay import journal, migrate
+from relay import journal, migrate, routing_queries
 from relay.database import Conn
 from relay.errors import SchemaError
 from relay.model import (
@@ -73,8 +73,16 @@ class RoutingBatch(Protocol):
     def events(self) -> Sequence[PendingEvent]: ...
 
     async def write(
-        self, routed: Sequence[RoutedEvent], rejected: Sequence[tuple[UUID, Rejection]]
-    ) -> None: ...
+        self,
+        routed: Sequence[RoutedEvent],
+        rejected: Sequence[tuple[UUID, Rejection]],
+        wanted: Mapping[str, int] | None = None,
+        owner: str = "",
+        lease_s: float = 0.0,
+    ) -> list[ClaimedDelivery]:
+        """Write the routing; up to `wanted[subscriber]` new deliveries each come back leased to
+        `owner` for `lease_s` (first attempt counted, journal order), live once the batch commits."""
+        ...
 
 
 class RoutingPort(Protocol):
@@ -129,8 +137,15 @@ class _PgRoutingBatch:
     def events(self) -> Sequence[PendingEvent]:
         return self._events
 
-    async def write(self, routed: Sequence[RoutedEvent], rejected: Sequence[tuple[UUID, Rejection]]) -> None:
-        await journal.write_routing(self._conn, routed, rejected)
+    async def write(
+        self,
+        routed: Sequence[RoutedEvent],
+        rejected: Sequence[tuple[UUID, Rejection]],
+        wanted: Mapping[str, int] | None = None,
+        owner: str = "",
+        lease_s: float = 0.0,
+    ) -> list[ClaimedDelivery]:
+        return await routing_queries.write_routing(self._conn, routed, rejected, wanted, owner, lease_s)
 
 
 class Gateway:
@@ -202,7 +217,7 @@ class Gateway:
     @asynccontextmanager
     async def routing(self, limit: int) -> AsyncIterator[RoutingBatch]:
         async with self._pool.acquire() as conn, conn.transaction():
-            yield _PgRoutingBatch(conn, await journal.claim_events(conn, limit))
+            yield _PgRoutingBatch(conn, await routing_queries.claim_events(conn, limit))
 
     async def schema_current(self) -> bool:
         async with self._pool.acquire() as conn:

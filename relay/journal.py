@@ -26,9 +26,7 @@ from relay.model import (
     HeldEntities,
     Instance,
     NotifiedEvent,
-    PendingEvent,
     Rejection,
-    RoutedEvent,
     SubscriberGauges,
     SubscriberState,
 )
@@ -176,42 +174,6 @@ async def wake(conn: Conn, channel: str, event_id: UUID, event_type: str) -> Non
 async def database_now(conn: Conn) -> datetime:
     now: datetime = await conn.fetchval(query("database_now"))
     return now
-
-
-# ─── Routing ─────────────────────────────────────────────────────────────────────────────────
-
-
-async def claim_events(conn: Conn, limit: int) -> list[PendingEvent]:
-    """Pending events, locked until the caller's transaction ends."""
-    return [
-        PendingEvent(
-            event_id=r["event_id"], payload=r["payload"], source=r["source"], traceparent=r["traceparent"]
-        )
-        for r in await conn.fetch(query("claim_events"), limit)
-    ]
-
-
-@redoable("the events stay pending until it commits: a lost routing is done again")
-async def write_routing(
-    conn: Conn, routed: Sequence[RoutedEvent], rejected: Sequence[tuple[UUID, Rejection]]
-) -> None:
-    if routed:
-        pairs = [(r.event_id, s, r.event_type) for r in routed for s in r.subscribers]
-        await conn.execute(
-            query("mark_routed"),
-            [r.event_id for r in routed],
-            [r.body.decode() for r in routed],
-            [r.entity_key for r in routed],
-            [r.event_type for r in routed],
-            [r.organization_id for r in routed],
-            [p[0] for p in pairs],
-            [p[1] for p in pairs],
-            [p[2] for p in pairs],
-            [r.traceparent for r in routed],
-        )
-    if rejected:
-        await conn.execute(query("mark_rejected"), [event_id for event_id, _ in rejected])
-        await record_rejected(conn, [r for _, r in rejected])
 
 
 # ─── Deliveries ──────────────────────────────────────────────────────────────────────────────

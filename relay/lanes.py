@@ -7,7 +7,7 @@ outcome is written (or its lease released), and `Slot.release()` is the only pla
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,7 @@ from relay.gateway import DeliveryPort
 from relay.limiter import Limiter
 from relay.logs import get_logger
 from relay.metrics import Metrics
-from relay.model import DeliveryStatus, Outcome, effectively_paused
+from relay.model import ClaimedDelivery, DeliveryStatus, Outcome, effectively_paused
 from relay.request import Target
 from relay.settle import RetryPolicy
 from relay.supervisor import Loop
@@ -114,6 +114,44 @@ class Slot:
         if not self.released:
             self.released = True
             self._slots._give_back(self.lane, status)
+
+
+@dataclass
+class Reservation:
+    """Slots taken before a routing for the deliveries it leases straight to caught-up lanes:
+    `hand` starts what was leased on them and gives the rest back (as does `cancel`)."""
+
+    owner: str
+    lease_s: float
+    slots: dict[str, list[Slot]]
+    start: Callable[[ClaimedDelivery, Slot], None]
+    # How many deliveries the routing had for each lane, and what to tell a lane it left rows for.
+    wanted: Mapping[str, int] = field(default_factory=dict)
+    left_behind: Callable[[str], None] = lambda _name: None
+
+    def sizes(self) -> dict[str, int]:
+        return {name: len(slots) for name, slots in self.slots.items() if slots}
+
+    def hand(self, leased: Sequence[ClaimedDelivery]) -> None:
+        handed: dict[str, int] = {}
+        try:
+            for item in leased:
+                slots = self.slots.get(item.subscriber)
+                if slots:
+                    self.start(item, slots.pop())
+                    handed[item.subscriber] = handed.get(item.subscriber, 0) + 1
+        finally:
+            self.cancel()
+            # Rows left pending must go before newer events are handed over them: their lane is
+            # backlogged until its own claim catches up.
+            for name, n in self.wanted.items():
+                if handed.get(name, 0) < n:
+                    self.left_behind(name)
+
+    def cancel(self) -> None:
+        for slots in self.slots.values():
+            while slots:
+                slots.pop().release()
 
 
 class LaneStates:

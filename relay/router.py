@@ -8,7 +8,8 @@ pending for any instance to take.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 from uuid import UUID
@@ -17,13 +18,20 @@ from relay import codec, filters
 from relay.contracts import UnknownFields
 from relay.gateway import RoutingPort
 from relay.ingest import route, unroutable
+from relay.lanes import Reservation
 from relay.logs import get_logger
 from relay.metrics import Metrics
-from relay.model import Rejection, RoutedEvent
+from relay.model import ClaimedDelivery, PendingEvent, Rejection, RoutedEvent
 from relay.supervisor import Loop
-from relay.tracing import Tracing, about
+from relay.tracing import RoutingSpans, Tracing, about
 
 log = get_logger("relay.router")
+
+
+class Handoff(Protocol):
+    """Where a routing's deliveries may go without a claim: slots of the lanes that are caught up."""
+
+    def reserve(self, wanted: Mapping[str, int]) -> Reservation: ...
 
 
 class Served(Protocol):
@@ -54,6 +62,7 @@ class Router:
         batch_size: int = 200,
         poll_interval_s: float = 5.0,
         tracing: Tracing | None = None,
+        handoff: Handoff | None = None,
     ) -> None:
         self._store = store
         self._metrics = metrics
@@ -67,6 +76,7 @@ class Router:
         self._warned: set[str] = set()
         self._tracing = tracing
         self._last_taken = 0
+        self._handoff = handoff
 
     def serve(self, subscribers: Mapping[str, Served] | Iterable[str]) -> None:
         """From the next batch on, create deliveries for exactly these subscribers, each through
@@ -91,6 +101,31 @@ class Router:
             await asyncio.sleep(ROUTING_LINGER_S)
         self._last_taken = await self.route_batch()
         return 0 if self._last_taken >= self._batch_size else None
+
+    def _judge(
+        self, events: Sequence[PendingEvent], spans: RoutingSpans | None
+    ) -> tuple[list[RoutedEvent], list[tuple[UUID, Rejection]]]:
+        """Each event validated and routed to the subscribers served here, or rejected."""
+        routed: list[RoutedEvent] = []
+        rejected: list[tuple[UUID, Rejection]] = []
+        for event in events:
+            if spans is not None:
+                spans.start(event.event_id, event.traceparent)
+            try:
+                outcome = route(event.event_id, event.payload, self._unknown_fields)
+            except Exception as exc:
+                # One event that breaks routing is rejected, visibly; it never blocks the batch.
+                log.exception("routing an event failed", event_id=str(event.event_id))
+                outcome = unroutable(event.event_id, exc)
+            self._metrics.events_received.labels(event.source).inc()
+            if isinstance(outcome, RoutedEvent):
+                served = self._served_only(outcome)
+                routed.append(served if spans is None else spans.routed(served))
+            else:
+                rejected.append((event.event_id, outcome))
+                if spans is not None:
+                    spans.rejected(event.event_id, outcome)
+        return routed, rejected
 
     def _served_only(self, event: RoutedEvent) -> RoutedEvent:
         """The event with only the subscribers served here and whose filter it passes: one not
@@ -126,36 +161,37 @@ class Router:
         return replace(event, subscribers=[s for s in event.subscribers if s not in dropped])
 
     async def route_batch(self) -> int:
-        """Route one batch; returns how many events it took."""
-        async with self._store.routing(self._batch_size) as batch:
-            if not batch.events:
-                return 0
-            routed: list[RoutedEvent] = []
-            rejected: list[tuple[UUID, Rejection]] = []
-            # One span per event, continuing its producer's trace; ended once the routing committed.
-            spans = self._tracing.routing() if self._tracing is not None else None
-            for event in batch.events:
-                if spans is not None:
-                    spans.start(event.event_id, event.traceparent)
-                try:
-                    outcome = route(event.event_id, event.payload, self._unknown_fields)
-                except Exception as exc:
-                    # One event that breaks routing is rejected, visibly; it never blocks the batch.
-                    log.exception("routing an event failed", event_id=str(event.event_id))
-                    outcome = unroutable(event.event_id, exc)
-                self._metrics.events_received.labels(event.source).inc()
-                if isinstance(outcome, RoutedEvent):
-                    served = self._served_only(outcome)
-                    routed.append(served if spans is None else spans.routed(served))
+        """Route one batch; returns how many events it took. The deliveries that caught-up lanes
+        have room for are leased in the same transaction and sent as soon as it commits."""
+        reservation: Reservation | None = None
+        leased: Sequence[ClaimedDelivery] = ()
+        try:
+            async with self._store.routing(self._batch_size) as batch:
+                if not batch.events:
+                    return 0
+                # One span per event, continuing its producer's trace; ended once the routing committed.
+                spans = self._tracing.routing() if self._tracing is not None else None
+                routed, rejected = self._judge(batch.events, spans)
+                if self._handoff is not None and routed:
+                    reservation = self._handoff.reserve(Counter(s for r in routed for s in r.subscribers))
+                wanted = reservation.sizes() if reservation is not None else {}
+                if wanted and reservation is not None:
+                    leased = await batch.write(
+                        routed, rejected, wanted, reservation.owner, reservation.lease_s
+                    )
                 else:
-                    rejected.append((event.event_id, outcome))
-                    if spans is not None:
-                        spans.rejected(event.event_id, outcome)
-            await batch.write(routed, rejected)
-            taken = len(batch.events)
-        subscribers: set[str] = set()
-        for routed_event in routed:
-            subscribers.update(routed_event.subscribers)
+                    await batch.write(routed, rejected)
+                taken = len(batch.events)
+        except BaseException:
+            if reservation is not None:
+                reservation.cancel()  # nothing was committed: the slots go back
+            raise
+        if reservation is not None:
+            reservation.hand(leased)
+        # A lane is woken to claim only when routing left it rows: what it was handed is under way.
+        handed = Counter(item.subscriber for item in leased)
+        routed_to = Counter(s for r in routed for s in r.subscribers)
+        subscribers = {s for s, n in routed_to.items() if handed[s] < n}
         for event_id, rejection in rejected:
             self._metrics.events_rejected.labels(rejection.reason).inc()
             with about(spans, event_id):

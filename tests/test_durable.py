@@ -17,7 +17,15 @@ from typing import Any
 import asyncpg
 import pytest
 
-from relay import audit_queries, codec, database, journal, operator_queries, scheduler_queries
+from relay import (
+    audit_queries,
+    codec,
+    database,
+    journal,
+    operator_queries,
+    routing_queries,
+    scheduler_queries,
+)
 from relay.contracts.examples import example
 from relay.gateway import Gateway
 from relay.listener import Listener
@@ -316,7 +324,7 @@ def _calls(node: ast.AST) -> tuple[set[str], set[str]]:
 
 
 # The gateway modules that write the journal's tables (schema changes, relay.migrate, are apart).
-GATEWAY_MODULES = (journal, operator_queries, audit_queries, scheduler_queries)
+GATEWAY_MODULES = (journal, routing_queries, operator_queries, audit_queries, scheduler_queries)
 
 
 def test_every_gateway_writer_declares_whether_it_is_a_sole_record() -> None:

@@ -101,6 +101,59 @@ async def test_a_routing_batch_that_fails_leaves_its_events_pending(store: Store
     assert await route_all(store) == [event_id]
 
 
+def routed_of(batch: Any) -> list[RoutedEvent]:
+    out = []
+    for event in batch.events:
+        outcome = route(event.event_id, event.payload, "keep")
+        assert isinstance(outcome, RoutedEvent)
+        out.append(outcome)
+    return out
+
+
+async def test_routing_leases_what_caught_up_lanes_ask_for_in_journal_order(store: Store) -> None:
+    ids = [await store.journal(payload(f"L-{i}")) for i in range(4)]
+    async with store.port.routing(10) as batch:
+        # HR is not routed it_asset_purchased: asking for it leases nothing.
+        leased = await batch.write(routed_of(batch), [], {"FA": 2, "HR": 5}, OWNER, 30)
+    assert [(c.event_id, c.subscriber, c.attempts, c.failed_rounds) for c in leased] == [
+        (ids[0], "FA", 1, 0),
+        (ids[1], "FA", 1, 0),
+    ]
+    assert codec.loads(leased[0].body)["asset_tag"] == "L-0"
+    assert leased[0].sequence is not None and leased[1].sequence is not None
+    assert leased[0].sequence < leased[1].sequence
+    # The leased rows are this instance's: another claims only the rest; the outcomes are ours.
+    rest = await store.port.claim_deliveries("FA", OTHER, 10, 30)
+    assert [c.event_id for c in rest] == ids[2:]
+    done = DeliveryResult(
+        event_id=ids[0],
+        subscriber="FA",
+        status="delivered",
+        attempts=1,
+        failed_rounds=0,
+        retry_in_s=None,
+        last_status=200,
+        last_error=None,
+    )
+    assert await store.port.write_results([done], OTHER) == 0
+    assert await store.port.write_results([done], OWNER) == 1
+
+
+async def test_a_routing_that_fails_leases_nothing(store: Store) -> None:
+    event_id = await store.journal(payload("LOST"))
+
+    async def lease_then_die() -> None:
+        async with store.port.routing(10) as batch:
+            assert len(await batch.write(routed_of(batch), [], {"FA": 1}, OWNER, 30)) == 1
+            raise RuntimeError("the router died before its commit")
+
+    with pytest.raises(RuntimeError):
+        await lease_then_die()
+    assert await route_all(store) == [event_id]
+    [claimed] = await store.port.claim_deliveries("FA", OTHER, 5, 30)
+    assert (claimed.event_id, claimed.attempts) == (event_id, 1)
+
+
 async def test_claims_lease_in_due_order_count_the_attempt_and_skip_leased_rows(store: Store) -> None:
     ids = [await store.journal(payload(f"C-{i}")) for i in range(3)]
     await route_all(store)

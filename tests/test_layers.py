@@ -47,7 +47,14 @@ def test_only_the_cli_and_demo_import_the_composition_root() -> None:
     assert importers <= {"cli.py", "demo.py"}
 
 
-GATEWAY = {"journal.py", "operator_queries.py", "audit_queries.py", "scheduler_queries.py", "migrate.py"}
+GATEWAY = {
+    "journal.py",
+    "routing_queries.py",
+    "operator_queries.py",
+    "audit_queries.py",
+    "scheduler_queries.py",
+    "migrate.py",
+}
 QUERY_CALLS = {"execute", "executemany", "fetch", "fetchval", "fetchrow", "copy_records_to_table"}
 
 

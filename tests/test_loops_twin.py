@@ -112,6 +112,7 @@ async def make_relay() -> AsyncIterator[Callable[..., Any]]:
         settings: DeliverySettings | None = None,
         max_in_flight: int = 4,
         subscriber: dict[str, Any] | None = None,
+        handoff: bool = False,
         **dest: Any,
     ) -> Relay:
         twin = Twin()
@@ -139,6 +140,7 @@ async def make_relay() -> AsyncIterator[Callable[..., Any]]:
             configured=["FA"],
             on_routed=dispatcher.wake,
             poll_interval_s=0.05,
+            handoff=dispatcher if handoff else None,
         )
         stopping = asyncio.Event()
         running.append((stopping, asyncio.create_task(dispatcher.run(stopping))))
@@ -360,3 +362,34 @@ async def test_a_backlogged_lane_claims_a_quarter_of_its_slots_at_a_time(
     await relay.publish(1, tag="late")
     await wait_until(lambda: relay.statuses() == {"delivered": 401}, within=5)
     assert asked[0][1] == 1
+
+
+async def test_routing_hands_a_caught_up_lane_its_deliveries_without_a_claim(
+    make_relay: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One transaction between a producer's commit and the POST: the routing leases the rows a
+    caught-up lane has room for; the lane's own claims find none of them."""
+    relay: Relay = await make_relay(max_in_flight=4, handoff=True)
+    found: list[int] = []
+    claim = relay.twin.claim_deliveries
+
+    async def recording(
+        subscriber: str, owner: str, limit: int, lease_s: float, ordered: bool = False
+    ) -> Any:
+        got = await claim(subscriber, owner, limit, lease_s, ordered)
+        found.append(len(got))
+        return got
+
+    monkeypatch.setattr(relay.twin, "claim_deliveries", recording)
+    ids = await relay.publish(3)
+    await wait_until(lambda: relay.statuses() == {"delivered": 3}, within=5)
+    assert sorted(r.headers["webhook-id"] for r in relay.destination.requests) == sorted(map(str, ids))
+    assert [r.headers["x-it-delivery-attempt"] for r in relay.destination.requests] == ["1"] * 3
+    assert sum(found) == 0
+    # More than its slots: the routing hands what fits, the lane claims the rest; each goes once.
+    found.clear()
+    more = await relay.publish(10, tag="M")
+    await wait_until(lambda: relay.statuses() == {"delivered": 13}, within=5)
+    assert sorted(r.headers["webhook-id"] for r in relay.destination.requests[3:]) == sorted(map(str, more))
+    assert sum(found) == 10 - 4
+    assert relay.destination.peak <= 4

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay import codec, journal, operator_queries
+from relay import codec, journal, operator_queries, routing_queries
 from relay.contracts.examples import example
 from relay.ingest import classify
 from relay.model import NotifiedEvent, Rejection
@@ -365,7 +365,7 @@ async def _follows(url: str, subject: str, extra: dict[str, Any], spelling: Any)
         await _publish(conn, bad)
         # What the router does with an invalid event, through the same gateway call.
         reason = Rejection(reason="schema", errors=("priority: x",), event_id=event_id, source="journal")
-        await journal.write_routing(conn, [], [(event_id, reason)])
+        await routing_queries.write_routing(conn, [], [(event_id, reason)])
         corrected = classify(codec.dumps(good).decode())
         assert isinstance(corrected, NotifiedEvent)
         assert (

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -297,8 +297,16 @@ class Batch:
         default_factory=list
     )
 
-    async def write(self, routed: Sequence[RoutedEvent], rejected: Sequence[tuple[UUID, Rejection]]) -> None:
+    async def write(
+        self,
+        routed: Sequence[RoutedEvent],
+        rejected: Sequence[tuple[UUID, Rejection]],
+        wanted: Mapping[str, int] | None = None,
+        owner: str = "",
+        lease_s: float = 0.0,
+    ) -> list[ClaimedDelivery]:
         self.written.append((routed, rejected))
+        return []
 
 
 @dataclass

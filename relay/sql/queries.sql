@@ -51,6 +51,10 @@ SELECT event_id, payload::text AS payload, source, traceparent
 -- The routing of a batch in one statement: each event's validated payload, and one delivery row
 -- per served subscriber ($6..$8, pairs of event and subscriber). An event that came without a
 -- trace context keeps its routing span's ($9), so its deliveries join that trace.
+-- Lanes that are caught up ask for their next rows here ($12 subscribers, $13 how many each): those
+-- rows are inserted already leased to $10 for $11 seconds, their first attempt counted, and
+-- returned for the lanes to send at once — one transaction between a producer's commit and the
+-- POST, no claim. A row behind a head held under on_exhausted = "hold" starts held, never leased.
 WITH routed AS (
     UPDATE it_relay.events e
        SET status = 'routed', routed_at = clock_timestamp(), payload = r.payload, entity_key = r.entity_key,
@@ -60,23 +64,33 @@ WITH routed AS (
       FROM unnest($1::uuid[], $2::jsonb[], $3::text[], $4::text[], $5::uuid[], $9::text[])
            AS r(event_id, payload, entity_key, event_type, organization_id, traceparent)
      WHERE e.event_id = r.event_id
-    RETURNING e.event_id
-), added AS (
-    -- Each delivery carries its entity and journal place; behind a head held under
-    -- on_exhausted = "hold" it starts held.
-    INSERT INTO it_relay.deliveries (event_id, subscriber, event_type, entity_key, seq, status)
+    RETURNING e.event_id, e.seq, e.created_at, e.traceparent,
+              CASE WHEN cardinality($12::text[]) > 0 THEN e.payload::text END AS body
+), planned AS (
     SELECT p.event_id, p.subscriber, p.event_type, k.entity_key, e.seq,
-           CASE WHEN k.entity_key IS NOT NULL AND EXISTS (
-                    SELECT 1 FROM it_relay.deliveries h
-                     WHERE h.holds AND h.subscriber = p.subscriber AND h.entity_key = k.entity_key)
-                THEN 'held' ELSE 'pending' END
+           k.entity_key IS NOT NULL AND EXISTS (
+               SELECT 1 FROM it_relay.deliveries h
+                WHERE h.holds AND h.subscriber = p.subscriber AND h.entity_key = k.entity_key) AS held,
+           row_number() OVER (PARTITION BY p.subscriber ORDER BY e.seq) AS place
       FROM unnest($6::uuid[], $7::text[], $8::text[]) AS p(event_id, subscriber, event_type)
       JOIN unnest($1::uuid[], $3::text[]) AS k(event_id, entity_key) ON k.event_id = p.event_id
       JOIN it_relay.events e ON e.event_id = p.event_id
+), added AS (
+    INSERT INTO it_relay.deliveries (event_id, subscriber, event_type, entity_key, seq, status,
+                                     lease_owner, lease_expires_at, attempts)
+    SELECT x.event_id, x.subscriber, x.event_type, x.entity_key, x.seq,
+           CASE WHEN x.held THEN 'held' ELSE 'pending' END,
+           CASE WHEN x.leased THEN $10::text END,
+           CASE WHEN x.leased THEN clock_timestamp() + make_interval(secs => $11::float8) END,
+           CASE WHEN x.leased THEN 1 ELSE 0 END
+      FROM (SELECT p.*, NOT p.held AND p.place <= coalesce(c.n, 0) AS leased
+              FROM planned p LEFT JOIN unnest($12::text[], $13::int[]) AS c(subscriber, n) USING (subscriber)) x
     ON CONFLICT (event_id, subscriber) DO NOTHING
-    RETURNING 1
+    RETURNING event_id, subscriber, lease_owner IS NOT NULL AS leased
 )
-SELECT (SELECT count(*) FROM routed) AS events, (SELECT count(*) FROM added) AS deliveries;
+SELECT a.event_id, a.subscriber, r.body, r.created_at, r.seq, r.traceparent
+  FROM added a JOIN routed r USING (event_id)
+ WHERE a.leased;
 
 -- name: mark_rejected
 UPDATE it_relay.events SET status = 'rejected', routed_at = clock_timestamp()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -74,13 +74,50 @@ class _TwinBatch:
         self._twin = twin
         self._held = events
         self.written: tuple[Sequence[RoutedEvent], Sequence[tuple[UUID, Rejection]]] | None = None
+        self.leased: list[ClaimedDelivery] = []
+        self.lease: tuple[str, float] = ("", 0.0)
 
     @property
     def events(self) -> Sequence[PendingEvent]:
         return [PendingEvent(event_id=e.event_id, payload=e.payload, source=e.source) for e in self._held]
 
-    async def write(self, routed: Sequence[RoutedEvent], rejected: Sequence[tuple[UUID, Rejection]]) -> None:
+    async def write(
+        self,
+        routed: Sequence[RoutedEvent],
+        rejected: Sequence[tuple[UUID, Rejection]],
+        wanted: Mapping[str, int] | None = None,
+        owner: str = "",
+        lease_s: float = 0.0,
+    ) -> list[ClaimedDelivery]:
         self.written = (routed, rejected)
+        self.lease = (owner, lease_s)
+        left = dict(wanted or {})
+        self.leased = []
+        for r in sorted(routed, key=lambda r: self._twin.events[r.event_id].seq):
+            event = self._twin.events[r.event_id]
+            for s in r.subscribers:
+                if (
+                    left.get(s, 0) <= 0
+                    or (r.event_id, s) in self._twin.deliveries
+                    or self._twin.holding(s, r)
+                ):
+                    continue
+                left[s] -= 1
+                self.leased.append(
+                    ClaimedDelivery(
+                        event_id=r.event_id,
+                        subscriber=s,
+                        event_type=r.event_type,
+                        attempts=1,
+                        failed_rounds=0,
+                        body=r.body,
+                        journaled_at=event.created_at,
+                        entity_key=r.entity_key,
+                        organization_id=r.organization_id,
+                        sequence=event.seq,
+                    )
+                )
+        return self.leased
 
 
 class Twin:
@@ -260,9 +297,20 @@ class Twin:
             yield batch
             if batch.written is not None:
                 self._apply_routing(*batch.written)  # commits only when the block ends cleanly
+                owner, lease_s = batch.lease
+                for c in batch.leased:
+                    d = self.deliveries[(c.event_id, c.subscriber)]
+                    d.lease_owner, d.lease_expires_at, d.attempts = owner, self.clock() + lease_s, 1
         finally:
             for e in held:
                 e.locked = False
+
+    def holding(self, subscriber: str, event: RoutedEvent) -> bool:
+        """A dead head of the event's entity holds the subscriber's later deliveries (on_exhausted = "hold")."""
+        return event.entity_key is not None and any(
+            o.holds and o.subscriber == subscriber and o.entity_key == event.entity_key
+            for o in self.deliveries.values()
+        )
 
     def _apply_routing(
         self, routed: Sequence[RoutedEvent], rejected: Sequence[tuple[UUID, Rejection]]
@@ -272,10 +320,7 @@ class Twin:
             event = self.events[r.event_id]
             event.status, event.payload, event.entity_key = "routed", r.body.decode(), r.entity_key
             for s in r.subscribers:
-                held = r.entity_key is not None and any(
-                    o.holds and o.subscriber == s and o.entity_key == r.entity_key
-                    for o in self.deliveries.values()
-                )
+                held = self.holding(s, r)
                 self.deliveries.setdefault(
                     (r.event_id, s),
                     TwinDelivery(
