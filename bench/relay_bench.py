@@ -314,7 +314,7 @@ async def throughput(
     ]
     deliveries = len(committed) * len(SUBSCRIBERS)
     return {
-        "system": _label(system),
+        "system": _label(system) + (f" [{TREE.name}]" if TREE is not None and system == "it-relay" else ""),
         "scenario": "latency" if rate else "throughput",
         "events": len(committed),
         "rate_target": rate,
@@ -496,6 +496,33 @@ async def _pyreqwest_post_rate(port: int, n: int, conc: int) -> float:
     return rate
 
 
+def _tree_runs(args: argparse.Namespace, dsn: str, workdir: Path, wanted: set[str]) -> list[dict[str, Any]]:
+    """The burst and the paced rate through each other checkout (--trees), beside this one's."""
+    global TREE
+    runs: list[dict[str, Any]] = []
+    for tree in args.trees.split(",") if args.trees else []:
+        TREE = Path(tree).resolve()
+        try:
+            if "throughput" in wanted:
+                runs.append(
+                    asyncio.run(
+                        throughput("it-relay", dsn, args.port, args.events, args.producers, None, workdir)
+                    )
+                )
+            if "latency" in wanted:
+                paced = int(args.latency_rate * args.latency_seconds)
+                runs.append(
+                    asyncio.run(
+                        throughput(
+                            "it-relay", dsn, args.port, paced, args.producers, args.latency_rate, workdir
+                        )
+                    )
+                )
+        finally:
+            TREE = None
+    return runs
+
+
 def _medians(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Of repeated runs, each system's median by deliveries/s (the others kept beside it)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -555,6 +582,7 @@ def _scenarios(args: argparse.Namespace, dsn: str, workdir: Path) -> list[dict[s
         runs.append(
             asyncio.run(throughput(system, dsn, args.port, paced, args.producers, args.latency_rate, workdir))
         )
+    runs += _tree_runs(args, dsn, workdir, wanted & {"throughput", "latency"})
     # Drain: the relay's own speed, at a shallow and a deep backlog (PgQueuer's dequeue slows with
     # depth; a single depth tells half the story). The peers with the same deliveries ready.
     if "drain" not in wanted:
