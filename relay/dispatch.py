@@ -83,6 +83,8 @@ class Dispatcher:
             duration=self._metrics.delivery_duration.labels(name),
             outcomes={o: self._metrics.deliveries.labels(name, o) for o in OUTCOMES},
             paused=not conf.enabled,
+            # Until its first claim says otherwise: rows waiting from before go before new ones.
+            backlogged=True,
         )
         self._configure(lane, conf, destination)
         return lane
@@ -281,9 +283,11 @@ class Dispatcher:
         as soon as the routing commits, with no claim between (Router.route_batch)."""
         now = time.monotonic()
         taken: dict[str, list[Slot]] = {}
+        # Not before the pauses are read (run()) nor while stopping: then every row waits for a claim.
+        ready = self._running and not self._stopping.is_set()
         for name, n in wanted.items():
             lane = self.lanes.get(name)
-            if self._stopping.is_set() or lane is None or lane.backlogged or lane.ordered or lane.limiter:
+            if not ready or lane is None or not self._takes_handed(lane):
                 continue
             limit, allowed = self._claim_limit(lane, now)
             if allowed is None and limit > 0:
@@ -297,13 +301,25 @@ class Dispatcher:
         if lane is not None:
             lane.backlogged = True
 
-    def _start_handed(self, item: ClaimedDelivery, slot: Slot) -> None:
+    @staticmethod
+    def _takes_handed(lane: Lane) -> bool:
+        return not (lane.backlogged or lane.ordered or lane.limiter is not None or lane.paused)
+
+    def _start_handed(self, item: ClaimedDelivery, slot: Slot) -> bool:
+        """Start a row routing leased to this lane; False if the lane changed meanwhile (removed or
+        reconfigured by a reload, paused, its circuit opened, shutting down): the router gives the
+        lease back."""
         lane = self.lanes.get(item.subscriber)
-        if lane is None or self._stopping.is_set():
-            # Removed by a reload, or shutting down: the lease runs out and the row is claimed again.
+        if (
+            lane is None
+            or self._stopping.is_set()
+            or not self._takes_handed(lane)
+            or lane.breaker.allowed(time.monotonic()) is not None
+        ):
             slot.release()
-            return
+            return False
         self._start(lane, item, False, slot=slot)
+        return True
 
     def _start(
         self, lane: Lane, item: ClaimedDelivery, probe: bool, paced: bool = False, slot: Slot | None = None

@@ -90,6 +90,10 @@ class RoutingPort(Protocol):
         """Claim up to `limit` pending events; the routing commits when the block ends cleanly."""
         ...
 
+    async def release_leases(self, owner: str, keys: Sequence[tuple[UUID, str]]) -> None:
+        """Leased rows back to pending, their counted attempt given back."""
+        ...
+
 
 class IngestPort(Protocol):
     """What the listener needs to journal notifications."""

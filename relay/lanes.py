@@ -124,7 +124,7 @@ class Reservation:
     owner: str
     lease_s: float
     slots: dict[str, list[Slot]]
-    start: Callable[[ClaimedDelivery, Slot], None]
+    start: Callable[[ClaimedDelivery, Slot], bool]
     # How many deliveries the routing had for each lane, and what to tell a lane it left rows for.
     wanted: Mapping[str, int] = field(default_factory=dict)
     left_behind: Callable[[str], None] = lambda _name: None
@@ -132,14 +132,17 @@ class Reservation:
     def sizes(self) -> dict[str, int]:
         return {name: len(slots) for name, slots in self.slots.items() if slots}
 
-    def hand(self, leased: Sequence[ClaimedDelivery]) -> None:
+    def hand(self, leased: Sequence[ClaimedDelivery]) -> list[ClaimedDelivery]:
+        """Start what was leased; returns the rows not started, whose leases the caller gives back."""
         handed: dict[str, int] = {}
+        unstarted: list[ClaimedDelivery] = []
         try:
             for item in leased:
                 slots = self.slots.get(item.subscriber)
-                if slots:
-                    self.start(item, slots.pop())
+                if slots and self.start(item, slots.pop()):
                     handed[item.subscriber] = handed.get(item.subscriber, 0) + 1
+                else:
+                    unstarted.append(item)
         finally:
             self.cancel()
             # Rows left pending must go before newer events are handed over them: their lane is
@@ -147,6 +150,7 @@ class Reservation:
             for name, n in self.wanted.items():
                 if handed.get(name, 0) < n:
                     self.left_behind(name)
+        return unstarted
 
     def cancel(self) -> None:
         for slots in self.slots.values():

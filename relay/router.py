@@ -16,6 +16,7 @@ from uuid import UUID
 
 from relay import codec, filters
 from relay.contracts import UnknownFields
+from relay.database import DB_ERRORS
 from relay.gateway import RoutingPort
 from relay.ingest import route, unroutable
 from relay.lanes import Reservation
@@ -102,6 +103,14 @@ class Router:
         self._last_taken = await self.route_batch()
         return 0 if self._last_taken >= self._batch_size else None
 
+    async def _give_back(self, owner: str, rows: Sequence[ClaimedDelivery]) -> None:
+        """Rows leased for a lane that could no longer take them: pending again at once (if this
+        fails, their leases run out and they are claimed then)."""
+        try:
+            await self._store.release_leases(owner, [(r.event_id, r.subscriber) for r in rows])
+        except DB_ERRORS as exc:
+            log.warning("giving back leases failed; they run out", error=type(exc).__name__, rows=len(rows))
+
     def _judge(
         self, events: Sequence[PendingEvent], spans: RoutingSpans | None
     ) -> tuple[list[RoutedEvent], list[tuple[UUID, Rejection]]]:
@@ -187,7 +196,9 @@ class Router:
                 reservation.cancel()  # nothing was committed: the slots go back
             raise
         if reservation is not None:
-            reservation.hand(leased)
+            unstarted = reservation.hand(leased)
+            if unstarted:
+                await self._give_back(reservation.owner, unstarted)
         # A lane is woken to claim only when routing left it rows: what it was handed is under way.
         handed = Counter(item.subscriber for item in leased)
         routed_to = Counter(s for r in routed for s in r.subscribers)

@@ -380,6 +380,8 @@ async def test_routing_hands_a_caught_up_lane_its_deliveries_without_a_claim(
         found.append(len(got))
         return got
 
+    # A lane starts backlogged (rows from before a restart go first) until its first claim.
+    await wait_until(lambda: not relay.dispatcher.lanes["FA"].backlogged, within=5)
     monkeypatch.setattr(relay.twin, "claim_deliveries", recording)
     ids = await relay.publish(3)
     await wait_until(lambda: relay.statuses() == {"delivered": 3}, within=5)
@@ -393,3 +395,29 @@ async def test_routing_hands_a_caught_up_lane_its_deliveries_without_a_claim(
     assert sorted(r.headers["webhook-id"] for r in relay.destination.requests[3:]) == sorted(map(str, more))
     assert sum(found) == 10 - 4
     assert relay.destination.peak <= 4
+
+
+async def test_rows_leased_for_a_lane_that_changed_during_the_routing_are_given_back(
+    make_relay: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Paused between the reservation and the commit: nothing is sent, and the rows are pending
+    again at once with their attempt given back, not left leased until the lease runs out."""
+    relay: Relay = await make_relay(max_in_flight=4, handoff=True)
+    await wait_until(lambda: not relay.dispatcher.lanes["FA"].backlogged, within=5)
+    reserve = relay.dispatcher.reserve
+
+    def pausing(wanted: Any) -> Any:
+        reservation = reserve(wanted)
+        relay.dispatcher.lanes["FA"].paused = True
+        return reservation
+
+    monkeypatch.setattr(relay.dispatcher, "reserve", pausing)
+    await relay.publish(2)
+    rows = list(relay.twin.deliveries.values())
+    assert [(d.status, d.lease_owner, d.attempts) for d in rows] == [("pending", None, 0)] * 2
+    assert relay.destination.requests == []
+    assert relay.dispatcher.in_flight == 0
+    relay.dispatcher.lanes["FA"].paused = False
+    relay.dispatcher.wake()
+    await wait_until(lambda: relay.statuses() == {"delivered": 2}, within=5)
+    assert [r.headers["x-it-delivery-attempt"] for r in relay.destination.requests] == ["1", "1"]

@@ -319,6 +319,9 @@ class OneBatch:
     async def routing(self, limit: int) -> AsyncIterator[Batch]:
         yield self.batch
 
+    async def release_leases(self, owner: str, keys: Sequence[tuple[UUID, str]]) -> None:
+        raise AssertionError("nothing is leased without a handoff")
+
 
 async def test_routing_continues_the_producers_trace_and_gives_others_their_own(
     traced: Traced, log_lines: io.StringIO
