@@ -28,7 +28,7 @@ import asyncpg
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from relay import codec, journal, migrate
+from relay import codec, journal, migrate, routing_queries
 from relay.contracts.examples import example
 from relay.ingest import route
 from relay.model import AttemptRecord, DeliveryResult
@@ -82,11 +82,11 @@ async def once(
         t = _backend_cpu(pid)
         async with conn.transaction():
             t0 = _backend_cpu(pid)
-            pending = await journal.claim_events(conn, batch)
+            pending = await routing_queries.claim_events(conn, batch)
             parts["claim_events"] += _backend_cpu(pid) - t0
             routed = [route(event.event_id, event.payload, "reject") for event in pending]
             t0 = _backend_cpu(pid)
-            await journal.write_routing(conn, routed, [])  # type: ignore[arg-type]
+            await routing_queries.write_routing(conn, routed, [])  # type: ignore[arg-type]
             parts["mark_routed"] += _backend_cpu(pid) - t0
         spent["route"] += _backend_cpu(pid) - t
         if not pending:
