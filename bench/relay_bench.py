@@ -78,8 +78,7 @@ def _label(system: str, transport: str | None = None, instances: int = 1) -> str
 
 
 def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return server.cpu_seconds(pid)
 
 
 def _peak_rss_mb(pid: int) -> float:

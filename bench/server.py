@@ -19,6 +19,12 @@ def _stat(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of one process."""
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
 def tree_cpu_seconds(root: int) -> float:
     """CPU seconds of a process, its exited children it reaped, and its live children."""
     fields = _stat(root)

@@ -181,12 +181,12 @@ class Router:
                 # One span per event, continuing its producer's trace; ended once the routing committed.
                 spans = self._tracing.routing() if self._tracing is not None else None
                 routed, rejected = self._judge(batch.events, spans)
+                routed_to = Counter(s for r in routed for s in r.subscribers)
                 if self._handoff is not None and routed:
-                    reservation = self._handoff.reserve(Counter(s for r in routed for s in r.subscribers))
-                wanted = reservation.sizes() if reservation is not None else {}
-                if wanted and reservation is not None:
+                    reservation = self._handoff.reserve(routed_to)
+                if reservation is not None:
                     leased = await batch.write(
-                        routed, rejected, wanted, reservation.owner, reservation.lease_s
+                        routed, rejected, reservation.sizes(), reservation.owner, reservation.lease_s
                     )
                 else:
                     await batch.write(routed, rejected)
@@ -195,13 +195,13 @@ class Router:
             if reservation is not None:
                 reservation.cancel()  # nothing was committed: the slots go back
             raise
+        handed = Counter(item.subscriber for item in leased)
         if reservation is not None:
             unstarted = reservation.hand(leased)
             if unstarted:
                 await self._give_back(reservation.owner, unstarted)
+                handed -= Counter(item.subscriber for item in unstarted)
         # A lane is woken to claim only when routing left it rows: what it was handed is under way.
-        handed = Counter(item.subscriber for item in leased)
-        routed_to = Counter(s for r in routed for s in r.subscribers)
         subscribers = {s for s, n in routed_to.items() if handed[s] < n}
         for event_id, rejection in rejected:
             self._metrics.events_rejected.labels(rejection.reason).inc()
