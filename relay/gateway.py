@@ -31,6 +31,7 @@ from relay.model import (
     SubscriberState,
 )
 from relay.ratelimit import TokenGrant
+from relay.routing_queries import Written
 
 
 class DeliveryPort(Protocol):
@@ -67,7 +68,8 @@ class DeliveryPort(Protocol):
 
 
 class RoutingBatch(Protocol):
-    """Pending events held by this instance until the batch ends; their routing written inside it."""
+    """Pending events read for a routing (held by this instance until the batch ends when it is
+    exclusive); their routing written inside it, for those still pending as read."""
 
     @property
     def events(self) -> Sequence[PendingEvent]: ...
@@ -79,15 +81,17 @@ class RoutingBatch(Protocol):
         wanted: Mapping[str, int] | None = None,
         owner: str = "",
         lease_s: float = 0.0,
-    ) -> list[ClaimedDelivery]:
-        """Write the routing; up to `wanted[subscriber]` new deliveries each come back leased to
-        `owner` for `lease_s` (first attempt counted, journal order), live once the batch commits."""
+    ) -> Written:
+        """Write the routing of the events still pending and unchanged since read (another
+        instance may have taken some); up to `wanted[subscriber]` new deliveries each come back
+        leased to `owner` for `lease_s` (first attempt counted, journal order)."""
         ...
 
 
 class RoutingPort(Protocol):
-    def routing(self, limit: int) -> AbstractAsyncContextManager[RoutingBatch]:
-        """Claim up to `limit` pending events; the routing commits when the block ends cleanly."""
+    def routing(self, limit: int, exclusive: bool = True) -> AbstractAsyncContextManager[RoutingBatch]:
+        """Up to `limit` pending events. Exclusive: locked (others skip them) and the routing
+        commits when the block ends cleanly. Else read unlocked, and `write` commits at once."""
         ...
 
     async def release_leases(self, owner: str, keys: Sequence[tuple[UUID, str]]) -> None:
@@ -133,6 +137,8 @@ class RetentionPort(Protocol):
 
 
 class _PgRoutingBatch:
+    """Exclusive: inside the routing's transaction. Else on a connection in autocommit."""
+
     def __init__(self, conn: Conn, events: list[PendingEvent]) -> None:
         self._conn = conn
         self._events = events
@@ -148,8 +154,10 @@ class _PgRoutingBatch:
         wanted: Mapping[str, int] | None = None,
         owner: str = "",
         lease_s: float = 0.0,
-    ) -> list[ClaimedDelivery]:
-        return await routing_queries.write_routing(self._conn, routed, rejected, wanted, owner, lease_s)
+    ) -> Written:
+        return await routing_queries.write_routing(
+            self._conn, self._events, routed, rejected, wanted, owner, lease_s
+        )
 
 
 class Gateway:
@@ -219,9 +227,14 @@ class Gateway:
         return []
 
     @asynccontextmanager
-    async def routing(self, limit: int) -> AsyncIterator[RoutingBatch]:
-        async with self._pool.acquire() as conn, conn.transaction():
-            yield _PgRoutingBatch(conn, await routing_queries.claim_events(conn, limit))
+    async def routing(self, limit: int, exclusive: bool = True) -> AsyncIterator[RoutingBatch]:
+        async with self._pool.acquire() as conn:
+            if not exclusive:
+                # Two round trips (read, write): no BEGIN, no COMMIT, no lock held between.
+                yield _PgRoutingBatch(conn, await routing_queries.claim_events(conn, limit, lock=False))
+                return
+            async with conn.transaction():
+                yield _PgRoutingBatch(conn, await routing_queries.claim_events(conn, limit))
 
     async def schema_current(self) -> bool:
         async with self._pool.acquire() as conn:

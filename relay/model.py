@@ -182,6 +182,8 @@ class PendingEvent:
     source: Source
     # The producer's trace context, when it gave one (validated when journaled).
     traceparent: str | None = None
+    # The row's version when read (its xmin): a routing takes the event only if it is unchanged.
+    version: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -8,6 +8,7 @@ pending for any instance to take.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -23,6 +24,7 @@ from relay.lanes import Reservation
 from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.model import ClaimedDelivery, PendingEvent, Rejection, RoutedEvent
+from relay.routing_queries import Written
 from relay.supervisor import Loop
 from relay.tracing import RoutingSpans, Tracing, about
 
@@ -49,6 +51,9 @@ def _filters_of(configured: Mapping[str, Served] | Iterable[str]) -> dict[str, M
 
 
 ROUTING_LINGER_S = 0.002
+# How long a router claims with locks after another instance took events it had read: unlocked
+# routing (two round trips) pays off alone; with company, each would judge every event.
+CONTENDED_S = 30.0
 
 
 class Router:
@@ -78,6 +83,8 @@ class Router:
         self._tracing = tracing
         self._last_taken = 0
         self._handoff = handoff
+        # Until then, batches are claimed with locks: another instance was seen routing them too.
+        self._exclusive_until = 0.0
 
     def serve(self, subscribers: Mapping[str, Served] | Iterable[str]) -> None:
         """From the next batch on, create deliveries for exactly these subscribers, each through
@@ -126,7 +133,6 @@ class Router:
                 # One event that breaks routing is rejected, visibly; it never blocks the batch.
                 log.exception("routing an event failed", event_id=str(event.event_id))
                 outcome = unroutable(event.event_id, exc)
-            self._metrics.events_received.labels(event.source).inc()
             if isinstance(outcome, RoutedEvent):
                 served = self._served_only(outcome)
                 routed.append(served if spans is None else spans.routed(served))
@@ -171,39 +177,43 @@ class Router:
 
     async def route_batch(self) -> int:
         """Route one batch; returns how many events it took. The deliveries that caught-up lanes
-        have room for are leased in the same transaction and sent as soon as it commits."""
+        have room for are leased in the same statement and sent as soon as it commits."""
         reservation: Reservation | None = None
-        leased: Sequence[ClaimedDelivery] = ()
+        exclusive = time.monotonic() < self._exclusive_until
         try:
-            async with self._store.routing(self._batch_size) as batch:
-                if not batch.events:
+            async with self._store.routing(self._batch_size, exclusive) as batch:
+                events = batch.events
+                if not events:
                     return 0
                 # One span per event, continuing its producer's trace; ended once the routing committed.
                 spans = self._tracing.routing() if self._tracing is not None else None
-                routed, rejected = self._judge(batch.events, spans)
+                routed, rejected = self._judge(events, spans)
                 routed_to = Counter(s for r in routed for s in r.subscribers)
                 if self._handoff is not None and routed:
                     reservation = self._handoff.reserve(routed_to)
                 if reservation is not None:
-                    leased = await batch.write(
+                    written = await batch.write(
                         routed, rejected, reservation.sizes(), reservation.owner, reservation.lease_s
                     )
                 else:
-                    await batch.write(routed, rejected)
-                taken = len(batch.events)
+                    written = await batch.write(routed, rejected)
         except BaseException:
             if reservation is not None:
-                reservation.cancel()  # nothing was committed: the slots go back
+                reservation.cancel()  # the slots go back (leases a lost commit made run out)
             raise
-        handed = Counter(item.subscriber for item in leased)
+        self._taken_by_others(events, written, spans)
+        handed = Counter(item.subscriber for item in written.leased)
         if reservation is not None:
-            unstarted = reservation.hand(leased)
+            unstarted = reservation.hand(written.leased)
             if unstarted:
                 await self._give_back(reservation.owner, unstarted)
                 handed -= Counter(item.subscriber for item in unstarted)
+        routed_to = Counter(s for r in routed if r.event_id in written.routed for s in r.subscribers)
         # A lane is woken to claim only when routing left it rows: what it was handed is under way.
         subscribers = {s for s, n in routed_to.items() if handed[s] < n}
         for event_id, rejection in rejected:
+            if event_id not in written.rejected:
+                continue
             self._metrics.events_rejected.labels(rejection.reason).inc()
             with about(spans, event_id):
                 log.warning(
@@ -217,4 +227,26 @@ class Router:
             spans.end()
         if subscribers:
             self._on_routed(subscribers)
-        return taken
+        return len(events)
+
+    def _taken_by_others(
+        self, events: Sequence[PendingEvent], written: Written, spans: RoutingSpans | None
+    ) -> None:
+        """Count what this routing took; events another instance routed first are its to count,
+        and while that happens, batches are taken with locks (no two instances judge one event)."""
+        taken = written.routed | written.rejected
+        lost = [e.event_id for e in events if e.event_id not in taken]
+        for event in events:
+            if event.event_id in taken:
+                self._metrics.events_received.labels(event.source).inc()
+        if not lost:
+            return
+        if spans is not None:
+            spans.forget(lost)
+        if time.monotonic() >= self._exclusive_until:
+            log.info(
+                "another instance routed some of these events first: taking batches with locks for a while",
+                events=len(lost),
+                seconds=CONTENDED_S,
+            )
+        self._exclusive_until = time.monotonic() + CONTENDED_S

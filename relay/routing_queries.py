@@ -1,40 +1,58 @@
-"""SQL access for routing: pending events claimed, then each batch's routing written in one
+"""SQL access for routing: pending events read, then each batch's routing written in one
 statement — with the deliveries that caught-up lanes asked for already leased to them."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from uuid import UUID
 
 import asyncpg
 
 from relay.database import Conn
-from relay.journal import record_rejected, redoable
+from relay.journal import record_rejected, redoable, sole_record
 from relay.model import ClaimedDelivery, PendingEvent, Rejection, RoutedEvent
 from relay.sql import query
 
 
-async def claim_events(conn: Conn, limit: int) -> list[PendingEvent]:
-    """Pending events, locked until the caller's transaction ends."""
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What a routing took: the events it routed and rejected (another instance may have taken
+    the rest), and the deliveries leased to caught-up lanes."""
+
+    routed: frozenset[UUID] = frozenset()
+    rejected: frozenset[UUID] = frozenset()
+    leased: list[ClaimedDelivery] = field(default_factory=list)
+
+
+async def claim_events(conn: Conn, limit: int, *, lock: bool = True) -> list[PendingEvent]:
+    """Pending events in journal order; with `lock`, held until the caller's transaction ends."""
     return [
         PendingEvent(
-            event_id=r["event_id"], payload=r["payload"], source=r["source"], traceparent=r["traceparent"]
+            event_id=r["event_id"],
+            payload=r["payload"],
+            source=r["source"],
+            traceparent=r["traceparent"],
+            version=r["version"],
         )
-        for r in await conn.fetch(query("claim_events"), limit)
+        for r in await conn.fetch(query("claim_events" if lock else "peek_events"), limit)
     ]
 
 
 @redoable("the events stay pending until it commits: a lost routing is done again")
 async def write_routing(
     conn: Conn,
+    events: Sequence[PendingEvent],
     routed: Sequence[RoutedEvent],
     rejected: Sequence[tuple[UUID, Rejection]],
     wanted: Mapping[str, int] | None = None,
     owner: str = "",
     lease_s: float = 0.0,
-) -> list[ClaimedDelivery]:
-    """Write a batch's routing; up to `wanted[subscriber]` of its new deliveries come back leased
-    to `owner` (in journal order, their first attempt counted), for lanes that are caught up."""
+) -> Written:
+    """Write a batch's routing for the events still pending as read; up to `wanted[subscriber]`
+    of its new deliveries come back leased to `owner` (journal order, first attempt counted)."""
+    versions = {e.event_id: e.version for e in events}
+    taken: set[UUID] = set()
     leased: list[ClaimedDelivery] = []
     if routed:
         pairs = [(r.event_id, s, r.event_type) for r in routed for s in r.subscribers]
@@ -54,13 +72,26 @@ async def write_routing(
             lease_s,
             list(offer),
             list(offer.values()),
+            [versions[r.event_id] for r in routed],
         )
-        events = {r.event_id: r for r in routed}
-        leased = [_leased(events[row["event_id"]], row) for row in rows]
+        by_id = {r.event_id: r for r in routed}
+        taken = {row["event_id"] for row in rows}
+        leased = [_leased(by_id[row["event_id"]], row) for row in rows if row["subscriber"] is not None]
+    refused: set[UUID] = set()
     if rejected:
-        await conn.execute(query("mark_rejected"), [event_id for event_id, _ in rejected])
-        await record_rejected(conn, [r for _, r in rejected])
-    return leased
+        refused = await reject_events(conn, [(event_id, r, versions[event_id]) for event_id, r in rejected])
+    return Written(frozenset(taken), frozenset(refused), leased)
+
+
+@sole_record("a rejection: of an event, the only trace of why it was not delivered")
+async def reject_events(conn: Conn, rejections: Sequence[tuple[UUID, Rejection, int]]) -> set[UUID]:
+    """Mark rejected the events still pending as read and record their rejections, atomically."""
+    rows = await conn.fetch(
+        query("mark_rejected"), [e for e, _, _ in rejections], [v for _, _, v in rejections]
+    )
+    taken = {row["event_id"] for row in rows}
+    await record_rejected(conn, [r for e, r, _ in rejections if e in taken])
+    return taken
 
 
 def _leased(event: RoutedEvent, row: asyncpg.Record) -> ClaimedDelivery:

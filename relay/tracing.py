@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
@@ -321,6 +321,11 @@ class RoutingSpans:
 
         with trace.use_span(self._spans[event_id][0], end_on_exit=False):
             yield
+
+    def forget(self, event_ids: Iterable[UUID]) -> None:
+        """Events another instance routed: their spans are never ended, so never exported."""
+        for event_id in event_ids:
+            self._spans.pop(event_id, None)
 
     def end(self) -> None:
         for span, _ in self._spans.values():

@@ -182,6 +182,12 @@ async def _sole_record_writes(db: asyncpg.Connection) -> dict[str, Write]:
     licence = uuid.uuid4()
     notified = example("it_asset_assigned")
     holding = await _routed_event(db, "PF-10")
+    unfit = uuid.uuid4()
+    version = await db.fetchval(
+        "INSERT INTO it_relay.events (event_id, event_type, payload, source) "
+        "VALUES ($1, 'it_ticket_created', '{}'::jsonb, 'publish') RETURNING xmin",
+        unfit,
+    )
     await db.execute(
         "UPDATE it_relay.deliveries SET status = 'dead', holds = true, entity_key = 'asset_id:held' WHERE event_id = $1",
         holding,
@@ -203,6 +209,9 @@ async def _sole_record_writes(db: asyncpg.Connection) -> dict[str, Write]:
             c, [Rejection(reason="not_json", errors=("$: not JSON",), raw_text="{", source="notify")]
         ),
         # Its payload cannot be stored as jsonb: kept as text, by the fallback.
+        "reject_events": lambda c: routing_queries.reject_events(
+            c, [(unfit, Rejection(reason="schema", errors=("$: x",), event_id=unfit), version)]
+        ),
         "record_rejected_safely": lambda c: journal.record_rejected_safely(
             c, Rejection(reason="schema", errors=("$: x",), payload={"a": "\x00"}, source="notify")
         ),

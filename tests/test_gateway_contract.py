@@ -114,7 +114,7 @@ async def test_routing_leases_what_caught_up_lanes_ask_for_in_journal_order(stor
     ids = [await store.journal(payload(f"L-{i}")) for i in range(4)]
     async with store.port.routing(10) as batch:
         # HR is not routed it_asset_purchased: asking for it leases nothing.
-        leased = await batch.write(routed_of(batch), [], {"FA": 2, "HR": 5}, OWNER, 30)
+        leased = (await batch.write(routed_of(batch), [], {"FA": 2, "HR": 5}, OWNER, 30)).leased
     assert [(c.event_id, c.subscriber, c.attempts, c.failed_rounds) for c in leased] == [
         (ids[0], "FA", 1, 0),
         (ids[1], "FA", 1, 0),
@@ -144,7 +144,7 @@ async def test_a_routing_that_fails_leases_nothing(store: Store) -> None:
 
     async def lease_then_die() -> None:
         async with store.port.routing(10) as batch:
-            assert len(await batch.write(routed_of(batch), [], {"FA": 1}, OWNER, 30)) == 1
+            assert len((await batch.write(routed_of(batch), [], {"FA": 1}, OWNER, 30)).leased) == 1
             raise RuntimeError("the router died before its commit")
 
     with pytest.raises(RuntimeError):
@@ -152,6 +152,37 @@ async def test_a_routing_that_fails_leases_nothing(store: Store) -> None:
     assert await route_all(store) == [event_id]
     [claimed] = await store.port.claim_deliveries("FA", OTHER, 5, 30)
     assert (claimed.event_id, claimed.attempts) == (event_id, 1)
+
+
+async def test_two_unlocked_routings_of_the_same_events_route_each_once(store: Store) -> None:
+    ids = [await store.journal(payload(f"U-{i}")) for i in range(3)]
+    async with (
+        store.port.routing(10, exclusive=False) as first,
+        store.port.routing(10, exclusive=False) as second,
+    ):
+        # Both read the same three: neither read took a lock.
+        assert [e.event_id for e in first.events] == [e.event_id for e in second.events] == ids
+        won = await first.write(routed_of(first), [], {"FA": 5}, OWNER, 30)
+        lost = await second.write(routed_of(second), [], {"FA": 5}, OTHER, 30)
+    assert won.routed == set(ids) and [c.event_id for c in won.leased] == ids
+    assert (lost.routed, lost.rejected, lost.leased) == (frozenset(), frozenset(), [])
+    # One delivery each, leased to the winner: nothing is left for anyone to claim.
+    assert await store.port.claim_deliveries("FA", OTHER, 10, 0) == []
+    assert await route_all(store) == []
+
+
+async def test_an_unlocked_routing_skips_events_a_locked_one_holds(store: Store) -> None:
+    ids = [await store.journal(payload(f"K-{i}")) for i in range(2)]
+    async with store.port.routing(1) as locked:
+        assert [e.event_id for e in locked.events] == ids[:1]
+        async with store.port.routing(10, exclusive=False) as unlocked:
+            assert [e.event_id for e in unlocked.events] == ids
+            # No wait on the held row (SKIP LOCKED): the other event is routed here, at once.
+            written = await unlocked.write(routed_of(unlocked), [])
+        assert written.routed == {ids[1]}
+        assert (await locked.write(routed_of(locked), [])).routed == {ids[0]}
+    claimed = await store.port.claim_deliveries("FA", OWNER, 10, 30)
+    assert sorted(c.event_id for c in claimed) == sorted(ids)
 
 
 async def test_claims_lease_in_due_order_count_the_attempt_and_skip_leased_rows(store: Store) -> None:

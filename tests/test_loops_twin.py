@@ -4,7 +4,8 @@ seconds and without PostgreSQL. The twin is held to the journal by tests/test_ga
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import pairwise
@@ -17,7 +18,10 @@ from relay import codec
 from relay.contracts.examples import example
 from relay.destination import Answer
 from relay.dispatch import Dispatcher
+from relay.gateway import RoutingBatch
+from relay.ingest import route
 from relay.metrics import Metrics
+from relay.model import RoutedEvent
 from relay.request import Request
 from relay.router import Router
 from relay.settings import DeliverySettings, SubscriberSettings
@@ -421,3 +425,63 @@ async def test_rows_leased_for_a_lane_that_changed_during_the_routing_are_given_
     relay.dispatcher.wake()
     await wait_until(lambda: relay.statuses() == {"delivered": 2}, within=5)
     assert [r.headers["x-it-delivery-attempt"] for r in relay.destination.requests] == ["1", "1"]
+
+
+@dataclass
+class Racing:
+    """The twin, with another instance routing every batch this router reads unlocked before
+    it writes (the race the unlocked routing's guard is for); `modes` records each read's."""
+
+    twin: Twin
+    modes: list[bool] = field(default_factory=list)
+
+    @asynccontextmanager
+    async def routing(self, limit: int, exclusive: bool = True) -> AsyncIterator[RoutingBatch]:
+        self.modes.append(exclusive)
+        async with self.twin.routing(limit, exclusive) as batch:
+            if not exclusive:
+                async with self.twin.routing(limit, False) as other:
+                    await other.write(
+                        [
+                            r
+                            for e in other.events
+                            if isinstance(r := route(e.event_id, e.payload, "keep"), RoutedEvent)
+                        ],
+                        [],
+                    )
+            yield batch
+
+    async def release_leases(self, owner: str, keys: Sequence[tuple[UUID, str]]) -> None:
+        await self.twin.release_leases(owner, keys)
+
+
+async def test_events_another_instance_routed_first_are_not_counted_and_batches_then_take_locks() -> None:
+    store = Racing(Twin())
+    metrics = Metrics()
+    woken: list[set[str]] = []
+    router = Router(
+        store=store, metrics=metrics, unknown_fields="keep", configured=["FA"], on_routed=woken.append
+    )
+
+    def journal(tag: str) -> UUID:
+        event_id = uuid4()
+        payload = example("it_asset_purchased") | {"event_id": str(event_id), "asset_tag": tag}
+        store.twin.journal(event_id, "it_asset_purchased", codec.dumps(payload).decode())
+        return event_id
+
+    def received() -> float:
+        return (
+            metrics.registry.get_sample_value("it_relay_events_received_total", {"source": "publish"}) or 0.0
+        )
+
+    journal("R-0")
+    journal("R-1")
+    assert await router.route_batch() == 2
+    # The other instance took both: not counted here, no lane woken for rows that are not ours.
+    assert (received(), woken, store.modes) == (0.0, [], [False])
+    assert len(store.twin.deliveries) == 2
+    mine = journal("R-2")
+    assert await router.route_batch() == 1
+    # Seen racing: the next batch was taken with locks, so it was this router's alone.
+    assert (received(), woken, store.modes) == (1.0, [{"FA"}], [False, True])
+    assert store.twin.events[mine].status == "routed"

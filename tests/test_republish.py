@@ -365,7 +365,11 @@ async def _follows(url: str, subject: str, extra: dict[str, Any], spelling: Any)
         await _publish(conn, bad)
         # What the router does with an invalid event, through the same gateway call.
         reason = Rejection(reason="schema", errors=("priority: x",), event_id=event_id, source="journal")
-        await routing_queries.write_routing(conn, [], [(event_id, reason)])
+        [pending] = [
+            e for e in await routing_queries.claim_events(conn, 1000, lock=False) if e.event_id == event_id
+        ]
+        written = await routing_queries.write_routing(conn, [pending], [], [(event_id, reason)])
+        assert written.rejected == {event_id}
         corrected = classify(codec.dumps(good).decode())
         assert isinstance(corrected, NotifiedEvent)
         assert (
@@ -377,5 +381,43 @@ async def _follows(url: str, subject: str, extra: dict[str, Any], spelling: Any)
         assert await _publish(conn, good) == event_id
         with pytest.raises(asyncpg.UniqueViolationError, match="already published with a different payload"):
             await _publish(conn, bad)
+    finally:
+        await conn.close()
+
+
+async def test_a_routing_that_read_an_event_before_its_republish_leaves_the_corrected_one(
+    relay_db: str,
+) -> None:
+    # Routing reads pending events without a lock: a slow router still holding what it read of an
+    # event before another rejected it and an operator republished it must not judge the
+    # corrected payload by the old one.
+    event_id = uuid.uuid4()
+    bad = example("it_ticket_created") | BAD | {"event_id": str(event_id)}
+    good = bad | {"priority": "high"}
+    conn = await asyncpg.connect(relay_db)
+    try:
+        await _publish(conn, bad)
+        reason = Rejection(reason="schema", errors=("priority: x",), event_id=event_id, source="journal")
+
+        async def read() -> list[Any]:
+            return [
+                e
+                for e in await routing_queries.claim_events(conn, 1000, lock=False)
+                if e.event_id == event_id
+            ]
+
+        stale = await read()
+        assert (
+            await routing_queries.write_routing(conn, await read(), [], [(event_id, reason)])
+        ).rejected == {event_id}
+        corrected = classify(codec.dumps(good).decode())
+        assert isinstance(corrected, NotifiedEvent)
+        await operator_queries.republish(conn, "it_events", await _rejection_of(conn, event_id), corrected)
+        late = await routing_queries.write_routing(conn, stale, [], [(event_id, reason)])
+        assert (late.routed, late.rejected) == (frozenset(), frozenset())
+        row = await conn.fetchrow(
+            "SELECT status, payload->>'priority' AS p FROM it_relay.events WHERE event_id = $1", event_id
+        )
+        assert row is not None and (row["status"], row["p"]) == ("pending", "high")
     finally:
         await conn.close()

@@ -47,6 +47,7 @@ from relay.metrics import Metrics
 from relay.model import OUTCOMES, ClaimedDelivery, NotifiedEvent, PendingEvent, Rejection, RoutedEvent
 from relay.request import Target
 from relay.router import Router
+from relay.routing_queries import Written
 from relay.scheduler import Scheduler
 from relay.sender import make_sender
 from relay.settings import DeliverySettings, load_settings
@@ -304,9 +305,9 @@ class Batch:
         wanted: Mapping[str, int] | None = None,
         owner: str = "",
         lease_s: float = 0.0,
-    ) -> list[ClaimedDelivery]:
+    ) -> Written:
         self.written.append((routed, rejected))
-        return []
+        return Written(frozenset(r.event_id for r in routed), frozenset(e for e, _ in rejected), [])
 
 
 @dataclass
@@ -316,7 +317,7 @@ class OneBatch:
     batch: Batch
 
     @asynccontextmanager
-    async def routing(self, limit: int) -> AsyncIterator[Batch]:
+    async def routing(self, limit: int, exclusive: bool = True) -> AsyncIterator[Batch]:
         yield self.batch
 
     async def release_leases(self, owner: str, keys: Sequence[tuple[UUID, str]]) -> None:

@@ -39,23 +39,44 @@ SELECT r.event_id, r.event_type, r.reason, ARRAY(SELECT jsonb_array_elements_tex
 ON CONFLICT (event_id) WHERE event_id IS NOT NULL DO NOTHING;
 
 -- name: claim_events
--- Held FOR UPDATE until the routing transaction commits; other instances skip these rows.
-SELECT event_id, payload::text AS payload, source, traceparent
+-- Held FOR UPDATE until the routing transaction commits; other instances skip these rows. Used
+-- while another instance is seen routing the same events (see peek_events).
+SELECT event_id, payload::text AS payload, source, traceparent, xmin AS version
   FROM it_relay.events
  WHERE status = 'pending'
  ORDER BY created_at
  LIMIT $1
    FOR UPDATE SKIP LOCKED;
 
+-- name: peek_events
+-- Pending events read without a lock or a transaction: mark_routed and mark_rejected take each
+-- one only if it is still pending and unchanged since (its xmin), so a routing needs two round
+-- trips, not four. Two instances that read the same events route each one once.
+SELECT event_id, payload::text AS payload, source, traceparent, xmin AS version
+  FROM it_relay.events
+ WHERE status = 'pending'
+ ORDER BY created_at
+ LIMIT $1;
+
 -- name: mark_routed
 -- The routing of a batch in one statement: each event's validated payload, and one delivery row
 -- per served subscriber ($6..$8, pairs of event and subscriber). An event that came without a
 -- trace context keeps its routing span's ($9), so its deliveries join that trace.
+-- Only events still pending and unchanged since they were read ($14, their xmin) are taken, and
+-- none that another routing holds (SKIP LOCKED: no wait, no deadlock between instances); one row
+-- comes back per event taken, so what another instance routed is counted there, not here.
 -- Lanes that are caught up ask for their next rows here ($12 subscribers, $13 how many each): those
 -- rows are inserted already leased to $10 for $11 seconds, their first attempt counted, and
--- returned for the lanes to send at once — one transaction between a producer's commit and the
--- POST, no claim. A row behind a head held under on_exhausted = "hold" starts held, never leased.
-WITH routed AS (
+-- returned (with the body) for the lanes to send at once — one transaction between a producer's
+-- commit and the POST, no claim. A row behind a head held under on_exhausted = "hold" starts
+-- held, never leased.
+WITH mine AS (
+    SELECT e.event_id
+      FROM it_relay.events e
+      JOIN unnest($1::uuid[], $14::xid[]) AS v(event_id, version) ON v.event_id = e.event_id
+     WHERE e.status = 'pending' AND e.xmin = v.version
+       FOR UPDATE OF e SKIP LOCKED
+), routed AS (
     UPDATE it_relay.events e
        SET status = 'routed', routed_at = clock_timestamp(), payload = r.payload, entity_key = r.entity_key,
            event_type = r.event_type,
@@ -63,18 +84,16 @@ WITH routed AS (
            traceparent = coalesce(e.traceparent, r.traceparent)
       FROM unnest($1::uuid[], $2::jsonb[], $3::text[], $4::text[], $5::uuid[], $9::text[])
            AS r(event_id, payload, entity_key, event_type, organization_id, traceparent)
-     WHERE e.event_id = r.event_id
-    RETURNING e.event_id, e.seq, e.created_at, e.traceparent,
-              CASE WHEN cardinality($12::text[]) > 0 THEN e.payload::text END AS body
+     WHERE e.event_id = r.event_id AND e.event_id IN (SELECT event_id FROM mine)
+    RETURNING e.event_id, e.seq, e.created_at, e.traceparent, e.entity_key, e.payload
 ), planned AS (
-    SELECT p.event_id, p.subscriber, p.event_type, k.entity_key, e.seq,
-           k.entity_key IS NOT NULL AND EXISTS (
+    SELECT p.event_id, p.subscriber, p.event_type, r.entity_key, r.seq,
+           r.entity_key IS NOT NULL AND EXISTS (
                SELECT 1 FROM it_relay.deliveries h
-                WHERE h.holds AND h.subscriber = p.subscriber AND h.entity_key = k.entity_key) AS held,
-           row_number() OVER (PARTITION BY p.subscriber ORDER BY e.seq) AS place
+                WHERE h.holds AND h.subscriber = p.subscriber AND h.entity_key = r.entity_key) AS held,
+           row_number() OVER (PARTITION BY p.subscriber ORDER BY r.seq) AS place
       FROM unnest($6::uuid[], $7::text[], $8::text[]) AS p(event_id, subscriber, event_type)
-      JOIN unnest($1::uuid[], $3::text[]) AS k(event_id, entity_key) ON k.event_id = p.event_id
-      JOIN it_relay.events e ON e.event_id = p.event_id
+      JOIN routed r ON r.event_id = p.event_id
 ), added AS (
     INSERT INTO it_relay.deliveries (event_id, subscriber, event_type, entity_key, seq, status,
                                      lease_owner, lease_expires_at, attempts)
@@ -88,13 +107,22 @@ WITH routed AS (
     ON CONFLICT (event_id, subscriber) DO NOTHING
     RETURNING event_id, subscriber, lease_owner IS NOT NULL AS leased
 )
-SELECT a.event_id, a.subscriber, r.body, r.created_at, r.seq, r.traceparent
-  FROM added a JOIN routed r USING (event_id)
- WHERE a.leased;
+SELECT r.event_id, a.subscriber,
+       CASE WHEN a.subscriber IS NOT NULL THEN r.payload::text END AS body,
+       r.created_at, r.seq, r.traceparent
+  FROM routed r LEFT JOIN added a ON a.event_id = r.event_id AND a.leased;
 
 -- name: mark_rejected
-UPDATE it_relay.events SET status = 'rejected', routed_at = clock_timestamp()
- WHERE event_id = ANY($1::uuid[]);
+-- Rejected events, each only if still pending and unchanged since it was read (see mark_routed);
+-- returns those taken, whose rejections are recorded in the same transaction.
+UPDATE it_relay.events e SET status = 'rejected', routed_at = clock_timestamp()
+ WHERE e.event_id IN (
+        SELECT e2.event_id
+          FROM it_relay.events e2
+          JOIN unnest($1::uuid[], $2::xid[]) AS v(event_id, version) ON v.event_id = e2.event_id
+         WHERE e2.status = 'pending' AND e2.xmin = v.version
+           FOR UPDATE OF e2 SKIP LOCKED)
+RETURNING e.event_id;
 
 -- name: claim_deliveries
 -- Due deliveries of one subscriber, leased to this instance. A lease that expired (its instance

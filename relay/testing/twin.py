@@ -35,6 +35,7 @@ from relay.model import (
     SubscriberState,
 )
 from relay.ratelimit import TokenGrant
+from relay.routing_queries import Written
 
 
 @dataclass(slots=True)
@@ -48,6 +49,8 @@ class TwinEvent:
     status: EventStatus = "pending"
     locked: bool = False
     entity_key: str | None = None
+    # Bumped by every change of the row (PostgreSQL's xmin): a routing takes only what it read.
+    version: int = 0
 
 
 @dataclass(slots=True)
@@ -70,16 +73,26 @@ class TwinDelivery:
 
 
 class _TwinBatch:
-    def __init__(self, twin: Twin, events: list[TwinEvent]) -> None:
+    def __init__(self, twin: Twin, events: list[TwinEvent], exclusive: bool) -> None:
         self._twin = twin
         self._held = events
-        self.written: tuple[Sequence[RoutedEvent], Sequence[tuple[UUID, Rejection]]] | None = None
-        self.leased: list[ClaimedDelivery] = []
-        self.lease: tuple[str, float] = ("", 0.0)
+        self._exclusive = exclusive
+        self._read = {e.event_id: e.version for e in events}
+        self.pending: list[Callable[[], None]] = []
 
     @property
     def events(self) -> Sequence[PendingEvent]:
-        return [PendingEvent(event_id=e.event_id, payload=e.payload, source=e.source) for e in self._held]
+        return [
+            PendingEvent(event_id=e.event_id, payload=e.payload, source=e.source, version=e.version)
+            for e in self._held
+        ]
+
+    def _takes(self, event_id: UUID) -> bool:
+        """Still pending and unchanged since read, and not held by another routing."""
+        e = self._twin.events[event_id]
+        return (
+            e.status == "pending" and e.version == self._read[event_id] and (self._exclusive or not e.locked)
+        )
 
     async def write(
         self,
@@ -88,11 +101,11 @@ class _TwinBatch:
         wanted: Mapping[str, int] | None = None,
         owner: str = "",
         lease_s: float = 0.0,
-    ) -> list[ClaimedDelivery]:
-        self.written = (routed, rejected)
-        self.lease = (owner, lease_s)
+    ) -> Written:
+        routed = [r for r in routed if self._takes(r.event_id)]
+        rejected = [(e, r) for e, r in rejected if self._takes(e)]
         left = dict(wanted or {})
-        self.leased = []
+        leased: list[ClaimedDelivery] = []
         for r in sorted(routed, key=lambda r: self._twin.events[r.event_id].seq):
             event = self._twin.events[r.event_id]
             for s in r.subscribers:
@@ -103,7 +116,7 @@ class _TwinBatch:
                 ):
                     continue
                 left[s] -= 1
-                self.leased.append(
+                leased.append(
                     ClaimedDelivery(
                         event_id=r.event_id,
                         subscriber=s,
@@ -117,7 +130,18 @@ class _TwinBatch:
                         sequence=event.seq,
                     )
                 )
-        return self.leased
+
+        def commit() -> None:
+            self._twin.apply_routing(routed, rejected)
+            for c in leased:
+                d = self._twin.deliveries[(c.event_id, c.subscriber)]
+                d.lease_owner, d.lease_expires_at, d.attempts = owner, self._twin.clock() + lease_s, 1
+
+        if self._exclusive:
+            self.pending.append(commit)  # commits only when the block ends cleanly
+        else:
+            commit()
+        return Written(frozenset(r.event_id for r in routed), frozenset(e for e, _ in rejected), leased)
 
 
 class Twin:
@@ -285,22 +309,21 @@ class Twin:
     # ─── RoutingPort ───────────────────────────────────────────────────────────────────────────
 
     @asynccontextmanager
-    async def routing(self, limit: int) -> AsyncIterator[RoutingBatch]:
+    async def routing(self, limit: int, exclusive: bool = True) -> AsyncIterator[RoutingBatch]:
         held = sorted(
-            (e for e in self.events.values() if e.status == "pending" and not e.locked),
+            (e for e in self.events.values() if e.status == "pending" and not (exclusive and e.locked)),
             key=lambda e: e.seq,
         )[:limit]
+        batch = _TwinBatch(self, held, exclusive)
+        if not exclusive:
+            yield batch
+            return
         for e in held:
             e.locked = True
-        batch = _TwinBatch(self, held)
         try:
             yield batch
-            if batch.written is not None:
-                self._apply_routing(*batch.written)  # commits only when the block ends cleanly
-                owner, lease_s = batch.lease
-                for c in batch.leased:
-                    d = self.deliveries[(c.event_id, c.subscriber)]
-                    d.lease_owner, d.lease_expires_at, d.attempts = owner, self.clock() + lease_s, 1
+            for commit in batch.pending:
+                commit()
         finally:
             for e in held:
                 e.locked = False
@@ -312,13 +335,14 @@ class Twin:
             for o in self.deliveries.values()
         )
 
-    def _apply_routing(
+    def apply_routing(
         self, routed: Sequence[RoutedEvent], rejected: Sequence[tuple[UUID, Rejection]]
     ) -> None:
         now = self.clock()
         for r in routed:
             event = self.events[r.event_id]
             event.status, event.payload, event.entity_key = "routed", r.body.decode(), r.entity_key
+            event.version += 1
             for s in r.subscribers:
                 held = self.holding(s, r)
                 self.deliveries.setdefault(
@@ -335,6 +359,7 @@ class Twin:
                 )
         for event_id, rejection in rejected:
             self.events[event_id].status = "rejected"
+            self.events[event_id].version += 1
             self.rejections.append(rejection)
 
     # ─── HousekeepingPort ───────────────────────────────────────────────────────────────────────
