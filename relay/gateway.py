@@ -18,6 +18,7 @@ import asyncpg
 from relay import journal, migrate, routing_queries
 from relay.database import Conn
 from relay.errors import SchemaError
+from relay.event_cache import EventCache
 from relay.model import (
     ClaimedDelivery,
     DeliveryResult,
@@ -139,9 +140,12 @@ class RetentionPort(Protocol):
 class _PgRoutingBatch:
     """Exclusive: inside the routing's transaction. Else on a connection in autocommit."""
 
-    def __init__(self, conn: Conn, events: list[PendingEvent]) -> None:
+    def __init__(self, conn: Conn, events: list[PendingEvent], cache: EventCache | None) -> None:
         self._conn = conn
         self._events = events
+        # Where routed events' parts go at once (autocommit); else kept until the commit.
+        self._cache = cache
+        self.staged: list[Written] = []
 
     @property
     def events(self) -> Sequence[PendingEvent]:
@@ -155,22 +159,37 @@ class _PgRoutingBatch:
         owner: str = "",
         lease_s: float = 0.0,
     ) -> Written:
-        return await routing_queries.write_routing(
+        written = await routing_queries.write_routing(
             self._conn, self._events, routed, rejected, wanted, owner, lease_s
         )
+        if self._cache is not None:
+            _remember(self._cache, written)
+        else:
+            self.staged.append(written)
+        return written
+
+
+def _remember(cache: EventCache, written: Written) -> None:
+    for event_id, parts in written.parts.items():
+        cache.put(event_id, parts, written.waiting.get(event_id, 0))
 
 
 class Gateway:
     """The PostgreSQL implementation of every port, over the daemon's pool."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, events: EventCache | None = None) -> None:
         self._pool = pool
+        # What this instance routed, for its claims (a cache written before its routing commits
+        # holds only what that commit makes true: routed parts never change).
+        self.events = events if events is not None else EventCache()
 
     async def claim_deliveries(
         self, subscriber: str, owner: str, limit: int, lease_s: float, ordered: bool = False
     ) -> list[ClaimedDelivery]:
         async with self._pool.acquire() as conn:
-            return await journal.claim_deliveries(conn, subscriber, owner, limit, lease_s, ordered)
+            return await journal.claim_deliveries(
+                conn, subscriber, owner, limit, lease_s, ordered, self.events
+            )
 
     async def seconds_until_due(self, subscriber: str) -> float | None:
         async with self._pool.acquire() as conn:
@@ -231,10 +250,14 @@ class Gateway:
         async with self._pool.acquire() as conn:
             if not exclusive:
                 # Two round trips (read, write): no BEGIN, no COMMIT, no lock held between.
-                yield _PgRoutingBatch(conn, await routing_queries.claim_events(conn, limit, lock=False))
+                events = await routing_queries.claim_events(conn, limit, lock=False)
+                yield _PgRoutingBatch(conn, events, self.events)
                 return
             async with conn.transaction():
-                yield _PgRoutingBatch(conn, await routing_queries.claim_events(conn, limit))
+                batch = _PgRoutingBatch(conn, await routing_queries.claim_events(conn, limit), None)
+                yield batch
+            for written in batch.staged:
+                _remember(self.events, written)  # only what committed
 
     async def schema_current(self) -> bool:
         async with self._pool.acquire() as conn:

@@ -19,6 +19,7 @@ import asyncpg
 
 from relay import codec
 from relay.database import Conn
+from relay.event_cache import EventCache, EventParts
 from relay.model import (
     NOTIFY_LIMIT_BYTES,
     ClaimedDelivery,
@@ -181,28 +182,49 @@ async def database_now(conn: Conn) -> datetime:
 
 @redoable("a lost claim never leased anything; the delivery is claimed again")
 async def claim_deliveries(
-    conn: Conn, subscriber: str, owner: str, limit: int, lease_s: float, ordered: bool = False
+    conn: Conn,
+    subscriber: str,
+    owner: str,
+    limit: int,
+    lease_s: float,
+    ordered: bool = False,
+    cache: EventCache | None = None,
 ) -> list[ClaimedDelivery]:
-    """Due deliveries leased to `owner`; for an ordered subscriber, only each entity's head."""
+    """Due deliveries leased to `owner`; for an ordered subscriber, only each entity's head. Their
+    events' parts come from `cache` (what this instance routed), else in one more read."""
     name = "claim_ordered" if ordered else "claim_deliveries"
     rows = await conn.fetch(query(name), subscriber, owner, limit, lease_s)
-    return [
-        ClaimedDelivery(
-            event_id=r["event_id"],
-            subscriber=subscriber,
-            event_type=r["event_type"],
-            attempts=r["attempts"],
-            failed_rounds=r["failed_rounds"],
-            body=r["body"].encode(),
-            journaled_at=r["created_at"],
-            generation=r["replays"],
-            entity_key=r["entity_key"],
-            organization_id=r["organization_id"],
-            sequence=r["seq"],
-            traceparent=r["traceparent"],
+    if not rows:
+        return []
+    found, missing = (cache if cache is not None else EventCache(0)).take(r["event_id"] for r in rows)
+    if missing:
+        for r in await conn.fetch(query("event_parts"), missing):
+            found[r["event_id"]] = EventParts(
+                r["body"].encode(), r["created_at"], r["organization_id"], r["traceparent"]
+            )
+    claimed = []
+    for r in rows:
+        # An event pruned between the claim and the read has no delivery left to make either.
+        parts = found.get(r["event_id"])
+        if parts is None:
+            continue
+        claimed.append(
+            ClaimedDelivery(
+                event_id=r["event_id"],
+                subscriber=subscriber,
+                event_type=r["event_type"],
+                attempts=r["attempts"],
+                failed_rounds=r["failed_rounds"],
+                body=parts.body,
+                journaled_at=parts.journaled_at,
+                generation=r["replays"],
+                entity_key=r["entity_key"],
+                organization_id=parts.organization_id,
+                sequence=r["seq"],
+                traceparent=parts.traceparent,
+            )
         )
-        for r in rows
-    ]
+    return claimed
 
 
 async def seconds_until_due(conn: Conn, subscriber: str) -> float | None:

@@ -7,9 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from uuid import UUID
 
-import asyncpg
-
 from relay.database import Conn
+from relay.event_cache import EventParts
 from relay.journal import record_rejected, redoable, sole_record
 from relay.model import ClaimedDelivery, PendingEvent, Rejection, RoutedEvent
 from relay.sql import query
@@ -23,6 +22,9 @@ class Written:
     routed: frozenset[UUID] = frozenset()
     rejected: frozenset[UUID] = frozenset()
     leased: list[ClaimedDelivery] = field(default_factory=list)
+    parts: dict[UUID, EventParts] = field(default_factory=dict)
+    # How many of each routed event's deliveries wait for a claim (not leased here).
+    waiting: dict[UUID, int] = field(default_factory=dict)
 
 
 async def claim_events(conn: Conn, limit: int, *, lock: bool = True) -> list[PendingEvent]:
@@ -50,10 +52,13 @@ async def write_routing(
     lease_s: float = 0.0,
 ) -> Written:
     """Write a batch's routing for the events still pending as read; up to `wanted[subscriber]`
-    of its new deliveries come back leased to `owner` (journal order, first attempt counted)."""
+    of its new deliveries come back leased to `owner` (journal order, first attempt counted),
+    with each routed event's parts (for this instance's claims of its deliveries)."""
     versions = {e.event_id: e.version for e in events}
     taken: set[UUID] = set()
     leased: list[ClaimedDelivery] = []
+    parts: dict[UUID, EventParts] = {}
+    waiting: dict[UUID, int] = {}
     if routed:
         pairs = [(r.event_id, s, r.event_type) for r in routed for s in r.subscribers]
         offer = {name: n for name, n in (wanted or {}).items() if n > 0}
@@ -75,12 +80,19 @@ async def write_routing(
             [versions[r.event_id] for r in routed],
         )
         by_id = {r.event_id: r for r in routed}
-        taken = {row["event_id"] for row in rows}
-        leased = [_leased(by_id[row["event_id"]], row) for row in rows if row["subscriber"] is not None]
+        for row in rows:
+            event = by_id[row["event_id"]]
+            taken.add(event.event_id)
+            parts[event.event_id] = got = EventParts(
+                row["body"].encode(), row["created_at"], event.organization_id, row["traceparent"]
+            )
+            waiting[event.event_id] = row["waiting"]
+            leased += [_leased(event, s, got, row["seq"]) for s in row["leased"] or ()]
+        leased.sort(key=lambda c: c.sequence or 0)
     refused: set[UUID] = set()
     if rejected:
         refused = await reject_events(conn, [(event_id, r, versions[event_id]) for event_id, r in rejected])
-    return Written(frozenset(taken), frozenset(refused), leased)
+    return Written(frozenset(taken), frozenset(refused), leased, parts, waiting)
 
 
 @sole_record("a rejection: of an event, the only trace of why it was not delivered")
@@ -94,17 +106,17 @@ async def reject_events(conn: Conn, rejections: Sequence[tuple[UUID, Rejection, 
     return taken
 
 
-def _leased(event: RoutedEvent, row: asyncpg.Record) -> ClaimedDelivery:
+def _leased(event: RoutedEvent, subscriber: str, parts: EventParts, seq: int) -> ClaimedDelivery:
     return ClaimedDelivery(
         event_id=event.event_id,
-        subscriber=row["subscriber"],
+        subscriber=subscriber,
         event_type=event.event_type,
         attempts=1,
         failed_rounds=0,
-        body=row["body"].encode(),
-        journaled_at=row["created_at"],
+        body=parts.body,
+        journaled_at=parts.journaled_at,
         entity_key=event.entity_key,
-        organization_id=event.organization_id,
-        sequence=row["seq"],
-        traceparent=row["traceparent"],
+        organization_id=parts.organization_id,
+        sequence=seq,
+        traceparent=parts.traceparent,
     )

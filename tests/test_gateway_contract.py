@@ -13,6 +13,7 @@ import pytest
 
 from relay import codec, journal
 from relay.contracts.examples import example
+from relay.event_cache import EventCache
 from relay.gateway import Gateway
 from relay.ingest import route
 from relay.model import DeliveryResult, Instance, RoutedEvent
@@ -183,6 +184,23 @@ async def test_an_unlocked_routing_skips_events_a_locked_one_holds(store: Store)
         assert (await locked.write(routed_of(locked), [])).routed == {ids[0]}
     claimed = await store.port.claim_deliveries("FA", OWNER, 10, 30)
     assert sorted(c.event_id for c in claimed) == sorted(ids)
+
+
+async def test_a_claim_carries_the_same_event_whether_this_instance_routed_it_or_not(store: Store) -> None:
+    if not isinstance(store.port, Gateway):
+        pytest.skip("the claims' cache of routed events is the gateway's")
+    ids = [await store.journal(payload(f"P-{i}")) for i in range(3)]
+    await route_all(store)
+    # Routed here: the claim reads only deliveries, the events' parts come from the routing.
+    routed_here = await store.port.claim_deliveries("FA", OWNER, 10, 30)
+    assert store.port.events.hits == 3
+    await store.port.release_leases(OWNER, [(c.event_id, "FA") for c in routed_here])
+    # As another instance, that routed nothing: the same parts, read from the journal.
+    store.port.events = EventCache()
+    elsewhere = await store.port.claim_deliveries("FA", OTHER, 10, 30)
+    assert store.port.events.misses == 3
+    assert [c.event_id for c in routed_here] == ids
+    assert routed_here == elsewhere
 
 
 async def test_claims_lease_in_due_order_count_the_attempt_and_skip_leased_rows(store: Store) -> None:

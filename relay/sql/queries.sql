@@ -64,7 +64,9 @@ SELECT event_id, payload::text AS payload, source, traceparent, xmin AS version
 -- trace context keeps its routing span's ($9), so its deliveries join that trace.
 -- Only events still pending and unchanged since they were read ($14, their xmin) are taken, and
 -- none that another routing holds (SKIP LOCKED: no wait, no deadlock between instances); one row
--- comes back per event taken, so what another instance routed is counted there, not here.
+-- comes back per event taken (so what another instance routed is counted there, not here), with
+-- its body as the journal keeps it and how many of its rows wait for a claim (this instance's
+-- claims take the body from there: relay/event_cache.py).
 -- Lanes that are caught up ask for their next rows here ($12 subscribers, $13 how many each): those
 -- rows are inserted already leased to $10 for $11 seconds, their first attempt counted, and
 -- returned (with the body) for the lanes to send at once — one transaction between a producer's
@@ -106,11 +108,14 @@ WITH mine AS (
               FROM planned p LEFT JOIN unnest($12::text[], $13::int[]) AS c(subscriber, n) USING (subscriber)) x
     ON CONFLICT (event_id, subscriber) DO NOTHING
     RETURNING event_id, subscriber, lease_owner IS NOT NULL AS leased
+), leases AS (
+    SELECT event_id, array_agg(subscriber) FILTER (WHERE leased) AS subscribers,
+           count(*) FILTER (WHERE NOT leased) AS waiting
+      FROM added GROUP BY event_id
 )
-SELECT r.event_id, a.subscriber,
-       CASE WHEN a.subscriber IS NOT NULL THEN r.payload::text END AS body,
-       r.created_at, r.seq, r.traceparent
-  FROM routed r LEFT JOIN added a ON a.event_id = r.event_id AND a.leased;
+SELECT r.event_id, r.payload::text AS body, r.created_at, r.seq, r.traceparent, l.subscribers AS leased,
+       coalesce(l.waiting, 0) AS waiting
+  FROM routed r LEFT JOIN leases l USING (event_id);
 
 -- name: mark_rejected
 -- Rejected events, each only if still pending and unchanged since it was read (see mark_routed);
@@ -127,7 +132,8 @@ RETURNING e.event_id;
 -- name: claim_deliveries
 -- Due deliveries of one subscriber, leased to this instance. A lease that expired (its instance
 -- died) is claimed again. First attempts go out in journal order. The claim counts the attempt it
--- is for, so x-it-delivery-attempt stays true after a crash or an expired lease.
+-- is for, so x-it-delivery-attempt stays true after a crash or an expired lease. No join with the
+-- events: their bodies come from the routing that wrote these rows, else from event_parts.
 UPDATE it_relay.deliveries d
    SET lease_owner = $2, lease_expires_at = clock_timestamp() + make_interval(secs => $4),
        attempts = d.attempts + 1
@@ -139,11 +145,16 @@ UPDATE it_relay.deliveries d
            AND (lease_expires_at IS NULL OR lease_expires_at < clock_timestamp())
          ORDER BY next_attempt_at, created_at
          LIMIT $3
-           FOR UPDATE SKIP LOCKED) c,
-       it_relay.events e
- WHERE d.event_id = c.event_id AND d.subscriber = c.subscriber AND e.event_id = d.event_id
-RETURNING d.event_id, d.event_type, d.attempts, d.failed_rounds, e.payload::text AS body, e.created_at,
-          d.replays, e.entity_key, e.organization_id, e.seq, e.traceparent;
+           FOR UPDATE SKIP LOCKED) c
+ WHERE d.event_id = c.event_id AND d.subscriber = c.subscriber
+RETURNING d.event_id, d.event_type, d.attempts, d.failed_rounds, d.replays, d.entity_key, d.seq;
+
+-- name: event_parts
+-- What claimed deliveries take from their events when the claiming instance did not route them
+-- (relay/event_cache.py): claims read only the deliveries table.
+SELECT event_id, payload::text AS body, created_at, organization_id, traceparent
+  FROM it_relay.events
+ WHERE event_id = ANY($1::uuid[]);
 
 -- name: claim_ordered
 -- As claim_deliveries, for a subscriber with ordering = "entity": only an entity's head — no
@@ -202,11 +213,9 @@ UPDATE it_relay.deliveries d
            AND (c.lease_expires_at IS NULL OR c.lease_expires_at < clock_timestamp())
          ORDER BY c.next_attempt_at, c.seq
          LIMIT $3
-           FOR UPDATE OF c SKIP LOCKED) c,
-       it_relay.events e
- WHERE d.event_id = c.event_id AND d.subscriber = c.subscriber AND e.event_id = d.event_id
-RETURNING d.event_id, d.event_type, d.attempts, d.failed_rounds, e.payload::text AS body, e.created_at,
-          d.replays, e.entity_key, e.organization_id, e.seq, e.traceparent;
+           FOR UPDATE OF c SKIP LOCKED) c
+ WHERE d.event_id = c.event_id AND d.subscriber = c.subscriber
+RETURNING d.event_id, d.event_type, d.attempts, d.failed_rounds, d.replays, d.entity_key, d.seq;
 
 -- name: release_entity
 -- `it-relay release`: an entity held behind its dead head goes on; the head stays dead (replayable).
