@@ -85,6 +85,7 @@ class Router:
         self._handoff = handoff
         # Until then, batches are claimed with locks: another instance was seen routing them too.
         self._exclusive_until = 0.0
+        self._said_contended = False
 
     def serve(self, subscribers: Mapping[str, Served] | Iterable[str]) -> None:
         """From the next batch on, create deliveries for exactly these subscribers, each through
@@ -244,9 +245,11 @@ class Router:
         if spans is not None:
             spans.forget(lost)
         if time.monotonic() >= self._exclusive_until:
-            log.info(
+            # Said once at info (several instances is a normal setup), then at debug each time.
+            (log.debug if self._said_contended else log.info)(
                 "another instance routed some of these events first: taking batches with locks for a while",
                 events=len(lost),
                 seconds=CONTENDED_S,
             )
+            self._said_contended = True
         self._exclusive_until = time.monotonic() + CONTENDED_S

@@ -80,14 +80,27 @@ async def write_routing(
             [versions[r.event_id] for r in routed],
         )
         by_id = {r.event_id: r for r in routed}
+        seqs: dict[UUID, int] = {}
         for row in rows:
-            event = by_id[row["event_id"]]
-            taken.add(event.event_id)
-            parts[event.event_id] = got = EventParts(
-                row["body"].encode(), row["created_at"], event.organization_id, row["traceparent"]
-            )
-            waiting[event.event_id] = row["waiting"]
-            leased += [_leased(event, s, got, row["seq"]) for s in row["leased"] or ()]
+            event_id = row["event_id"]
+            if row["subscriber"] is None:
+                taken.add(event_id)
+                seqs[event_id] = row["seq"]
+                parts[event_id] = EventParts(
+                    row["body"].encode(),
+                    row["created_at"],
+                    by_id[event_id].organization_id,
+                    row["traceparent"],
+                )
+                waiting.setdefault(event_id, 0)
+        for row in rows:
+            event_id = row["event_id"]
+            if row["subscriber"] is None:
+                continue
+            if row["leased"]:
+                leased.append(_leased(by_id[event_id], row["subscriber"], parts[event_id], seqs[event_id]))
+            else:
+                waiting[event_id] += 1
         leased.sort(key=lambda c: c.sequence or 0)
     refused: set[UUID] = set()
     if rejected:

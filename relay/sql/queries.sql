@@ -65,18 +65,21 @@ SELECT event_id, payload::text AS payload, source, traceparent, xmin AS version
 -- Only events still pending and unchanged since they were read ($14, their xmin) are taken, and
 -- none that another routing holds (SKIP LOCKED: no wait, no deadlock between instances); one row
 -- comes back per event taken (so what another instance routed is counted there, not here), with
--- its body as the journal keeps it and how many of its rows wait for a claim (this instance's
--- claims take the body from there: relay/event_cache.py).
+-- its body as the journal keeps it, and one per delivery row written, leased or waiting for a
+-- claim (this instance's claims take the body from here: relay/event_cache.py).
 -- Lanes that are caught up ask for their next rows here ($12 subscribers, $13 how many each): those
 -- rows are inserted already leased to $10 for $11 seconds, their first attempt counted, and
 -- returned (with the body) for the lanes to send at once — one transaction between a producer's
 -- commit and the POST, no claim. A row behind a head held under on_exhausted = "hold" starts
 -- held, never leased.
 WITH mine AS (
-    SELECT e.event_id
-      FROM it_relay.events e
-      JOIN unnest($1::uuid[], $14::xid[]) AS v(event_id, version) ON v.event_id = e.event_id
-     WHERE e.status = 'pending' AND e.xmin = v.version
+    -- Each event's routing beside its row, locked: the input unnested once and joined by its key,
+    -- the version compared on the way (so the planner never rescans the payloads per event).
+    SELECT r.*
+      FROM unnest($1::uuid[], $2::jsonb[], $3::text[], $4::text[], $5::uuid[], $9::text[], $14::xid[])
+           AS r(event_id, payload, entity_key, event_type, organization_id, traceparent, version)
+      JOIN it_relay.events e ON e.event_id = r.event_id
+     WHERE e.status = 'pending' AND e.xmin = r.version
        FOR UPDATE OF e SKIP LOCKED
 ), routed AS (
     UPDATE it_relay.events e
@@ -84,9 +87,8 @@ WITH mine AS (
            event_type = r.event_type,
            organization_id = r.organization_id,
            traceparent = coalesce(e.traceparent, r.traceparent)
-      FROM unnest($1::uuid[], $2::jsonb[], $3::text[], $4::text[], $5::uuid[], $9::text[])
-           AS r(event_id, payload, entity_key, event_type, organization_id, traceparent)
-     WHERE e.event_id = r.event_id AND e.event_id IN (SELECT event_id FROM mine)
+      FROM mine r
+     WHERE e.event_id = r.event_id
     RETURNING e.event_id, e.seq, e.created_at, e.traceparent, e.entity_key, e.payload
 ), planned AS (
     SELECT p.event_id, p.subscriber, p.event_type, r.entity_key, r.seq,
@@ -108,14 +110,15 @@ WITH mine AS (
               FROM planned p LEFT JOIN unnest($12::text[], $13::int[]) AS c(subscriber, n) USING (subscriber)) x
     ON CONFLICT (event_id, subscriber) DO NOTHING
     RETURNING event_id, subscriber, lease_owner IS NOT NULL AS leased
-), leases AS (
-    SELECT event_id, array_agg(subscriber) FILTER (WHERE leased) AS subscribers,
-           count(*) FILTER (WHERE NOT leased) AS waiting
-      FROM added GROUP BY event_id
 )
-SELECT r.event_id, r.payload::text AS body, r.created_at, r.seq, r.traceparent, l.subscribers AS leased,
-       coalesce(l.waiting, 0) AS waiting
-  FROM routed r LEFT JOIN leases l USING (event_id);
+-- One row per event taken (subscriber NULL), then one per delivery row written: a UNION, not a
+-- join, which the planner would run as a nested loop over the two CTEs.
+SELECT r.event_id, NULL::text AS subscriber, NULL::bool AS leased, r.payload::text AS body, r.created_at,
+       r.seq, r.traceparent
+  FROM routed r
+UNION ALL
+SELECT a.event_id, a.subscriber, a.leased, NULL, NULL, NULL, NULL
+  FROM added a;
 
 -- name: mark_rejected
 -- Rejected events, each only if still pending and unchanged since it was read (see mark_routed);
