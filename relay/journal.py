@@ -7,6 +7,7 @@ or redoable. Reads return records (`relay.model`), never driver rows.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from collections.abc import Callable, Coroutine, Iterable, Sequence
@@ -18,7 +19,7 @@ from uuid import UUID
 import asyncpg
 
 from relay import codec
-from relay.database import Conn
+from relay.database import DB_ERRORS, Conn
 from relay.event_cache import EventCache, EventParts
 from relay.model import (
     NOTIFY_LIMIT_BYTES,
@@ -180,7 +181,7 @@ async def database_now(conn: Conn) -> datetime:
 # ─── Deliveries ──────────────────────────────────────────────────────────────────────────────
 
 
-@redoable("a lost claim never leased anything; the delivery is claimed again")
+@redoable("a lost claim leased nothing, or leases that run out; the delivery is claimed again")
 async def claim_deliveries(
     conn: Conn,
     subscriber: str,
@@ -198,10 +199,17 @@ async def claim_deliveries(
         return []
     found, missing = (cache if cache is not None else EventCache(0)).take(r["event_id"] for r in rows)
     if missing:
-        for r in await conn.fetch(query("event_parts"), missing):
-            found[r["event_id"]] = EventParts(
-                r["body"].encode(), r["created_at"], r["organization_id"], r["traceparent"]
-            )
+        try:
+            for r in await conn.fetch(query("event_parts"), missing):
+                found[r["event_id"]] = EventParts(
+                    r["body"].encode(), r["created_at"], r["organization_id"], r["traceparent"]
+                )
+        except DB_ERRORS:
+            # The leases committed with the claim: give them back (attempt uncounted) rather than
+            # leave the rows until the leases run out; if that fails too, they run out.
+            with contextlib.suppress(*DB_ERRORS):
+                await release_leases(conn, owner, [(r["event_id"], subscriber) for r in rows])
+            raise
     claimed = []
     for r in rows:
         # An event pruned between the claim and the read has no delivery left to make either.

@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 from uuid import UUID
 
 from relay import codec, filters
@@ -83,6 +83,8 @@ class Router:
         self._tracing = tracing
         self._last_taken = 0
         self._handoff = handoff
+        # The batch's subscribers left out per event (counted only for the events it takes).
+        self._dropped: list[tuple[UUID, str, Literal["unconfigured", "filtered"]]] = []
         # Until then, batches are claimed with locks: another instance was seen routing them too.
         self._exclusive_until = 0.0
         self._said_contended = False
@@ -151,7 +153,7 @@ class Router:
         if not unserved:
             return self._filtered(event)
         for name in unserved:
-            self._metrics.unconfigured.labels(name).inc()
+            self._dropped.append((event.event_id, name, "unconfigured"))
             if name not in self._warned:
                 self._warned.add(name)
                 log.warning(
@@ -173,7 +175,7 @@ class Router:
         if not dropped:
             return event
         for name in dropped:
-            self._metrics.events_filtered.labels(name).inc()
+            self._dropped.append((event.event_id, name, "filtered"))
         return replace(event, subscribers=[s for s in event.subscribers if s not in dropped])
 
     async def route_batch(self) -> int:
@@ -181,6 +183,7 @@ class Router:
         have room for are leased in the same statement and sent as soon as it commits."""
         reservation: Reservation | None = None
         exclusive = time.monotonic() < self._exclusive_until
+        self._dropped = []
         try:
             async with self._store.routing(self._batch_size, exclusive) as batch:
                 events = batch.events
@@ -202,14 +205,16 @@ class Router:
             if reservation is not None:
                 reservation.cancel()  # the slots go back (leases a lost commit made run out)
             raise
-        self._taken_by_others(events, written, spans)
+        self._count_taken(events, written, spans)
+        routed_to = Counter(s for r in routed if r.event_id in written.routed for s in r.subscribers)
         handed = Counter(item.subscriber for item in written.leased)
         if reservation is not None:
+            # Judged against what was taken: rows another instance routed are not left behind.
+            reservation.wanted = dict(routed_to)
             unstarted = reservation.hand(written.leased)
             if unstarted:
                 await self._give_back(reservation.owner, unstarted)
                 handed -= Counter(item.subscriber for item in unstarted)
-        routed_to = Counter(s for r in routed if r.event_id in written.routed for s in r.subscribers)
         # A lane is woken to claim only when routing left it rows: what it was handed is under way.
         subscribers = {s for s, n in routed_to.items() if handed[s] < n}
         for event_id, rejection in rejected:
@@ -230,7 +235,7 @@ class Router:
             self._on_routed(subscribers)
         return len(events)
 
-    def _taken_by_others(
+    def _count_taken(
         self, events: Sequence[PendingEvent], written: Written, spans: RoutingSpans | None
     ) -> None:
         """Count what this routing took; events another instance routed first are its to count,
@@ -240,6 +245,12 @@ class Router:
         for event in events:
             if event.event_id in taken:
                 self._metrics.events_received.labels(event.source).inc()
+        for event_id, name, why in self._dropped:
+            if event_id in written.routed:
+                metric = (
+                    self._metrics.unconfigured if why == "unconfigured" else self._metrics.events_filtered
+                )
+                metric.labels(name).inc()
         if not lost:
             return
         if spans is not None:

@@ -54,6 +54,23 @@ async def write_routing(
     """Write a batch's routing for the events still pending as read; up to `wanted[subscriber]`
     of its new deliveries come back leased to `owner` (journal order, first attempt counted),
     with each routed event's parts (for this instance's claims of its deliveries)."""
+    if routed and rejected and not conn.is_in_transaction():
+        # Both or neither: a routing committed alone, then its rejections failing, would leave the
+        # caller without what it leased (sent only when its leases run out, as second attempts).
+        async with conn.transaction():
+            return await _write(conn, events, routed, rejected, wanted, owner, lease_s)
+    return await _write(conn, events, routed, rejected, wanted, owner, lease_s)
+
+
+async def _write(
+    conn: Conn,
+    events: Sequence[PendingEvent],
+    routed: Sequence[RoutedEvent],
+    rejected: Sequence[tuple[UUID, Rejection]],
+    wanted: Mapping[str, int] | None,
+    owner: str,
+    lease_s: float,
+) -> Written:
     versions = {e.event_id: e.version for e in events}
     taken: set[UUID] = set()
     leased: list[ClaimedDelivery] = []

@@ -208,10 +208,10 @@ async def _sole_record_writes(db: asyncpg.Connection) -> dict[str, Write]:
         "record_rejected": lambda c: journal.record_rejected(
             c, [Rejection(reason="not_json", errors=("$: not JSON",), raw_text="{", source="notify")]
         ),
-        # Its payload cannot be stored as jsonb: kept as text, by the fallback.
         "reject_events": lambda c: routing_queries.reject_events(
             c, [(unfit, Rejection(reason="schema", errors=("$: x",), event_id=unfit), version)]
         ),
+        # Its payload cannot be stored as jsonb: kept as text, by the fallback.
         "record_rejected_safely": lambda c: journal.record_rejected_safely(
             c, Rejection(reason="schema", errors=("$: x",), payload={"a": "\x00"}, source="notify")
         ),

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from relay import codec, journal, operator_queries, routing_queries
 from relay.contracts.examples import example
-from relay.ingest import classify
-from relay.model import NotifiedEvent, Rejection
+from relay.ingest import classify, route
+from relay.model import NotifiedEvent, Rejection, RoutedEvent
 from tests.support.cli import run_cli
 from tests.support.relay import cli, relay_settings, running, wait_for_rows, write_config
 from tests.support.sink import Sink
@@ -419,5 +419,42 @@ async def test_a_routing_that_read_an_event_before_its_republish_leaves_the_corr
             "SELECT status, payload->>'priority' AS p FROM it_relay.events WHERE event_id = $1", event_id
         )
         assert row is not None and (row["status"], row["p"]) == ("pending", "high")
+    finally:
+        await conn.close()
+
+
+async def test_a_routing_written_from_a_read_before_a_republish_routes_nothing(relay_db: str) -> None:
+    # The routing statement's own guard: a routing judged on what it read before the event was
+    # rejected and republished takes nothing, though the event is pending again; the corrected
+    # event is routed by the next read, with its corrected payload.
+    event_id = uuid.uuid4()
+    bad = example("it_ticket_created") | BAD | {"event_id": str(event_id)}
+    good = bad | {"priority": "high"}
+    conn = await asyncpg.connect(relay_db)
+    try:
+        await _publish(conn, bad)
+
+        async def read() -> list[Any]:
+            return [
+                e
+                for e in await routing_queries.claim_events(conn, 1000, lock=False)
+                if e.event_id == event_id
+            ]
+
+        stale = await read()
+        reason = Rejection(reason="schema", errors=("priority: x",), event_id=event_id, source="journal")
+        await routing_queries.write_routing(conn, await read(), [], [(event_id, reason)])
+        corrected = classify(codec.dumps(good).decode())
+        assert isinstance(corrected, NotifiedEvent)
+        await operator_queries.republish(conn, "it_events", await _rejection_of(conn, event_id), corrected)
+        [fresh] = await read()
+        as_routed = route(event_id, fresh.payload, "keep")
+        assert isinstance(as_routed, RoutedEvent)
+        late = await routing_queries.write_routing(conn, stale, [as_routed], [])
+        assert (late.routed, late.leased) == (frozenset(), [])
+        assert (
+            await conn.fetchval("SELECT count(*) FROM it_relay.deliveries WHERE event_id = $1", event_id) == 0
+        )
+        assert (await routing_queries.write_routing(conn, [fresh], [as_routed], [])).routed == {event_id}
     finally:
         await conn.close()

@@ -77,15 +77,17 @@ class _TwinBatch:
         self._twin = twin
         self._held = events
         self._exclusive = exclusive
+        # As read, like PostgreSQL's rows: a later change is not seen here, only by `_takes`.
+        self._events = [
+            PendingEvent(event_id=e.event_id, payload=e.payload, source=e.source, version=e.version)
+            for e in events
+        ]
         self._read = {e.event_id: e.version for e in events}
         self.pending: list[Callable[[], None]] = []
 
     @property
     def events(self) -> Sequence[PendingEvent]:
-        return [
-            PendingEvent(event_id=e.event_id, payload=e.payload, source=e.source, version=e.version)
-            for e in self._held
-        ]
+        return self._events
 
     def _takes(self, event_id: UUID) -> bool:
         """Still pending and unchanged since read, and not held by another routing."""

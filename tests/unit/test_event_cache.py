@@ -81,3 +81,14 @@ def test_putting_an_event_again_replaces_it_without_counting_it_twice() -> None:
     cache.put(event_id, parts(b"b" * 10), uses=1)
     assert (len(cache), cache.size_bytes) == (1, 10 + ENTRY_OVERHEAD)
     assert cache.take([event_id])[0][event_id].body == b"b" * 10
+
+
+def test_an_entry_is_never_served_past_its_time_even_with_room_to_spare() -> None:
+    # An event id used again after retention pruned its event must not get the old body back.
+    now = [0.0]
+    cache = EventCache(stale_s=60, clock=lambda: now[0])
+    event_id = uuid4()
+    cache.put(event_id, parts(b"old"), uses=2)
+    now[0] = 60.0
+    assert cache.take([event_id]) == ({}, [event_id])
+    assert (len(cache), cache.size_bytes) == (0, 0)
