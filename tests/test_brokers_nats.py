@@ -118,11 +118,12 @@ async def test_replay_is_a_new_generation_returned_by_the_claim(
         EVENT,
         org := uuid4(),
     )
+    # As routing writes it: the entity and journal place copied onto the delivery row.
     await db.execute(
-        "INSERT INTO it_relay.deliveries (event_id, subscriber, event_type) VALUES ($1, $2, $3)",
+        "INSERT INTO it_relay.deliveries (event_id, subscriber, event_type, entity_key, seq)"
+        " SELECT event_id, $2, event_type, entity_key, seq FROM it_relay.events WHERE event_id = $1",
         event_id,
         SUB,
-        EVENT,
     )
     (first,) = await journal.claim_deliveries(db, SUB, "test", 10, 30)
     assert (first.generation, first.entity_key, first.organization_id) == (0, "report_run_id:r1", org)
