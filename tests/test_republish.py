@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from relay import codec, journal, operator_queries, routing_queries
 from relay.contracts.examples import example
 from relay.ingest import classify, route
-from relay.model import NotifiedEvent, Rejection, RoutedEvent
+from relay.model import NotifiedEvent, PendingEvent, Rejection, RoutedEvent
 from tests.support.cli import run_cli
 from tests.support.relay import cli, relay_settings, running, wait_for_rows, write_config
 from tests.support.sink import Sink
@@ -365,10 +365,8 @@ async def _follows(url: str, subject: str, extra: dict[str, Any], spelling: Any)
         await _publish(conn, bad)
         # What the router does with an invalid event, through the same gateway call.
         reason = Rejection(reason="schema", errors=("priority: x",), event_id=event_id, source="journal")
-        [pending] = [
-            e for e in await routing_queries.claim_events(conn, 1000, lock=False) if e.event_id == event_id
-        ]
-        written = await routing_queries.write_routing(conn, [pending], [], [(event_id, reason)])
+        pending = await _pending_as_read(conn, event_id)
+        written = await routing_queries.write_routing(conn, pending, [], [(event_id, reason)])
         assert written.rejected == {event_id}
         corrected = classify(codec.dumps(good).decode())
         assert isinstance(corrected, NotifiedEvent)
@@ -385,34 +383,38 @@ async def _follows(url: str, subject: str, extra: dict[str, Any], spelling: Any)
         await conn.close()
 
 
+async def _pending_as_read(conn: asyncpg.Connection, event_id: uuid.UUID) -> list[PendingEvent]:
+    """The event as an unlocked routing reads it, if it is pending."""
+    return [e for e in await routing_queries.claim_events(conn, 1000, lock=False) if e.event_id == event_id]
+
+
+async def _read_then_rejected_and_republished(
+    conn: asyncpg.Connection,
+) -> tuple[uuid.UUID, list[PendingEvent], Rejection]:
+    """An invalid event read by a slow routing, then rejected by another and republished
+    corrected (priority "high"): the event id, the stale read, and the rejection."""
+    event_id = uuid.uuid4()
+    bad = example("it_ticket_created") | BAD | {"event_id": str(event_id)}
+    await _publish(conn, bad)
+    reason = Rejection(reason="schema", errors=("priority: x",), event_id=event_id, source="journal")
+    stale = await _pending_as_read(conn, event_id)
+    fresh = await _pending_as_read(conn, event_id)
+    assert (await routing_queries.write_routing(conn, fresh, [], [(event_id, reason)])).rejected == {event_id}
+    corrected = classify(codec.dumps(bad | {"priority": "high"}).decode())
+    assert isinstance(corrected, NotifiedEvent)
+    await operator_queries.republish(conn, "it_events", await _rejection_of(conn, event_id), corrected)
+    return event_id, stale, reason
+
+
 async def test_a_routing_that_read_an_event_before_its_republish_leaves_the_corrected_one(
     relay_db: str,
 ) -> None:
     # Routing reads pending events without a lock: a slow router still holding what it read of an
     # event before another rejected it and an operator republished it must not judge the
     # corrected payload by the old one.
-    event_id = uuid.uuid4()
-    bad = example("it_ticket_created") | BAD | {"event_id": str(event_id)}
-    good = bad | {"priority": "high"}
     conn = await asyncpg.connect(relay_db)
     try:
-        await _publish(conn, bad)
-        reason = Rejection(reason="schema", errors=("priority: x",), event_id=event_id, source="journal")
-
-        async def read() -> list[Any]:
-            return [
-                e
-                for e in await routing_queries.claim_events(conn, 1000, lock=False)
-                if e.event_id == event_id
-            ]
-
-        stale = await read()
-        assert (
-            await routing_queries.write_routing(conn, await read(), [], [(event_id, reason)])
-        ).rejected == {event_id}
-        corrected = classify(codec.dumps(good).decode())
-        assert isinstance(corrected, NotifiedEvent)
-        await operator_queries.republish(conn, "it_events", await _rejection_of(conn, event_id), corrected)
+        event_id, stale, reason = await _read_then_rejected_and_republished(conn)
         late = await routing_queries.write_routing(conn, stale, [], [(event_id, reason)])
         assert (late.routed, late.rejected) == (frozenset(), frozenset())
         row = await conn.fetchrow(
@@ -427,27 +429,10 @@ async def test_a_routing_written_from_a_read_before_a_republish_routes_nothing(r
     # The routing statement's own guard: a routing judged on what it read before the event was
     # rejected and republished takes nothing, though the event is pending again; the corrected
     # event is routed by the next read, with its corrected payload.
-    event_id = uuid.uuid4()
-    bad = example("it_ticket_created") | BAD | {"event_id": str(event_id)}
-    good = bad | {"priority": "high"}
     conn = await asyncpg.connect(relay_db)
     try:
-        await _publish(conn, bad)
-
-        async def read() -> list[Any]:
-            return [
-                e
-                for e in await routing_queries.claim_events(conn, 1000, lock=False)
-                if e.event_id == event_id
-            ]
-
-        stale = await read()
-        reason = Rejection(reason="schema", errors=("priority: x",), event_id=event_id, source="journal")
-        await routing_queries.write_routing(conn, await read(), [], [(event_id, reason)])
-        corrected = classify(codec.dumps(good).decode())
-        assert isinstance(corrected, NotifiedEvent)
-        await operator_queries.republish(conn, "it_events", await _rejection_of(conn, event_id), corrected)
-        [fresh] = await read()
+        event_id, stale, _ = await _read_then_rejected_and_republished(conn)
+        [fresh] = await _pending_as_read(conn, event_id)
         as_routed = route(event_id, fresh.payload, "keep")
         assert isinstance(as_routed, RoutedEvent)
         late = await routing_queries.write_routing(conn, stale, [as_routed], [])
