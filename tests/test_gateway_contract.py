@@ -204,6 +204,38 @@ async def test_a_claim_carries_the_same_event_whether_this_instance_routed_it_or
     assert routed_here == elsewhere
 
 
+async def test_an_ordered_claim_leases_each_entitys_head_and_none_behind_an_unrouted_event(
+    store: Store,
+) -> None:
+    def of(asset: str, tag: str) -> dict[str, Any]:
+        return payload(tag) | {"asset_id": asset}
+
+    x, y = str(uuid4()), str(uuid4())
+    x1, x2, y1, y2 = [await store.journal(of(a, t)) for a, t in ((x, "X1"), (x, "X2"), (y, "Y1"), (y, "Y2"))]
+    # X1 stays unrouted (left out of the batch, as a republish or another instance's lock would).
+    async with store.port.routing(10) as batch:
+        await batch.write([r for r in routed_of(batch) if r.event_id != x1], [])
+    first = await store.port.claim_deliveries("FA", OWNER, 10, 30, ordered=True)
+    assert [c.event_id for c in first] == [y1]  # X2 waits for X1; Y2 waits for Y1 in flight
+    assert await route_all(store) == [x1]
+    second = await store.port.claim_deliveries("FA", OWNER, 10, 30, ordered=True)
+    assert [c.event_id for c in second] == [x1]
+    done = DeliveryResult(
+        event_id=y1,
+        subscriber="FA",
+        status="delivered",
+        attempts=1,
+        failed_rounds=0,
+        retry_in_s=None,
+        last_status=200,
+        last_error=None,
+    )
+    assert await store.port.write_results([done], OWNER) == 1
+    third = await store.port.claim_deliveries("FA", OWNER, 10, 30, ordered=True)
+    assert [c.event_id for c in third] == [y2]
+    assert x2 not in [c.event_id for c in third]
+
+
 async def test_claims_lease_in_due_order_count_the_attempt_and_skip_leased_rows(store: Store) -> None:
     ids = [await store.journal(payload(f"C-{i}")) for i in range(3)]
     await route_all(store)

@@ -166,37 +166,39 @@ SELECT event_id, payload::text AS body, created_at, organization_id, traceparent
 -- The heads are found entity by entity (a skip scan of deliveries_entity_idx: one probe per entity
 -- with unfinished deliveries), never by reading the rows queued behind them, so a hot entity's
 -- backlog costs its claims nothing. Deliveries without an entity are claimed as unordered ones.
+-- Every other step reaches a row by its ctid or a key, never by a scan the planner may pick:
+-- statistics taken while the table was small (a fresh journal, a burst) once made a generic plan
+-- look each head up through deliveries_due_idx, reading every pending row per head (300 ms a claim).
 WITH RECURSIVE heads AS (
-    (SELECT h.entity_key, h.seq
+    (SELECT h.ctid AS row_id, h.entity_key, h.seq, h.status, h.next_attempt_at, h.lease_expires_at
        FROM it_relay.deliveries h
       WHERE h.subscriber = $1 AND h.status IN ('pending', 'held') AND h.entity_key IS NOT NULL
       ORDER BY h.entity_key, h.seq
       LIMIT 1)
     UNION ALL
-    SELECT n.entity_key, n.seq
+    SELECT n.*
       FROM heads p
      CROSS JOIN LATERAL (
-            SELECT h.entity_key, h.seq
+            SELECT h.ctid AS row_id, h.entity_key, h.seq, h.status, h.next_attempt_at, h.lease_expires_at
               FROM it_relay.deliveries h
              WHERE h.subscriber = $1 AND h.status IN ('pending', 'held') AND h.entity_key IS NOT NULL
                AND h.entity_key > p.entity_key
              ORDER BY h.entity_key, h.seq
              LIMIT 1) n
 ), candidates AS (
-    -- Each head looked up by its key (LATERAL: one index probe per head, never a scan).
-    SELECT c.event_id
+    SELECT x.row_id, x.next_attempt_at, x.seq
       FROM heads x
-     CROSS JOIN LATERAL (
-            SELECT c.event_id
-              FROM it_relay.deliveries c
-             WHERE c.subscriber = $1 AND c.entity_key = x.entity_key AND c.seq = x.seq
-               AND c.status = 'pending'
-               AND c.next_attempt_at <= clock_timestamp()
-               AND (c.lease_expires_at IS NULL OR c.lease_expires_at < clock_timestamp())
-               AND NOT EXISTS (SELECT 1 FROM it_relay.events u
-                                WHERE u.entity_key = c.entity_key AND u.seq < c.seq AND u.status = 'pending')) c
+     WHERE x.status = 'pending'
+       AND x.next_attempt_at <= clock_timestamp()
+       AND (x.lease_expires_at IS NULL OR x.lease_expires_at < clock_timestamp())
+       -- A head older than every unrouted event needs no look at its entity's: the usual case,
+       -- as routing runs ahead of delivery; one read of the unrouted events per claim.
+       AND (x.seq < (SELECT coalesce(min(o.seq), 9223372036854775807) FROM it_relay.events o
+                      WHERE o.status = 'pending' AND o.entity_key IS NOT NULL)
+            OR NOT EXISTS (SELECT 1 FROM it_relay.events u
+                            WHERE u.entity_key = x.entity_key AND u.seq < x.seq AND u.status = 'pending'))
     UNION ALL
-    (SELECT c.event_id
+    (SELECT c.ctid, c.next_attempt_at, c.seq
        FROM it_relay.deliveries c
       WHERE c.subscriber = $1 AND c.entity_key IS NULL
         AND c.status = 'pending'
@@ -208,15 +210,17 @@ WITH RECURSIVE heads AS (
 UPDATE it_relay.deliveries d
    SET lease_owner = $2, lease_expires_at = clock_timestamp() + make_interval(secs => $4),
        attempts = d.attempts + 1
-  FROM (SELECT c.event_id, c.subscriber
-          FROM candidates k
-          JOIN it_relay.deliveries c ON c.event_id = k.event_id AND c.subscriber = $1
-         WHERE c.status = 'pending'
+  FROM (SELECT k.row_id FROM candidates k ORDER BY k.next_attempt_at, k.seq LIMIT $3) k
+ -- Locked by ctid, the conditions checked again on the row as locked (a concurrent claim or
+ -- outcome may have changed it since this statement's snapshot).
+ CROSS JOIN LATERAL (
+        SELECT c.event_id, c.subscriber
+          FROM it_relay.deliveries c
+         WHERE c.ctid = k.row_id AND c.subscriber = $1
+           AND c.status = 'pending'
            AND c.next_attempt_at <= clock_timestamp()
            AND (c.lease_expires_at IS NULL OR c.lease_expires_at < clock_timestamp())
-         ORDER BY c.next_attempt_at, c.seq
-         LIMIT $3
-           FOR UPDATE OF c SKIP LOCKED) c
+           FOR UPDATE SKIP LOCKED) c
  WHERE d.event_id = c.event_id AND d.subscriber = c.subscriber
 RETURNING d.event_id, d.event_type, d.attempts, d.failed_rounds, d.replays, d.entity_key, d.seq;
 
