@@ -182,13 +182,15 @@ class Gateway:
         # What this instance routed, for its claims (a cache written before its routing commits
         # holds only what that commit makes true: routed parts never change).
         self.events = events if events is not None else EventCache()
+        # Per ordered subscriber, the entity its last claim ended at: the next walk starts there.
+        self.walks: dict[str, str] = {}
 
     async def claim_deliveries(
         self, subscriber: str, owner: str, limit: int, lease_s: float, ordered: bool = False
     ) -> list[ClaimedDelivery]:
         async with self._pool.acquire() as conn:
             return await journal.claim_deliveries(
-                conn, subscriber, owner, limit, lease_s, ordered, self.events
+                conn, subscriber, owner, limit, lease_s, ordered, self.events, self.walks
             )
 
     async def seconds_until_due(self, subscriber: str) -> float | None:

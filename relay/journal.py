@@ -190,11 +190,19 @@ async def claim_deliveries(
     lease_s: float,
     ordered: bool = False,
     cache: EventCache | None = None,
+    walks: dict[str, str] | None = None,
 ) -> list[ClaimedDelivery]:
-    """Due deliveries leased to `owner`; for an ordered subscriber, only each entity's head. Their
-    events' parts come from `cache` (what this instance routed), else in one more read."""
-    name = "claim_ordered" if ordered else "claim_deliveries"
-    rows = await conn.fetch(query(name), subscriber, owner, limit, lease_s)
+    """Due deliveries leased to `owner`; for an ordered subscriber, only each entity's head, the
+    walk over entities going on from where `walks` says this lane's last one ended. Their events'
+    parts come from `cache` (what this instance routed), else in one more read."""
+    if ordered:
+        after = (walks or {}).get(subscriber, "")
+        rows = await conn.fetch(query("claim_ordered"), subscriber, owner, limit, lease_s, after)
+        walked = [r for r in rows if r["walk"] is not None]
+        if walks is not None and walked:
+            walks[subscriber] = max(walked, key=lambda r: int(r["walk"]))["entity_key"]
+    else:
+        rows = await conn.fetch(query("claim_deliveries"), subscriber, owner, limit, lease_s)
     if not rows:
         return []
     found, missing = (cache if cache is not None else EventCache(0)).take(r["event_id"] for r in rows)

@@ -32,13 +32,13 @@ async def _journal(db: asyncpg.Connection, per_entity: int, first: int) -> None:
     )
 
 
-async def _claim_cost(db: asyncpg.Connection) -> tuple[int, int]:
-    """Deliveries an ordered claim of 64 leases, and the buffers it touched; nothing kept."""
+async def _claim_cost(db: asyncpg.Connection, limit: int = 64) -> tuple[int, int]:
+    """Deliveries an ordered claim of `limit` leases, and the buffers it touched; nothing kept."""
     claim = db.transaction()
     await claim.start()
     try:
         text = await db.fetchval(
-            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE ordered_claim('FA', 'test:1:x', 64, 30)"
+            f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE ordered_claim('FA', 'test:1:x', {int(limit)}, 30, '')"
         )
     finally:
         await claim.rollback()
@@ -55,7 +55,7 @@ async def test_an_ordered_claim_reads_per_head_not_per_queued_row_with_statistic
         await db.execute(f"ALTER TABLE it_relay.{table} SET (autovacuum_enabled = false)")
         await db.execute(f"VACUUM ANALYZE it_relay.{table}")
     await db.execute("SET plan_cache_mode = force_generic_plan")
-    await db.execute(f"PREPARE ordered_claim(text, text, int, float8) AS {QUERIES['claim_ordered']}")
+    await db.execute(f"PREPARE ordered_claim(text, text, int, float8, text) AS {QUERIES['claim_ordered']}")
 
     await _journal(db, 25, 0)
     leased, shallow = await _claim_cost(db)
@@ -65,3 +65,7 @@ async def test_an_ordered_claim_reads_per_head_not_per_queued_row_with_statistic
     assert leased == ENTITIES
     assert deep <= shallow * 1.5 + 50, (shallow, deep)
     assert deep <= ENTITIES * 20, deep  # one probe of a few pages per head
+    # A claim for fewer stops its walk there: it pays for the heads it passes, not every entity.
+    leased, few = await _claim_cost(db, 4)
+    assert leased == 4
+    assert few <= deep / 4, (few, deep)

@@ -236,6 +236,29 @@ async def test_an_ordered_claim_leases_each_entitys_head_and_none_behind_an_unro
     assert x2 not in [c.event_id for c in third]
 
 
+async def test_ordered_claims_take_entities_in_turn_from_where_the_last_one_ended(store: Store) -> None:
+    def of(n: int, tag: str) -> dict[str, Any]:
+        return payload(tag) | {"asset_id": f"{n}0000000-0000-4000-8000-000000000000"}
+
+    a1, a2, b1, c1 = [await store.journal(of(n, t)) for n, t in ((1, "A1"), (1, "A2"), (2, "B1"), (3, "C1"))]
+    await route_all(store)
+    assert [c.event_id for c in await store.port.claim_deliveries("FA", OWNER, 1, 30, ordered=True)] == [a1]
+    done = DeliveryResult(
+        event_id=a1,
+        subscriber="FA",
+        status="delivered",
+        attempts=1,
+        failed_rounds=0,
+        retry_in_s=None,
+        last_status=200,
+        last_error=None,
+    )
+    assert await store.port.write_results([done], OWNER) == 1
+    # A2 is now its entity's head and the oldest due row, yet B and C have their turns first.
+    turns = [await store.port.claim_deliveries("FA", OWNER, 1, 30, ordered=True) for _ in range(4)]
+    assert [[c.event_id for c in t] for t in turns] == [[b1], [c1], [a2], []]
+
+
 async def test_claims_lease_in_due_order_count_the_attempt_and_skip_leased_rows(store: Store) -> None:
     ids = [await store.journal(payload(f"C-{i}")) for i in range(3)]
     await route_all(store)

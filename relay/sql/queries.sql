@@ -163,42 +163,67 @@ SELECT event_id, payload::text AS body, created_at, organization_id, traceparent
 -- As claim_deliveries, for a subscriber with ordering = "entity": only an entity's head — no
 -- earlier delivery of its entity to this subscriber unfinished (pending, in flight, held), no
 -- earlier event of its entity still unrouted — so one per entity is in flight, in journal order.
--- The heads are found entity by entity (a skip scan of deliveries_entity_idx: one probe per entity
--- with unfinished deliveries), never by reading the rows queued behind them, so a hot entity's
--- backlog costs its claims nothing. Deliveries without an entity are claimed as unordered ones.
--- Every other step reaches a row by its ctid or a key, never by a scan the planner may pick:
--- statistics taken while the table was small (a fresh journal, a burst) once made a generic plan
--- look each head up through deliveries_due_idx, reading every pending row per head (300 ms a claim).
+-- The heads are found entity by entity (a skip scan of deliveries_entity_idx: one probe per
+-- entity), never by reading the rows queued behind them, so a hot entity's backlog costs nothing.
+-- The walk starts after $5, the entity this lane's last claim ended at, wraps around once, and
+-- stops at $3 claimable heads: entities take turns, and a claim costs the heads it passes (those
+-- in flight, waiting out a retry or held), not every entity with a backlog. Rows without an
+-- entity are claimed as unordered ones. Every other step reaches a row by its ctid or a key,
+-- never by a scan the planner may pick: statistics taken while the table was small (a fresh
+-- journal, a burst) once made a generic plan read every pending row per head (300 ms a claim).
 WITH RECURSIVE heads AS (
-    (SELECT h.ctid AS row_id, h.entity_key, h.seq, h.status, h.next_attempt_at, h.lease_expires_at
-       FROM it_relay.deliveries h
-      WHERE h.subscriber = $1 AND h.status IN ('pending', 'held') AND h.entity_key IS NOT NULL
-      ORDER BY h.entity_key, h.seq
-      LIMIT 1)
+    (   (SELECT 1 AS lap, 1 AS walk, h.ctid AS row_id, h.entity_key, h.seq, h.status,
+                h.next_attempt_at, h.lease_expires_at
+           FROM it_relay.deliveries h
+          WHERE h.subscriber = $1 AND h.status IN ('pending', 'held') AND h.entity_key IS NOT NULL
+            AND h.entity_key > $5
+          ORDER BY h.entity_key, h.seq
+          LIMIT 1)
+        UNION ALL
+        (SELECT 2, 1, h.ctid, h.entity_key, h.seq, h.status, h.next_attempt_at, h.lease_expires_at
+           FROM it_relay.deliveries h
+          WHERE h.subscriber = $1 AND h.status IN ('pending', 'held') AND h.entity_key IS NOT NULL
+            AND h.entity_key <= $5
+          ORDER BY h.entity_key, h.seq
+          LIMIT 1)
+        LIMIT 1)
     UNION ALL
     SELECT n.*
       FROM heads p
      CROSS JOIN LATERAL (
-            SELECT h.ctid AS row_id, h.entity_key, h.seq, h.status, h.next_attempt_at, h.lease_expires_at
-              FROM it_relay.deliveries h
-             WHERE h.subscriber = $1 AND h.status IN ('pending', 'held') AND h.entity_key IS NOT NULL
-               AND h.entity_key > p.entity_key
-             ORDER BY h.entity_key, h.seq
-             LIMIT 1) n
+            (SELECT p.lap, p.walk + 1, h.ctid, h.entity_key, h.seq, h.status, h.next_attempt_at,
+                    h.lease_expires_at
+               FROM it_relay.deliveries h
+              WHERE h.subscriber = $1 AND h.status IN ('pending', 'held') AND h.entity_key IS NOT NULL
+                AND h.entity_key > p.entity_key AND (p.lap = 1 OR h.entity_key <= $5)
+              ORDER BY h.entity_key, h.seq
+              LIMIT 1)
+            UNION ALL
+            -- Past the last entity: around to the first, up to where this walk began.
+            (SELECT 2, p.walk + 1, h.ctid, h.entity_key, h.seq, h.status, h.next_attempt_at,
+                    h.lease_expires_at
+               FROM it_relay.deliveries h
+              WHERE p.lap = 1
+                AND h.subscriber = $1 AND h.status IN ('pending', 'held') AND h.entity_key IS NOT NULL
+                AND h.entity_key <= $5
+              ORDER BY h.entity_key, h.seq
+              LIMIT 1)
+            LIMIT 1) n
 ), candidates AS (
-    SELECT x.row_id, x.next_attempt_at, x.seq
-      FROM heads x
-     WHERE x.status = 'pending'
-       AND x.next_attempt_at <= clock_timestamp()
-       AND (x.lease_expires_at IS NULL OR x.lease_expires_at < clock_timestamp())
-       -- A head older than every unrouted event needs no look at its entity's: the usual case,
-       -- as routing runs ahead of delivery; one read of the unrouted events per claim.
-       AND (x.seq < (SELECT coalesce(min(o.seq), 9223372036854775807) FROM it_relay.events o
-                      WHERE o.status = 'pending' AND o.entity_key IS NOT NULL)
-            OR NOT EXISTS (SELECT 1 FROM it_relay.events u
-                            WHERE u.entity_key = x.entity_key AND u.seq < x.seq AND u.status = 'pending'))
+    (SELECT x.row_id, x.walk, x.next_attempt_at, x.seq
+       FROM heads x
+      WHERE x.status = 'pending'
+        AND x.next_attempt_at <= clock_timestamp()
+        AND (x.lease_expires_at IS NULL OR x.lease_expires_at < clock_timestamp())
+        -- A head older than every unrouted event needs no look at its entity's: the usual case,
+        -- as routing runs ahead of delivery; one read of the unrouted events per claim.
+        AND (x.seq < (SELECT coalesce(min(o.seq), 9223372036854775807) FROM it_relay.events o
+                       WHERE o.status = 'pending' AND o.entity_key IS NOT NULL)
+             OR NOT EXISTS (SELECT 1 FROM it_relay.events u
+                             WHERE u.entity_key = x.entity_key AND u.seq < x.seq AND u.status = 'pending'))
+      LIMIT $3)
     UNION ALL
-    (SELECT c.ctid, c.next_attempt_at, c.seq
+    (SELECT c.ctid, NULL, c.next_attempt_at, c.seq
        FROM it_relay.deliveries c
       WHERE c.subscriber = $1 AND c.entity_key IS NULL
         AND c.status = 'pending'
@@ -210,7 +235,7 @@ WITH RECURSIVE heads AS (
 UPDATE it_relay.deliveries d
    SET lease_owner = $2, lease_expires_at = clock_timestamp() + make_interval(secs => $4),
        attempts = d.attempts + 1
-  FROM (SELECT k.row_id FROM candidates k ORDER BY k.next_attempt_at, k.seq LIMIT $3) k
+  FROM (SELECT k.row_id, k.walk FROM candidates k ORDER BY k.next_attempt_at, k.walk, k.seq LIMIT $3) k
  -- Locked by ctid, the conditions checked again on the row as locked (a concurrent claim or
  -- outcome may have changed it since this statement's snapshot).
  CROSS JOIN LATERAL (
@@ -222,7 +247,7 @@ UPDATE it_relay.deliveries d
            AND (c.lease_expires_at IS NULL OR c.lease_expires_at < clock_timestamp())
            FOR UPDATE SKIP LOCKED) c
  WHERE d.event_id = c.event_id AND d.subscriber = c.subscriber
-RETURNING d.event_id, d.event_type, d.attempts, d.failed_rounds, d.replays, d.entity_key, d.seq;
+RETURNING d.event_id, d.event_type, d.attempts, d.failed_rounds, d.replays, d.entity_key, d.seq, k.walk;
 
 -- name: release_entity
 -- `it-relay release`: an entity held behind its dead head goes on; the head stays dead (replayable).

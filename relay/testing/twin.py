@@ -36,6 +36,7 @@ from relay.model import (
 )
 from relay.ratelimit import TokenGrant
 from relay.routing_queries import Written
+from relay.testing.turns import ordered_turn
 
 
 @dataclass(slots=True)
@@ -153,6 +154,7 @@ class Twin:
         self.clock = clock
         self.events: dict[UUID, TwinEvent] = {}
         self.deliveries: dict[tuple[UUID, str], TwinDelivery] = {}
+        self.walks: dict[str, str] = {}  # as Gateway.walks
         self.rejections: list[Rejection] = []
         self.states: dict[str, SubscriberState] = {}
         self.schema_is_current = True
@@ -180,18 +182,19 @@ class Twin:
         self, subscriber: str, owner: str, limit: int, lease_s: float, ordered: bool = False
     ) -> list[ClaimedDelivery]:
         now = self.clock()
-        due = sorted(
-            (
-                d
-                for d in self.deliveries.values()
-                if d.subscriber == subscriber
-                and d.status == "pending"
-                and d.next_attempt_at <= now
-                and (d.lease_expires_at is None or d.lease_expires_at < now)
-                and (not ordered or self._is_head(d))
-            ),
-            key=lambda d: (d.next_attempt_at, d.seq),
-        )[:limit]
+        due = [
+            d
+            for d in self.deliveries.values()
+            if d.subscriber == subscriber
+            and d.status == "pending"
+            and d.next_attempt_at <= now
+            and (d.lease_expires_at is None or d.lease_expires_at < now)
+            and (not ordered or self._is_head(d))
+        ]
+        if ordered:
+            due, self.walks[subscriber] = ordered_turn(due, self.walks.get(subscriber, ""), limit)
+        else:
+            due = sorted(due, key=lambda d: (d.next_attempt_at, d.seq))[:limit]
         claimed = []
         for d in due:
             d.lease_owner, d.lease_expires_at, d.attempts = owner, now + lease_s, d.attempts + 1

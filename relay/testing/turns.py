@@ -1,0 +1,31 @@
+"""The twin's ordered claim: entities take turns, as in claim_ordered (relay/sql/queries.sql)."""
+
+from __future__ import annotations
+
+from typing import Protocol, TypeVar
+
+
+class Due(Protocol):
+    @property
+    def entity_key(self) -> str | None: ...
+    @property
+    def next_attempt_at(self) -> float: ...
+    @property
+    def seq(self) -> int: ...
+
+
+D = TypeVar("D", bound=Due)
+
+
+def ordered_turn(heads: list[D], after: str, limit: int) -> tuple[list[D], str]:
+    """Of the claimable heads (and rows without an entity), what a claim takes: heads in a walk
+    over entities that starts after `after` and wraps around; and where the next walk starts."""
+    keys = sorted({d.entity_key for d in heads if d.entity_key}, key=lambda k: (k <= after, k))
+    walk = {k: i for i, k in enumerate(keys)}
+    keyed = sorted((d for d in heads if d.entity_key), key=lambda d: walk[d.entity_key or ""])[:limit]
+    loose = sorted((d for d in heads if not d.entity_key), key=lambda d: (d.next_attempt_at, d.seq))[:limit]
+    taken = sorted(
+        keyed + loose, key=lambda d: (d.next_attempt_at, walk.get(d.entity_key or "", len(walk)), d.seq)
+    )[:limit]
+    walked = [walk[d.entity_key] for d in taken if d.entity_key]
+    return taken, keys[max(walked)] if walked else after
