@@ -278,9 +278,9 @@ class Dispatcher:
         return None if due_in is None else min(max(due_in, 0.005), self._poll_interval_s)
 
     def reserve(self, wanted: Mapping[str, int]) -> Reservation:
-        """Slots for the deliveries a routing may lease straight to lanes that are caught up (not
-        backlogged, ordered, rate-limited, paused or behind an open circuit): their rows are sent
-        as soon as the routing commits, with no claim between (Router.route_batch)."""
+        """Slots for the deliveries a routing may lease straight to caught-up lanes (not backlogged,
+        rate-limited, paused or behind an open circuit; an ordered lane only its entities' heads):
+        sent as soon as the routing commits, with no claim between (Router.route_batch)."""
         now = time.monotonic()
         taken: dict[str, list[Slot]] = {}
         # Not before the pauses are read (run()) nor while stopping: then every row waits for a claim.
@@ -292,8 +292,15 @@ class Dispatcher:
             limit, allowed = self._claim_limit(lane, now)
             if allowed is None and limit > 0:
                 taken[name] = [self._slots.take(lane) for _ in range(min(n, limit))]
+        ordered = frozenset(name for name in taken if self.lanes[name].ordered)
         return Reservation(
-            self._owner, self._settings.lease_s, taken, self._start_handed, dict(wanted), self._left_behind
+            self._owner,
+            self._settings.lease_s,
+            taken,
+            self._start_handed,
+            dict(wanted),
+            self._left_behind,
+            ordered,
         )
 
     def _left_behind(self, name: str) -> None:
@@ -303,17 +310,18 @@ class Dispatcher:
 
     @staticmethod
     def _takes_handed(lane: Lane) -> bool:
-        return not (lane.backlogged or lane.ordered or lane.limiter is not None or lane.paused)
+        return not (lane.backlogged or lane.limiter is not None or lane.paused)
 
-    def _start_handed(self, item: ClaimedDelivery, slot: Slot) -> bool:
-        """Start a row routing leased to this lane; False if the lane changed meanwhile (removed or
-        reconfigured by a reload, paused, its circuit opened, shutting down): the router gives the
-        lease back."""
+    def _start_handed(self, item: ClaimedDelivery, slot: Slot, as_head: bool) -> bool:
+        """Start a row routing leased to this lane (`as_head`: checked to be its entity's head);
+        False if the lane changed meanwhile (removed or reconfigured by a reload, made ordered,
+        paused, its circuit opened, shutting down): the router gives the lease back."""
         lane = self.lanes.get(item.subscriber)
         if (
             lane is None
             or self._stopping.is_set()
             or not self._takes_handed(lane)
+            or (lane.ordered and not as_head)
             or lane.breaker.allowed(time.monotonic()) is not None
         ):
             slot.release()

@@ -82,10 +82,12 @@ class RoutingBatch(Protocol):
         wanted: Mapping[str, int] | None = None,
         owner: str = "",
         lease_s: float = 0.0,
+        ordered: Collection[str] = (),
     ) -> Written:
         """Write the routing of the events still pending and unchanged since read (another
         instance may have taken some); up to `wanted[subscriber]` new deliveries each come back
-        leased to `owner` for `lease_s` (first attempt counted, journal order)."""
+        leased to `owner` for `lease_s` (first attempt counted, journal order), to an `ordered`
+        subscriber only its entities' heads."""
         ...
 
 
@@ -158,9 +160,10 @@ class _PgRoutingBatch:
         wanted: Mapping[str, int] | None = None,
         owner: str = "",
         lease_s: float = 0.0,
+        ordered: Collection[str] = (),
     ) -> Written:
         written = await routing_queries.write_routing(
-            self._conn, self._events, routed, rejected, wanted, owner, lease_s
+            self._conn, self._events, routed, rejected, wanted, owner, lease_s, ordered
         )
         if self._cache is not None:
             _remember(self._cache, written)

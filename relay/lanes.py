@@ -124,10 +124,12 @@ class Reservation:
     owner: str
     lease_s: float
     slots: dict[str, list[Slot]]
-    start: Callable[[ClaimedDelivery, Slot], bool]
+    start: Callable[[ClaimedDelivery, Slot, bool], bool]
     # How many deliveries the routing had for each lane, and what to tell a lane it left rows for.
     wanted: Mapping[str, int] = field(default_factory=dict)
     left_behind: Callable[[str], None] = lambda _name: None
+    # Lanes with ordering = "entity": the routing leases them only their entities' heads.
+    ordered: frozenset[str] = frozenset()
 
     def sizes(self) -> dict[str, int]:
         return {name: len(slots) for name, slots in self.slots.items() if slots}
@@ -139,7 +141,7 @@ class Reservation:
         try:
             for item in leased:
                 slots = self.slots.get(item.subscriber)
-                if slots and self.start(item, slots.pop()):
+                if slots and self.start(item, slots.pop(), item.subscriber in self.ordered):
                     handed[item.subscriber] = handed.get(item.subscriber, 0) + 1
                 else:
                     unstarted.append(item)

@@ -197,7 +197,12 @@ class Router:
                     reservation = self._handoff.reserve(routed_to)
                 if reservation is not None:
                     written = await batch.write(
-                        routed, rejected, reservation.sizes(), reservation.owner, reservation.lease_s
+                        routed,
+                        rejected,
+                        reservation.sizes(),
+                        reservation.owner,
+                        reservation.lease_s,
+                        reservation.ordered,
                     )
                 else:
                     written = await batch.write(routed, rejected)

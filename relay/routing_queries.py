@@ -3,7 +3,7 @@ statement — with the deliveries that caught-up lanes asked for already leased 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -50,16 +50,18 @@ async def write_routing(
     wanted: Mapping[str, int] | None = None,
     owner: str = "",
     lease_s: float = 0.0,
+    ordered: Collection[str] = (),
 ) -> Written:
     """Write a batch's routing for the events still pending as read; up to `wanted[subscriber]`
     of its new deliveries come back leased to `owner` (journal order, first attempt counted),
-    with each routed event's parts (for this instance's claims of its deliveries)."""
+    with each routed event's parts (for this instance's claims of its deliveries). An `ordered`
+    subscriber is leased only its entities' heads."""
     if routed and rejected and not conn.is_in_transaction():
         # Both or neither: a routing committed alone, then its rejections failing, would leave the
         # caller without what it leased (sent only when its leases run out, as second attempts).
         async with conn.transaction():
-            return await _write(conn, events, routed, rejected, wanted, owner, lease_s)
-    return await _write(conn, events, routed, rejected, wanted, owner, lease_s)
+            return await _write(conn, events, routed, rejected, wanted, owner, lease_s, ordered)
+    return await _write(conn, events, routed, rejected, wanted, owner, lease_s, ordered)
 
 
 async def _write(
@@ -70,6 +72,7 @@ async def _write(
     wanted: Mapping[str, int] | None,
     owner: str,
     lease_s: float,
+    ordered: Collection[str],
 ) -> Written:
     versions = {e.event_id: e.version for e in events}
     taken: set[UUID] = set()
@@ -95,6 +98,7 @@ async def _write(
             list(offer),
             list(offer.values()),
             [versions[r.event_id] for r in routed],
+            [name for name in offer if name in ordered],
         )
         by_id = {r.event_id: r for r in routed}
         seqs: dict[UUID, int] = {}

@@ -140,6 +140,41 @@ async def test_routing_leases_what_caught_up_lanes_ask_for_in_journal_order(stor
     assert await store.port.write_results([done], OWNER) == 1
 
 
+async def test_routing_leases_an_ordered_lane_only_its_entities_heads(store: Store) -> None:
+    def of(asset: str, tag: str) -> dict[str, Any]:
+        return payload(tag) | {"asset_id": asset}
+
+    x, y, z = str(uuid4()), str(uuid4()), str(uuid4())
+    cases = ((x, "X1"), (x, "X2"), (y, "Y1"), (z, "Z0"), (z, "Z1"))
+    x1, x2, y1, z0, _z1 = [await store.journal(of(a, t)) for a, t in cases]
+    async with store.port.routing(10) as batch:
+        # Z0 stays unrouted (as a republish or another instance's lock would leave it).
+        routed = [r for r in routed_of(batch) if r.event_id != z0]
+        written = await batch.write(routed, [], {"FA": 10}, OWNER, 30, ordered={"FA"})
+    # X2 is behind X1 in the same batch, Z1 behind the unrouted Z0: only heads are leased.
+    assert [c.event_id for c in written.leased] == [x1, y1]
+    assert await store.port.claim_deliveries("FA", OTHER, 10, 30, ordered=True) == []
+    done = DeliveryResult(
+        event_id=x1,
+        subscriber="FA",
+        status="delivered",
+        attempts=1,
+        failed_rounds=0,
+        retry_in_s=None,
+        last_status=200,
+        last_error=None,
+    )
+    assert await store.port.write_results([done], OWNER) == 1
+    # A later routing leases nothing: X3 is behind X2 (pending), and Z0, though now Z's head, has
+    # Z1's row already written (a routing leases only an entity with nothing unfinished).
+    x3 = await store.journal(of(x, "X3"))
+    async with store.port.routing(10) as batch:
+        written = await batch.write(routed_of(batch), [], {"FA": 10}, OWNER, 30, ordered={"FA"})
+    assert written.leased == [] and written.routed == {x3, z0}
+    claimed = await store.port.claim_deliveries("FA", OTHER, 10, 30, ordered=True)
+    assert sorted(c.event_id for c in claimed) == sorted([x2, z0])
+
+
 async def test_a_routing_that_fails_leases_nothing(store: Store) -> None:
     event_id = await store.journal(payload("LOST"))
 

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -305,6 +305,7 @@ class Batch:
         wanted: Mapping[str, int] | None = None,
         owner: str = "",
         lease_s: float = 0.0,
+        ordered: Collection[str] = (),
     ) -> Written:
         self.written.append((routed, rejected))
         return Written(frozenset(r.event_id for r in routed), frozenset(e for e, _ in rejected), [])

@@ -71,7 +71,11 @@ SELECT event_id, payload::text AS payload, source, traceparent, xmin AS version
 -- rows are inserted already leased to $10 for $11 seconds, their first attempt counted, and
 -- returned (with the body) for the lanes to send at once — one transaction between a producer's
 -- commit and the POST, no claim. A row behind a head held under on_exhausted = "hold" starts
--- held, never leased.
+-- held, never leased. For an ordered subscriber ($15) only an entity's head is leased: no
+-- unfinished delivery of its entity to that subscriber and no earlier event of it unrouted (this
+-- statement's snapshot still shows its own batch as unrouted, so only an entity's first event in
+-- the batch can be its head). Two routings racing on one entity each see the other's event as
+-- unrouted, or its delivery as unfinished: neither leases past the other.
 WITH mine AS (
     -- Each event's routing beside its row, locked: the input unnested once and joined by its key,
     -- the version compared on the way (so the planner never rescans the payloads per event).
@@ -106,7 +110,17 @@ WITH mine AS (
            CASE WHEN x.leased THEN $10::text END,
            CASE WHEN x.leased THEN clock_timestamp() + make_interval(secs => $11::float8) END,
            CASE WHEN x.leased THEN 1 ELSE 0 END
-      FROM (SELECT p.*, NOT p.held AND p.place <= coalesce(c.n, 0) AS leased
+      FROM (SELECT p.*,
+                   -- CASE: the head checks run only for rows a caught-up ordered lane asked for.
+                   CASE WHEN p.held OR p.place > coalesce(c.n, 0) THEN false
+                        WHEN p.entity_key IS NULL OR p.subscriber <> ALL($15::text[]) THEN true
+                        ELSE NOT EXISTS (SELECT 1 FROM it_relay.deliveries h
+                                          WHERE h.subscriber = p.subscriber AND h.entity_key = p.entity_key
+                                            AND h.status IN ('pending', 'held'))
+                         AND NOT EXISTS (SELECT 1 FROM it_relay.events u
+                                          WHERE u.entity_key = p.entity_key AND u.seq < p.seq
+                                            AND u.status = 'pending')
+                   END AS leased
               FROM planned p LEFT JOIN unnest($12::text[], $13::int[]) AS c(subscriber, n) USING (subscriber)) x
     ON CONFLICT (event_id, subscriber) DO NOTHING
     RETURNING event_id, subscriber, lease_owner IS NOT NULL AS leased

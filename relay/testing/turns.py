@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Protocol, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from relay.testing.twin import Twin, TwinDelivery
 
 
 class Due(Protocol):
@@ -29,3 +33,20 @@ def ordered_turn(heads: list[D], after: str, limit: int) -> tuple[list[D], str]:
     )[:limit]
     walked = [walk[d.entity_key] for d in taken if d.entity_key]
     return taken, keys[max(walked)] if walked else after
+
+
+def entity_waits(
+    twin: Twin, subscriber: str, key: str | None, seq: int, counts: Callable[[TwinDelivery], bool]
+) -> bool:
+    """An entity's event at `seq` waits: a delivery of it to `subscriber` unfinished (those `counts`
+    picks), or an earlier event of it unrouted. Never for an event without an entity."""
+    return key is not None and (
+        any(
+            o.subscriber == subscriber
+            and o.entity_key == key
+            and o.status in ("pending", "held")
+            and counts(o)
+            for o in twin.deliveries.values()
+        )
+        or any(e.entity_key == key and e.status == "pending" and e.seq < seq for e in twin.events.values())
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,7 +36,7 @@ from relay.model import (
 )
 from relay.ratelimit import TokenGrant
 from relay.routing_queries import Written
-from relay.testing.turns import ordered_turn
+from relay.testing.turns import entity_waits, ordered_turn
 
 
 @dataclass(slots=True)
@@ -104,6 +104,7 @@ class _TwinBatch:
         wanted: Mapping[str, int] | None = None,
         owner: str = "",
         lease_s: float = 0.0,
+        ordered: Collection[str] = (),
     ) -> Written:
         routed = [r for r in routed if self._takes(r.event_id)]
         rejected = [(e, r) for e, r in rejected if self._takes(e)]
@@ -116,6 +117,7 @@ class _TwinBatch:
                     left.get(s, 0) <= 0
                     or (r.event_id, s) in self._twin.deliveries
                     or self._twin.holding(s, r)
+                    or (s in ordered and not self._twin.heads_at_routing(s, r))
                 ):
                     continue
                 left[s] -= 1
@@ -216,18 +218,9 @@ class Twin:
 
     def _is_head(self, d: TwinDelivery) -> bool:
         """No earlier delivery of its entity to its subscriber unfinished, no earlier event unrouted."""
-        if d.entity_key is None:
-            return True
-        earlier = self.events[d.event_id].seq
-        return not any(
-            o.subscriber == d.subscriber
-            and o.entity_key == d.entity_key
-            and o.status in ("pending", "held")
-            and self.events[o.event_id].seq < earlier
-            for o in self.deliveries.values()
-        ) and not any(
-            e.entity_key == d.entity_key and e.status == "pending" and e.seq < earlier
-            for e in self.events.values()
+        seq = self.events[d.event_id].seq
+        return not entity_waits(
+            self, d.subscriber, d.entity_key, seq, lambda o: self.events[o.event_id].seq < seq
         )
 
     async def seconds_until_due(self, subscriber: str) -> float | None:
@@ -339,6 +332,11 @@ class Twin:
             o.holds and o.subscriber == subscriber and o.entity_key == event.entity_key
             for o in self.deliveries.values()
         )
+
+    def heads_at_routing(self, subscriber: str, event: RoutedEvent) -> bool:
+        """As mark_routed for an ordered subscriber: nothing of the entity unfinished or unrouted before it."""
+        seq = self.events[event.event_id].seq
+        return not entity_waits(self, subscriber, event.entity_key, seq, lambda _o: True)
 
     def apply_routing(
         self, routed: Sequence[RoutedEvent], rejected: Sequence[tuple[UUID, Rejection]]
