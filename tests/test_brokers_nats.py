@@ -112,8 +112,8 @@ async def test_replay_is_a_new_generation_returned_by_the_claim(
     # The gateway's part of Nats-Msg-Id: a replay increments the delivery's generation, and the
     # claim returns it with the routing values a template names.
     await db.execute(
-        "INSERT INTO it_relay.events (event_id, event_type, payload, source, organization_id, entity_key, status)"
-        " VALUES ($1, $2, '{}', 'publish', $3, 'report_run_id:r1', 'routed')",
+        "INSERT INTO it_relay.events (event_id, event_type, payload, source, organization_id, entity_key, status,"
+        " routed_at) VALUES ($1, $2, '{}', 'publish', $3, 'report_run_id:r1', 'routed', clock_timestamp())",
         event_id := uuid4(),
         EVENT,
         org := uuid4(),

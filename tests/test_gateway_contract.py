@@ -175,6 +175,19 @@ async def test_routing_leases_an_ordered_lane_only_its_entities_heads(store: Sto
     assert sorted(c.event_id for c in claimed) == sorted([x2, z0])
 
 
+async def test_a_routing_offers_an_ordered_lane_places_in_journal_order_and_a_waiting_row_keeps_its_place(
+    store: Store,
+) -> None:
+    x, y = str(uuid4()), str(uuid4())
+    x1, _x2, _y1 = [
+        await store.journal(payload(t) | {"asset_id": a}) for a, t in ((x, "X1"), (x, "X2"), (y, "Y1"))
+    ]
+    async with store.port.routing(10) as batch:
+        written = await batch.write(routed_of(batch), [], {"FA": 2}, OWNER, 30, ordered={"FA"})
+    # Two places, the first two rows in journal order: X1 leased, X2 waits behind it; Y1 is third.
+    assert [c.event_id for c in written.leased] == [x1]
+
+
 async def test_a_routing_that_fails_leases_nothing(store: Store) -> None:
     event_id = await store.journal(payload("LOST"))
 

@@ -156,7 +156,9 @@ async def test_publishing_an_event_id_again_with_another_payload_fails_visibly(
         == first["subject"]
     )
     # Still so after the router rewrote the stored payload.
-    await db.execute("UPDATE it_relay.events SET payload = payload - 'subject', status = 'routed'")
+    await db.execute(
+        "UPDATE it_relay.events SET payload = payload - 'subject', status = 'routed', routed_at = clock_timestamp()"
+    )
     assert str(await db.fetchval("SELECT it_relay.publish($1::jsonb)", codec.dumps(first).decode())) == given
 
 

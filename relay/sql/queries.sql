@@ -114,12 +114,14 @@ WITH mine AS (
                    -- CASE: the head checks run only for rows a caught-up ordered lane asked for.
                    CASE WHEN p.held OR p.place > coalesce(c.n, 0) THEN false
                         WHEN p.entity_key IS NULL OR p.subscriber <> ALL($15::text[]) THEN true
+                        -- OFFSET 0: probed per row, never hashed from a scan of every subscriber's rows.
                         ELSE NOT EXISTS (SELECT 1 FROM it_relay.deliveries h
                                           WHERE h.subscriber = p.subscriber AND h.entity_key = p.entity_key
-                                            AND h.status IN ('pending', 'held'))
-                         AND NOT EXISTS (SELECT 1 FROM it_relay.events u
-                                          WHERE u.entity_key = p.entity_key AND u.seq < p.seq
-                                            AND u.status = 'pending')
+                                            AND h.status IN ('pending', 'held')
+                                         OFFSET 0)
+                         AND coalesce((SELECT u.seq FROM it_relay.events u
+                                        WHERE u.entity_key = p.entity_key AND u.routed_at IS NULL
+                                        ORDER BY u.seq LIMIT 1), p.seq) >= p.seq
                    END AS leased
               FROM planned p LEFT JOIN unnest($12::text[], $13::int[]) AS c(subscriber, n) USING (subscriber)) x
     ON CONFLICT (event_id, subscriber) DO NOTHING
@@ -180,87 +182,87 @@ SELECT event_id, payload::text AS body, created_at, organization_id, traceparent
 -- The heads are found entity by entity (a skip scan of deliveries_entity_idx: one probe per
 -- entity), never by reading the rows queued behind them, so a hot entity's backlog costs nothing.
 -- The walk starts after $5, the entity this lane's last claim ended at, wraps around once, and
--- stops at $3 claimable heads: entities take turns, and a claim costs the heads it passes (those
--- in flight, waiting out a retry or held), not every entity with a backlog. Rows without an
--- entity are claimed as unordered ones. Every other step reaches a row by its ctid or a key,
--- never by a scan the planner may pick: statistics taken while the table was small (a fresh
--- journal, a burst) once made a generic plan read every pending row per head (300 ms a claim).
+-- stops once it has locked $3 heads: entities take turns, and a claim costs the heads it passes
+-- (in flight, in a retry, held, or locked by another instance's claim), not every entity with a
+-- backlog. Rows without an entity are claimed as unordered ones. Every step reaches a row by a key
+-- or its ctid, through the one index that fits: statistics taken while the table was small (a
+-- fresh journal, a burst) once made a generic plan read every pending row per head.
 WITH RECURSIVE heads AS (
-    (   (SELECT 1 AS lap, 1 AS walk, h.ctid AS row_id, h.entity_key, h.seq, h.status,
-                h.next_attempt_at, h.lease_expires_at
+    (   (SELECT 1 AS lap, 1 AS walk, h.ctid, h.entity_key, h.seq, h.status, h.next_attempt_at, h.lease_expires_at
            FROM it_relay.deliveries h
-          WHERE h.subscriber = $1 AND h.status IN ('pending', 'held') AND h.entity_key IS NOT NULL
-            AND h.entity_key > $5
+          WHERE h.subscriber = $1 AND h.status IN ('pending', 'held') AND h.entity_key IS NOT NULL AND h.entity_key > $5
           ORDER BY h.entity_key, h.seq
           LIMIT 1)
         UNION ALL
         (SELECT 2, 1, h.ctid, h.entity_key, h.seq, h.status, h.next_attempt_at, h.lease_expires_at
            FROM it_relay.deliveries h
-          WHERE h.subscriber = $1 AND h.status IN ('pending', 'held') AND h.entity_key IS NOT NULL
-            AND h.entity_key <= $5
+          WHERE h.subscriber = $1 AND h.status IN ('pending', 'held') AND h.entity_key IS NOT NULL AND h.entity_key <= $5
           ORDER BY h.entity_key, h.seq
           LIMIT 1)
         LIMIT 1)
     UNION ALL
+    -- Each step one probe: on in the first lap; past the last entity, around to the first; on in
+    -- the second lap up to where the walk began (each range an index condition, the lap a gate).
     SELECT n.*
       FROM heads p
      CROSS JOIN LATERAL (
-            (SELECT p.lap, p.walk + 1, h.ctid, h.entity_key, h.seq, h.status, h.next_attempt_at,
-                    h.lease_expires_at
+            (SELECT 1, p.walk + 1, h.ctid, h.entity_key, h.seq, h.status, h.next_attempt_at, h.lease_expires_at
                FROM it_relay.deliveries h
-              WHERE h.subscriber = $1 AND h.status IN ('pending', 'held') AND h.entity_key IS NOT NULL
-                AND h.entity_key > p.entity_key AND (p.lap = 1 OR h.entity_key <= $5)
+              WHERE p.lap = 1 AND h.subscriber = $1 AND h.status IN ('pending', 'held') AND h.entity_key IS NOT NULL AND h.entity_key > p.entity_key
               ORDER BY h.entity_key, h.seq
               LIMIT 1)
             UNION ALL
-            -- Past the last entity: around to the first, up to where this walk began.
-            (SELECT 2, p.walk + 1, h.ctid, h.entity_key, h.seq, h.status, h.next_attempt_at,
-                    h.lease_expires_at
+            (SELECT 2, p.walk + 1, h.ctid, h.entity_key, h.seq, h.status, h.next_attempt_at, h.lease_expires_at
                FROM it_relay.deliveries h
-              WHERE p.lap = 1
-                AND h.subscriber = $1 AND h.status IN ('pending', 'held') AND h.entity_key IS NOT NULL
-                AND h.entity_key <= $5
+              WHERE p.lap = 1 AND h.subscriber = $1 AND h.status IN ('pending', 'held') AND h.entity_key IS NOT NULL AND h.entity_key <= $5
+              ORDER BY h.entity_key, h.seq
+              LIMIT 1)
+            UNION ALL
+            (SELECT 2, p.walk + 1, h.ctid, h.entity_key, h.seq, h.status, h.next_attempt_at, h.lease_expires_at
+               FROM it_relay.deliveries h
+              WHERE p.lap = 2 AND h.subscriber = $1 AND h.status IN ('pending', 'held') AND h.entity_key IS NOT NULL AND h.entity_key > p.entity_key AND h.entity_key <= $5
               ORDER BY h.entity_key, h.seq
               LIMIT 1)
             LIMIT 1) n
-), candidates AS (
-    (SELECT x.row_id, x.walk, x.next_attempt_at, x.seq
-       FROM heads x
-      WHERE x.status = 'pending'
-        AND x.next_attempt_at <= clock_timestamp()
-        AND (x.lease_expires_at IS NULL OR x.lease_expires_at < clock_timestamp())
-        -- A head older than every unrouted event needs no look at its entity's: the usual case,
-        -- as routing runs ahead of delivery; one read of the unrouted events per claim.
-        AND (x.seq < (SELECT coalesce(min(o.seq), 9223372036854775807) FROM it_relay.events o
-                       WHERE o.status = 'pending' AND o.entity_key IS NOT NULL)
-             OR NOT EXISTS (SELECT 1 FROM it_relay.events u
-                             WHERE u.entity_key = x.entity_key AND u.seq < x.seq AND u.status = 'pending'))
-      LIMIT $3)
-    UNION ALL
-    (SELECT c.ctid, NULL, c.next_attempt_at, c.seq
-       FROM it_relay.deliveries c
-      WHERE c.subscriber = $1 AND c.entity_key IS NULL
-        AND c.status = 'pending'
-        AND c.next_attempt_at <= clock_timestamp()
-        AND (c.lease_expires_at IS NULL OR c.lease_expires_at < clock_timestamp())
-      ORDER BY c.next_attempt_at, c.seq
-      LIMIT $3)
+), taken AS (
+    -- Locked as the walk goes (by ctid; a row changed since this statement's snapshot is checked
+    -- again or passed over, never taken stale), so a head another instance holds is passed over
+    -- and the walk goes on until it has locked $3.
+    SELECT c.ctid AS row_id, x.walk, c.next_attempt_at, c.seq
+      FROM heads x
+     CROSS JOIN LATERAL (
+            SELECT c.ctid, c.next_attempt_at, c.seq
+              FROM it_relay.deliveries c
+             WHERE c.ctid = x.ctid AND c.subscriber = $1
+               AND c.status = 'pending'
+               AND c.next_attempt_at <= clock_timestamp()
+               AND (c.lease_expires_at IS NULL OR c.lease_expires_at < clock_timestamp())
+               FOR UPDATE SKIP LOCKED) c
+     WHERE x.status = 'pending'
+       AND x.next_attempt_at <= clock_timestamp()
+       AND (x.lease_expires_at IS NULL OR x.lease_expires_at < clock_timestamp())
+       -- The entity's oldest unrouted event, if any, is not older than the head: an ordered probe
+       -- of events_unrouted_entity_idx (a plain index scan, which marks the dead entries it passes).
+       AND coalesce((SELECT u.seq FROM it_relay.events u
+                      WHERE u.entity_key = x.entity_key AND u.routed_at IS NULL
+                      ORDER BY u.seq LIMIT 1), x.seq) >= x.seq
+     LIMIT $3
+), loose AS (
+    SELECT c.ctid AS row_id, NULL::int AS walk, c.next_attempt_at, c.seq
+      FROM it_relay.deliveries c
+     WHERE c.subscriber = $1 AND c.entity_key IS NULL
+       AND c.status = 'pending'
+       AND c.next_attempt_at <= clock_timestamp()
+       AND (c.lease_expires_at IS NULL OR c.lease_expires_at < clock_timestamp())
+     ORDER BY c.next_attempt_at, c.seq
+     LIMIT $3
+       FOR UPDATE SKIP LOCKED
 )
 UPDATE it_relay.deliveries d
    SET lease_owner = $2, lease_expires_at = clock_timestamp() + make_interval(secs => $4),
        attempts = d.attempts + 1
-  FROM (SELECT k.row_id, k.walk FROM candidates k ORDER BY k.next_attempt_at, k.walk, k.seq LIMIT $3) k
- -- Locked by ctid, the conditions checked again on the row as locked (a concurrent claim or
- -- outcome may have changed it since this statement's snapshot).
- CROSS JOIN LATERAL (
-        SELECT c.event_id, c.subscriber
-          FROM it_relay.deliveries c
-         WHERE c.ctid = k.row_id AND c.subscriber = $1
-           AND c.status = 'pending'
-           AND c.next_attempt_at <= clock_timestamp()
-           AND (c.lease_expires_at IS NULL OR c.lease_expires_at < clock_timestamp())
-           FOR UPDATE SKIP LOCKED) c
- WHERE d.event_id = c.event_id AND d.subscriber = c.subscriber
+  FROM (SELECT * FROM taken UNION ALL SELECT * FROM loose ORDER BY next_attempt_at, walk, seq LIMIT $3) k
+ WHERE d.ctid = k.row_id
 RETURNING d.event_id, d.event_type, d.attempts, d.failed_rounds, d.replays, d.entity_key, d.seq, k.walk;
 
 -- name: release_entity

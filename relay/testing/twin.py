@@ -113,14 +113,15 @@ class _TwinBatch:
         for r in sorted(routed, key=lambda r: self._twin.events[r.event_id].seq):
             event = self._twin.events[r.event_id]
             for s in r.subscribers:
+                # As mark_routed: each of the subscriber's rows takes a place, leased or not.
+                left[s] = left.get(s, 0) - 1
                 if (
-                    left.get(s, 0) <= 0
+                    left[s] < 0
                     or (r.event_id, s) in self._twin.deliveries
                     or self._twin.holding(s, r)
                     or (s in ordered and not self._twin.heads_at_routing(s, r))
                 ):
                     continue
-                left[s] -= 1
                 leased.append(
                     ClaimedDelivery(
                         event_id=r.event_id,
