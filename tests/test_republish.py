@@ -443,3 +443,17 @@ async def test_a_routing_written_from_a_read_before_a_republish_routes_nothing(r
         assert (await routing_queries.write_routing(conn, [fresh], [as_routed], [])).routed == {event_id}
     finally:
         await conn.close()
+
+
+async def test_a_republished_event_names_its_entity_as_publish_does(db: asyncpg.Connection) -> None:
+    """Until it is routed, an ordered subscriber's later events of its entity wait for it: the
+    checks find unrouted events by their entity."""
+    corrected = _corrected(uuid.uuid4())
+    assert await operator_queries.republish(db, "it_events", await _not_json(db, "{e"), corrected) is None
+    later = await journal.publish(db, example("it_ticket_created") | {"event_id": str(uuid.uuid4())})
+    rows = await db.fetch(
+        "SELECT event_id, entity_key, routed_at IS NULL AS unrouted FROM it_relay.events ORDER BY seq"
+    )
+    assert [r["event_id"] for r in rows] == [corrected.event_id, later]
+    assert rows[0]["entity_key"] is not None and rows[0]["entity_key"] == rows[1]["entity_key"]
+    assert all(r["unrouted"] for r in rows)

@@ -551,13 +551,16 @@ SELECT (SELECT status FROM it_relay.events WHERE event_id = $2) AS journal_statu
 WITH corrected AS (
     SELECT jsonb_set($3::jsonb, '{event_id}', to_jsonb($1::uuid::text)) AS payload
 )
-INSERT INTO it_relay.events (event_id, event_type, payload, source, organization_id, published_digest)
-SELECT $1, $2, c.payload, 'publish', $4, it_relay.payload_digest(c.payload)
+-- Its entity is named as publish() names it, so that until it is routed an ordered subscriber's
+-- later events of that entity wait for it (the unrouted checks find events by entity).
+INSERT INTO it_relay.events (event_id, event_type, payload, source, organization_id, published_digest,
+                             entity_key)
+SELECT $1, $2, c.payload, 'publish', $4, it_relay.payload_digest(c.payload), it_relay.entity_key(c.payload)
   FROM corrected c
 ON CONFLICT (event_id) DO UPDATE
    SET event_type = excluded.event_type, payload = excluded.payload, status = 'pending',
        organization_id = excluded.organization_id, routed_at = NULL,
-       published_digest = excluded.published_digest
+       published_digest = excluded.published_digest, entity_key = excluded.entity_key
  WHERE $5::bool AND it_relay.events.status = 'rejected'
 RETURNING event_id;
 
