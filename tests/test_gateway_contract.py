@@ -64,6 +64,25 @@ def payload(tag: str) -> dict[str, Any]:
     return example("it_asset_purchased") | {"event_id": str(uuid4()), "asset_tag": tag}
 
 
+def of_asset(asset: str, tag: str) -> dict[str, Any]:
+    """An event of one entity (its asset_id)."""
+    return payload(tag) | {"asset_id": asset}
+
+
+def delivered(event_id: UUID) -> DeliveryResult:
+    """FA's first attempt at the event, delivered."""
+    return DeliveryResult(
+        event_id=event_id,
+        subscriber="FA",
+        status="delivered",
+        attempts=1,
+        failed_rounds=0,
+        retry_in_s=None,
+        last_status=200,
+        last_error=None,
+    )
+
+
 async def route_all(store: Store, limit: int = 100) -> list[UUID]:
     """Route every pending event to its contract's subscribers (FA here), as the router does."""
     async with store.port.routing(limit) as batch:
@@ -126,27 +145,15 @@ async def test_routing_leases_what_caught_up_lanes_ask_for_in_journal_order(stor
     # The leased rows are this instance's: another claims only the rest; the outcomes are ours.
     rest = await store.port.claim_deliveries("FA", OTHER, 10, 30)
     assert [c.event_id for c in rest] == ids[2:]
-    done = DeliveryResult(
-        event_id=ids[0],
-        subscriber="FA",
-        status="delivered",
-        attempts=1,
-        failed_rounds=0,
-        retry_in_s=None,
-        last_status=200,
-        last_error=None,
-    )
+    done = delivered(ids[0])
     assert await store.port.write_results([done], OTHER) == 0
     assert await store.port.write_results([done], OWNER) == 1
 
 
 async def test_routing_leases_an_ordered_lane_only_its_entities_heads(store: Store) -> None:
-    def of(asset: str, tag: str) -> dict[str, Any]:
-        return payload(tag) | {"asset_id": asset}
-
     x, y, z = str(uuid4()), str(uuid4()), str(uuid4())
     cases = ((x, "X1"), (x, "X2"), (y, "Y1"), (z, "Z0"), (z, "Z1"))
-    x1, x2, y1, z0, _z1 = [await store.journal(of(a, t)) for a, t in cases]
+    x1, x2, y1, z0, _z1 = [await store.journal(of_asset(a, t)) for a, t in cases]
     async with store.port.routing(10) as batch:
         # Z0 stays unrouted (as a republish or another instance's lock would leave it).
         routed = [r for r in routed_of(batch) if r.event_id != z0]
@@ -154,20 +161,11 @@ async def test_routing_leases_an_ordered_lane_only_its_entities_heads(store: Sto
     # X2 is behind X1 in the same batch, Z1 behind the unrouted Z0: only heads are leased.
     assert [c.event_id for c in written.leased] == [x1, y1]
     assert await store.port.claim_deliveries("FA", OTHER, 10, 30, ordered=True) == []
-    done = DeliveryResult(
-        event_id=x1,
-        subscriber="FA",
-        status="delivered",
-        attempts=1,
-        failed_rounds=0,
-        retry_in_s=None,
-        last_status=200,
-        last_error=None,
-    )
+    done = delivered(x1)
     assert await store.port.write_results([done], OWNER) == 1
     # A later routing leases nothing: X3 is behind X2 (pending), and Z0, though now Z's head, has
     # Z1's row already written (a routing leases only an entity with nothing unfinished).
-    x3 = await store.journal(of(x, "X3"))
+    x3 = await store.journal(of_asset(x, "X3"))
     async with store.port.routing(10) as batch:
         written = await batch.write(routed_of(batch), [], {"FA": 10}, OWNER, 30, ordered={"FA"})
     assert written.leased == [] and written.routed == {x3, z0}
@@ -179,9 +177,7 @@ async def test_a_routing_offers_an_ordered_lane_places_in_journal_order_and_a_wa
     store: Store,
 ) -> None:
     x, y = str(uuid4()), str(uuid4())
-    x1, _x2, _y1 = [
-        await store.journal(payload(t) | {"asset_id": a}) for a, t in ((x, "X1"), (x, "X2"), (y, "Y1"))
-    ]
+    x1, _x2, _y1 = [await store.journal(of_asset(a, t)) for a, t in ((x, "X1"), (x, "X2"), (y, "Y1"))]
     async with store.port.routing(10) as batch:
         written = await batch.write(routed_of(batch), [], {"FA": 2}, OWNER, 30, ordered={"FA"})
     # Two places, the first two rows in journal order: X1 leased, X2 waits behind it; Y1 is third.
@@ -255,11 +251,10 @@ async def test_a_claim_carries_the_same_event_whether_this_instance_routed_it_or
 async def test_an_ordered_claim_leases_each_entitys_head_and_none_behind_an_unrouted_event(
     store: Store,
 ) -> None:
-    def of(asset: str, tag: str) -> dict[str, Any]:
-        return payload(tag) | {"asset_id": asset}
-
     x, y = str(uuid4()), str(uuid4())
-    x1, x2, y1, y2 = [await store.journal(of(a, t)) for a, t in ((x, "X1"), (x, "X2"), (y, "Y1"), (y, "Y2"))]
+    x1, x2, y1, y2 = [
+        await store.journal(of_asset(a, t)) for a, t in ((x, "X1"), (x, "X2"), (y, "Y1"), (y, "Y2"))
+    ]
     # X1 stays unrouted (left out of the batch, as a republish or another instance's lock would).
     async with store.port.routing(10) as batch:
         await batch.write([r for r in routed_of(batch) if r.event_id != x1], [])
@@ -268,16 +263,7 @@ async def test_an_ordered_claim_leases_each_entitys_head_and_none_behind_an_unro
     assert await route_all(store) == [x1]
     second = await store.port.claim_deliveries("FA", OWNER, 10, 30, ordered=True)
     assert [c.event_id for c in second] == [x1]
-    done = DeliveryResult(
-        event_id=y1,
-        subscriber="FA",
-        status="delivered",
-        attempts=1,
-        failed_rounds=0,
-        retry_in_s=None,
-        last_status=200,
-        last_error=None,
-    )
+    done = delivered(y1)
     assert await store.port.write_results([done], OWNER) == 1
     third = await store.port.claim_deliveries("FA", OWNER, 10, 30, ordered=True)
     assert [c.event_id for c in third] == [y2]
@@ -286,21 +272,12 @@ async def test_an_ordered_claim_leases_each_entitys_head_and_none_behind_an_unro
 
 async def test_ordered_claims_take_entities_in_turn_from_where_the_last_one_ended(store: Store) -> None:
     def of(n: int, tag: str) -> dict[str, Any]:
-        return payload(tag) | {"asset_id": f"{n}0000000-0000-4000-8000-000000000000"}
+        return of_asset(f"{n}0000000-0000-4000-8000-000000000000", tag)
 
     a1, a2, b1, c1 = [await store.journal(of(n, t)) for n, t in ((1, "A1"), (1, "A2"), (2, "B1"), (3, "C1"))]
     await route_all(store)
     assert [c.event_id for c in await store.port.claim_deliveries("FA", OWNER, 1, 30, ordered=True)] == [a1]
-    done = DeliveryResult(
-        event_id=a1,
-        subscriber="FA",
-        status="delivered",
-        attempts=1,
-        failed_rounds=0,
-        retry_in_s=None,
-        last_status=200,
-        last_error=None,
-    )
+    done = delivered(a1)
     assert await store.port.write_results([done], OWNER) == 1
     # A2 is now its entity's head and the oldest due row, yet B and C have their turns first.
     turns = [await store.port.claim_deliveries("FA", OWNER, 1, 30, ordered=True) for _ in range(4)]
