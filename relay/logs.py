@@ -12,10 +12,17 @@ import structlog
 from relay import redaction, tracing
 from relay.model import LogFormat
 
+# Whether DEBUG lines are kept. Module loggers are lazy proxies that bind a new logger on every
+# call (so a later configure() reaches them); a per-delivery DEBUG line asks this first.
+_debug = False
+
 
 def configure(level: str = "INFO", fmt: LogFormat = "auto", stream: TextIO | None = None) -> None:
     """Configure structlog process-wide; safe to call again (tests, CLI)."""
+    global _debug
     out = stream if stream is not None else sys.stderr
+    threshold = logging.getLevelNamesMapping()[level.upper()]
+    _debug = threshold <= logging.DEBUG
     console = fmt == "console" or (fmt == "auto" and out.isatty())
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer(colors=False) if console else structlog.processors.JSONRenderer()
@@ -31,7 +38,7 @@ def configure(level: str = "INFO", fmt: LogFormat = "auto", stream: TextIO | Non
             redaction.structlog_processor,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
@@ -43,6 +50,11 @@ def _trace_ids(_logger: Any, _method: str, event_dict: MutableMapping[str, Any])
     if ids is not None:
         event_dict["trace_id"], event_dict["span_id"] = ids
     return event_dict
+
+
+def debugging() -> bool:
+    """Whether a DEBUG line would be written: ask before building one on a hot path."""
+    return _debug
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 from relay import retry
@@ -69,8 +69,10 @@ def settle(
     if ending == "interrupted":
         # Attempted but unfinished at shutdown: the attempts are recorded, the next round is due at
         # once; the subscriber was not judged.
-        result = _result(item, "pending", attempts, item.failed_rounds, 0.0, None, "interrupted by shutdown")
-        return Settlement(replace(result, history=history), "release", None)
+        result = _result(
+            item, "pending", attempts, item.failed_rounds, 0.0, None, "interrupted by shutdown", history
+        )
+        return Settlement(result, "release", None)
     if ending == "crashed":
         # A bug, not the subscriber's answer: still a failed round on the normal schedule (so it can
         # go dead and is never retried in a hot loop), and a failure the breaker counts.
@@ -85,8 +87,10 @@ def settle(
             decision.wait_s,
             None,
             last_error,
+            history,
+            policy,
         )
-        return Settlement(_final(result, history, policy), "failure", decision.outcome, decision.wait_s)
+        return Settlement(result, "failure", decision.outcome, decision.wait_s)
     last = tried[-1]
     decision = retry.decide(
         last.outcome,
@@ -105,10 +109,12 @@ def settle(
         decision.wait_s,
         last.status,
         last.error,
+        history,
+        policy,
     )
     # A 4xx that goes dead is the subscriber answering: its endpoint is up.
     note: BreakerNote = "failure" if last.outcome == "retry" else "success"
-    return Settlement(_final(result, history, policy), note, decision.outcome, decision.wait_s)
+    return Settlement(result, note, decision.outcome, decision.wait_s)
 
 
 def _result(
@@ -119,7 +125,10 @@ def _result(
     retry_in_s: float | None,
     last_status: int | None,
     last_error: str | None,
+    history: Sequence[AttemptRecord],
+    policy: RetryPolicy | None = None,
 ) -> DeliveryResult:
+    # Built once, not copied with dataclasses.replace: this runs for every delivery.
     return DeliveryResult(
         event_id=item.event_id,
         subscriber=item.subscriber,
@@ -129,8 +138,6 @@ def _result(
         retry_in_s=retry_in_s,
         last_status=last_status,
         last_error=last_error,
+        history=history,
+        hold=policy is not None and policy.hold and status == "dead",
     )
-
-
-def _final(result: DeliveryResult, history: Sequence[AttemptRecord], policy: RetryPolicy) -> DeliveryResult:
-    return replace(result, history=history, hold=policy.hold and result.status == "dead")
