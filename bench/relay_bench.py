@@ -57,8 +57,9 @@ import report
 import server
 import sink
 
-from relay import codec, migrate
+from relay import codec, ingest, migrate, routing_queries
 from relay.contracts.examples import example
+from relay.model import RoutedEvent
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SUBSCRIBERS = ("PF-10", "HR")  # it_asset_assigned is routed to exactly these two
@@ -342,8 +343,11 @@ async def backlog(
     record_attempts: bool = True,
     transport: str = TRANSPORT,
     instances: int = 1,
+    routed_first: bool = False,
 ) -> dict[str, Any]:
-    """n events journaled with no relay running (one statement), then the relay drains them."""
+    """n events journaled with no relay running (one statement), then the relay drains them. With
+    `routed_first` they are routed before the relay starts (as PgQueuer's queue holds one job per
+    delivery before its drain): the timed window holds claims, POSTs and outcomes only."""
     dsn = await _fresh_database(admin_dsn, "it-relay")
     conn = await asyncpg.connect(dsn)
     template = codec.dumps(example("it_asset_assigned")).decode()
@@ -355,9 +359,11 @@ async def backlog(
             start,
             min(start + 10_000, n) - 1,
         )
+    if routed_first:
+        await _route_all(conn)
     await conn.close()
     before = _get(port, "/count")
-    tag = f"{transport}{'' if record_attempts else '-no-history'}-x{instances}-{n}"
+    tag = f"{transport}{'' if record_attempts else '-no-history'}{'-routed' if routed_first else ''}-x{instances}-{n}"
     procs = [
         _start("it-relay", dsn, port, workdir, f"it-relay-drain-{tag}-{i}", record_attempts, transport)
         for i in range(instances)
@@ -380,7 +386,9 @@ async def backlog(
     pg1 = await server.snapshot(dsn, postmaster, _TABLES["it-relay"])
     return _drained(
         _label("it-relay", transport, instances) + (f" [{TREE.name}]" if TREE is not None else ""),
-        f"drain {n:,}" if record_attempts else f"drain {n:,}, no attempt history",
+        f"drain {n:,}"
+        + ("" if record_attempts else ", no attempt history")
+        + (", routed before" if routed_first else ""),
         n,
         elapsed,
         cpu,
@@ -389,6 +397,21 @@ async def backlog(
         sink_cpu=sink_cpu,
         pg=(pg0, pg1),
     )
+
+
+# The daemon's routing batch (relay.router.Router's default).
+ROUTING_BATCH = 200
+
+
+async def _route_all(conn: asyncpg.Connection) -> None:
+    """Route the whole journal with the relay's own routing (its batch, its statements), leasing
+    nothing: every delivery left pending, as a relay that routed and stopped would leave it."""
+    while pending := await routing_queries.claim_events(conn, ROUTING_BATCH, lock=False):
+        routed = [ingest.route(e.event_id, e.payload, "keep") for e in pending]
+        accepted = [r for r in routed if isinstance(r, RoutedEvent)]
+        if len(accepted) != len(routed):
+            raise RuntimeError("the bench's events must all be valid")
+        await routing_queries.write_routing(conn, pending, accepted, [])
 
 
 def _drained(
@@ -557,6 +580,8 @@ def _drains(
                 TREE = None
         if args.no_history:
             runs.append(asyncio.run(backlog(dsn, args.port, depth, workdir, record_attempts=False)))
+        if args.routed:
+            runs.append(asyncio.run(backlog(dsn, args.port, depth, workdir, routed_first=True)))
         for count in [int(x) for x in args.instances.split(",")] if args.instances else []:
             if count > 1:
                 runs.append(asyncio.run(backlog(dsn, args.port, depth, workdir, instances=count)))
@@ -624,6 +649,11 @@ def main() -> None:
         "--repeat", type=int, default=1, help="run each drain N times, interleaved; report the median"
     )
     ap.add_argument("--no-history", action="store_true", help="also drain without the attempts history")
+    ap.add_argument(
+        "--routed",
+        action="store_true",
+        help="also drain deliveries routed before the relay starts (like for like with PgQueuer's queue)",
+    )
     ap.add_argument("--quick", action="store_true", help="small runs (a few minutes)")
     ap.add_argument("--port", type=int, default=18199)
     ap.add_argument("--out", type=Path, default=HERE / "results")
