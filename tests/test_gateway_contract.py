@@ -284,6 +284,40 @@ async def test_ordered_claims_take_entities_in_turn_from_where_the_last_one_ende
     assert [[c.event_id for c in t] for t in turns] == [[b1], [c1], [a2], []]
 
 
+async def set_row(store: Store, event_id: UUID, status: str, holds: bool = False) -> None:
+    """FA's row of an event put in a state by hand (what a routing racing a hold can leave)."""
+    if store.conn is not None:
+        await store.conn.execute(
+            "UPDATE it_relay.deliveries SET status = $2, holds = $3 WHERE event_id = $1 AND subscriber = 'FA'",
+            event_id,
+            status,
+            holds,
+        )
+        return
+    assert isinstance(store.port, Twin)
+    row = store.port.deliveries[(event_id, "FA")]
+    row.status, row.holds = status, holds  # type: ignore[assignment]
+
+
+async def test_an_ordered_claim_passes_an_entity_a_dead_head_holds_and_takes_a_held_row_nothing_holds(
+    store: Store,
+) -> None:
+    x, y = str(uuid4()), str(uuid4())
+    x1, x2, y1, y2 = [
+        await store.journal(of_asset(a, t)) for a, t in ((x, "X1"), (x, "X2"), (y, "Y1"), (y, "Y2"))
+    ]
+    await route_all(store)
+    # X2 pending behind its dead, holding head; Y2 held with its dead head no longer holding.
+    await set_row(store, x1, "dead", holds=True)
+    await set_row(store, y1, "dead")
+    await set_row(store, y2, "held")
+    claimed = await store.port.claim_deliveries("FA", OWNER, 10, 30, ordered=True)
+    assert [c.event_id for c in claimed] == [y2]
+    assert x2 not in [c.event_id for c in claimed]
+    # Taken as pending: its outcome is written like any head's.
+    assert await store.port.write_results([delivered(y2)], OWNER) == 1
+
+
 async def test_claims_lease_in_due_order_count_the_attempt_and_skip_leased_rows(store: Store) -> None:
     ids = [await store.journal(payload(f"C-{i}")) for i in range(3)]
     await route_all(store)

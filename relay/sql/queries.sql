@@ -234,13 +234,18 @@ WITH RECURSIVE heads AS (
             SELECT c.ctid, c.next_attempt_at, c.seq
               FROM it_relay.deliveries c
              WHERE c.ctid = x.ctid AND c.subscriber = $1
-               AND c.status = 'pending'
+               AND c.status IN ('pending', 'held')
                AND c.next_attempt_at <= clock_timestamp()
                AND (c.lease_expires_at IS NULL OR c.lease_expires_at < clock_timestamp())
                FOR UPDATE SKIP LOCKED) c
-     WHERE x.status = 'pending'
-       AND x.next_attempt_at <= clock_timestamp()
+     WHERE x.next_attempt_at <= clock_timestamp()
        AND (x.lease_expires_at IS NULL OR x.lease_expires_at < clock_timestamp())
+       -- Whatever the head's status, no dead head holds its entity (on_exhausted = "hold"). A
+       -- routing judges "held" by its own snapshot, so one racing a head's fall can write a row
+       -- pending behind it (it waits here), and one racing a release can write a row held with
+       -- nothing holding it (taken here, and made pending): never out of order, never stuck.
+       AND NOT EXISTS (SELECT 1 FROM it_relay.deliveries o
+                        WHERE o.holds AND o.subscriber = $1 AND o.entity_key = x.entity_key)
        -- The entity's oldest unrouted event, if any, is not older than the head: an ordered probe
        -- of events_unrouted_entity_idx (a plain index scan, which marks the dead entries it passes).
        AND coalesce((SELECT u.seq FROM it_relay.events u
@@ -259,7 +264,7 @@ WITH RECURSIVE heads AS (
        FOR UPDATE SKIP LOCKED
 )
 UPDATE it_relay.deliveries d
-   SET lease_owner = $2, lease_expires_at = clock_timestamp() + make_interval(secs => $4),
+   SET status = 'pending', lease_owner = $2, lease_expires_at = clock_timestamp() + make_interval(secs => $4),
        attempts = d.attempts + 1
   FROM (SELECT * FROM taken UNION ALL SELECT * FROM loose ORDER BY next_attempt_at, walk, seq LIMIT $3) k
  WHERE d.ctid = k.row_id

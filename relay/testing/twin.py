@@ -189,10 +189,10 @@ class Twin:
             d
             for d in self.deliveries.values()
             if d.subscriber == subscriber
-            and d.status == "pending"
+            and (d.status == "pending" or (ordered and d.status == "held"))
             and d.next_attempt_at <= now
             and (d.lease_expires_at is None or d.lease_expires_at < now)
-            and (not ordered or self._is_head(d))
+            and (not ordered or (self._is_head(d) and not self._holds(subscriber, d.entity_key)))
         ]
         if ordered:
             due, self.walks[subscriber] = ordered_turn(due, self.walks.get(subscriber, ""), limit)
@@ -201,6 +201,7 @@ class Twin:
         claimed = []
         for d in due:
             d.lease_owner, d.lease_expires_at, d.attempts = owner, now + lease_s, d.attempts + 1
+            d.status = "pending"  # a held row with nothing holding it (as claim_ordered)
             event = self.events[d.event_id]
             claimed.append(
                 ClaimedDelivery(
@@ -329,9 +330,11 @@ class Twin:
 
     def holding(self, subscriber: str, event: RoutedEvent) -> bool:
         """A dead head of the event's entity holds the subscriber's later deliveries (on_exhausted = "hold")."""
-        return event.entity_key is not None and any(
-            o.holds and o.subscriber == subscriber and o.entity_key == event.entity_key
-            for o in self.deliveries.values()
+        return self._holds(subscriber, event.entity_key)
+
+    def _holds(self, subscriber: str, key: str | None) -> bool:
+        return key is not None and any(
+            o.holds and o.subscriber == subscriber and o.entity_key == key for o in self.deliveries.values()
         )
 
     def heads_at_routing(self, subscriber: str, event: RoutedEvent) -> bool:

@@ -1,0 +1,150 @@
+"""A dead head's hold (on_exhausted = "hold") against a routing of its entity's next event that
+started before the hold, or before its release, and commits after it. The routing judges "held"
+by its own snapshot, and the hold's (or the release's) statement cannot see the routing's row yet:
+the claim is what keeps the entity in order and moving."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+import pytest
+
+from relay import journal, operator_queries, routing_queries
+from relay.contracts.examples import example
+from relay.ingest import route
+from relay.model import DeliveryResult, RoutedEvent
+from tests.support.relay import wait_for_rows
+
+pytestmark = pytest.mark.db
+
+SUBSCRIBER = "FA"  # it_asset_purchased goes to FA alone
+OWNER, OTHER = "host:1:aaaa", "host:2:bbbb"
+ASSET = str(uuid4())
+KEY = f"asset_id:{ASSET}"
+
+
+def _purchase() -> dict[str, Any]:
+    return example("it_asset_purchased") | {"asset_id": ASSET, "event_id": str(uuid4())}
+
+
+async def _route(conn: asyncpg.Connection) -> None:
+    pending = await routing_queries.claim_events(conn, 10, lock=False)
+    routed = [route(e.event_id, e.payload, "keep") for e in pending]
+    assert all(isinstance(r, RoutedEvent) for r in routed)
+    await routing_queries.write_routing(conn, pending, routed, [])  # type: ignore[arg-type]
+
+
+async def _claim(conn: asyncpg.Connection, owner: str) -> list[UUID]:
+    claimed = await journal.claim_deliveries(conn, SUBSCRIBER, owner, 10, 60.0, ordered=True)
+    return [c.event_id for c in claimed]
+
+
+async def _dead_head(conn: asyncpg.Connection) -> UUID:
+    """The entity's first event routed, claimed, and gone dead under on_exhausted = "hold"."""
+    head = await journal.publish(conn, _purchase())
+    await _route(conn)
+    assert await _claim(conn, OWNER) == [head]
+    return head
+
+
+async def _hold(conn: asyncpg.Connection, head: UUID) -> None:
+    dead = DeliveryResult(
+        event_id=head,
+        subscriber=SUBSCRIBER,
+        status="dead",
+        attempts=1,
+        failed_rounds=1,
+        retry_in_s=None,
+        last_status=500,
+        last_error="HTTP 500",
+        hold=True,
+    )
+    assert await journal.write_results(conn, [dead], OWNER) == 1
+
+
+async def _routing_across(db: asyncpg.Connection, url: str, meanwhile: Callable[[], Awaitable[None]]) -> UUID:
+    """Route the entity's next event with a snapshot taken before `meanwhile` commits and a row
+    written after it: the routing's insert waits on an uncommitted row of the same key, rolled
+    back once `meanwhile` has committed."""
+    later = await journal.publish(db, _purchase())
+    blocker, router = await asyncpg.connect(url), await asyncpg.connect(url)
+    try:
+        # No foreign-key check for the blocker: its lock on the event's row would make the routing
+        # skip the event (SKIP LOCKED) instead of waiting on the row's key.
+        await blocker.execute("SET session_replication_role = replica")
+        blocked = blocker.transaction()
+        await blocked.start()
+        await blocker.execute(
+            "INSERT INTO it_relay.deliveries (event_id, subscriber, event_type) VALUES ($1, $2, 'it_asset_purchased')",
+            later,
+            SUBSCRIBER,
+        )
+        routing = asyncio.create_task(_route(router))
+        await wait_for_rows(
+            db,
+            f"SELECT wait_event_type FROM pg_stat_activity WHERE pid = {router.get_server_pid()}",
+            lambda v: v == "Lock",
+        )
+        assert not routing.done()
+        await meanwhile()
+        await blocked.rollback()
+        await routing
+    finally:
+        await blocker.close()
+        await router.close()
+    return later
+
+
+async def test_a_row_routed_pending_behind_a_head_that_went_dead_meanwhile_waits_for_its_release(
+    relay_db: str, db: asyncpg.Connection
+) -> None:
+    head = await _dead_head(db)
+    later = await _routing_across(db, relay_db, lambda: _hold(db, head))
+    # The routing saw the head in flight, not holding: its row went in pending, not held.
+    assert (
+        await db.fetchval(
+            "SELECT status FROM it_relay.deliveries WHERE event_id = $1 AND subscriber = $2",
+            later,
+            SUBSCRIBER,
+        )
+        == "pending"
+    )
+    assert await _claim(db, OTHER) == [], "a later event went out past its entity's dead head"
+    released = await operator_queries.release_entity(db, "it_events", SUBSCRIBER, KEY)
+    assert released.heads == 1
+    assert await _claim(db, OTHER) == [later]
+
+
+async def test_a_row_routed_held_after_its_entity_was_released_meanwhile_is_claimed(
+    relay_db: str, db: asyncpg.Connection
+) -> None:
+    head = await _dead_head(db)
+    await _hold(db, head)
+
+    async def release() -> None:
+        await operator_queries.release_entity(db, "it_events", SUBSCRIBER, KEY)
+
+    later = await _routing_across(db, relay_db, release)
+    # The routing saw the hold, the release could not see the routing's row: held, nothing holding it.
+    assert (
+        await db.fetchval(
+            "SELECT status FROM it_relay.deliveries WHERE event_id = $1 AND subscriber = $2",
+            later,
+            SUBSCRIBER,
+        )
+        == "held"
+    )
+    assert not await db.fetchval("SELECT count(*) FROM it_relay.deliveries WHERE holds")
+    assert await _claim(db, OTHER) == [later], "an entity released by an operator stayed stuck"
+    assert (
+        await db.fetchval(
+            "SELECT status FROM it_relay.deliveries WHERE event_id = $1 AND subscriber = $2",
+            later,
+            SUBSCRIBER,
+        )
+        == "pending"
+    )
