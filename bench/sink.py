@@ -37,9 +37,7 @@ def serve(port: int) -> None:
                 if length:
                     await reader.readexactly(length)
                 if lines[0].startswith(b"GET /stats"):
-                    body = json.dumps(
-                        {"count": total, "arrivals": arrivals}
-                    ).encode()
+                    body = json.dumps({"count": total, "arrivals": arrivals}).encode()
                     writer.write(
                         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
                         + str(len(body)).encode()
