@@ -234,7 +234,9 @@ WITH RECURSIVE heads AS (
             SELECT c.ctid, c.next_attempt_at, c.seq
               FROM it_relay.deliveries c
              WHERE c.ctid = x.ctid AND c.subscriber = $1
-               AND c.status IN ('pending', 'held')
+               -- As the walk saw it: a row held since this statement's snapshot was taken (its
+               -- head went dead meanwhile, a hold this snapshot cannot see) is passed over.
+               AND c.status = x.status
                AND c.next_attempt_at <= clock_timestamp()
                AND (c.lease_expires_at IS NULL OR c.lease_expires_at < clock_timestamp())
                FOR UPDATE SKIP LOCKED) c
