@@ -86,7 +86,7 @@ async def _routing_across(db: asyncpg.Connection, url: str, meanwhile: Callable[
         routing = asyncio.create_task(_route(router))
         await wait_for_rows(
             db,
-            f"SELECT wait_event_type FROM pg_stat_activity WHERE pid = {router.get_server_pid()}",
+            f"SELECT wait_event_type FROM pg_stat_activity WHERE datname = current_database() AND pid = {router.get_server_pid()}",
             lambda v: v == "Lock",
         )
         assert not routing.done()
@@ -148,3 +148,18 @@ async def test_a_row_routed_held_after_its_entity_was_released_meanwhile_is_clai
         )
         == "pending"
     )
+
+
+async def test_retention_keeps_a_dead_head_that_holds_its_entity(db: asyncpg.Connection) -> None:
+    head = await _dead_head(db)
+    await _hold(db, head)
+    await db.execute("UPDATE it_relay.deliveries SET updated_at = now() - interval '400 days'")
+    while await journal.prune(db, 7 * 86400, 30 * 86400, 30 * 86400):
+        pass
+    assert await db.fetchval("SELECT count(*) FROM it_relay.deliveries WHERE holds") == 1
+    # Released, it is an ordinary dead delivery again: retention takes it once it is old.
+    await operator_queries.release_entity(db, "it_events", SUBSCRIBER, KEY)
+    await db.execute("UPDATE it_relay.deliveries SET updated_at = now() - interval '400 days'")
+    while await journal.prune(db, 7 * 86400, 30 * 86400, 30 * 86400):
+        pass
+    assert await db.fetchval("SELECT count(*) FROM it_relay.deliveries") == 0

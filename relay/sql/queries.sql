@@ -680,12 +680,14 @@ DELETE FROM it_relay.instances WHERE owner = $1;
 DELETE FROM it_relay.instances WHERE heartbeat_at < clock_timestamp() - interval '1 day';
 
 -- name: prune_deliveries
--- Retention, in bounded batches so a large prune never holds long locks.
+-- Retention, in bounded batches so a large prune never holds long locks. A dead head that holds
+-- its entity (on_exhausted = "hold") is kept however old: pruning it would release the entity
+-- with no operator's act on record.
 DELETE FROM it_relay.deliveries
  WHERE ctid = ANY(ARRAY(
        SELECT ctid FROM it_relay.deliveries
         WHERE (status = 'delivered' AND updated_at < clock_timestamp() - make_interval(secs => $1))
-           OR (status = 'dead' AND updated_at < clock_timestamp() - make_interval(secs => $2))
+           OR (status = 'dead' AND NOT holds AND updated_at < clock_timestamp() - make_interval(secs => $2))
         LIMIT $3));
 
 -- name: prune_events

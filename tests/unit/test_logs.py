@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 
 import pytest
 
 from relay import logs
+
+
+@pytest.fixture(autouse=True)
+def _restore() -> Iterator[None]:
+    yield
+    logs.configure("WARNING", "json")
 
 
 @pytest.mark.parametrize(
@@ -27,4 +34,3 @@ def test_a_later_configure_moves_the_guard_both_ways() -> None:
     assert not logs.debugging()
     logs.configure("DEBUG", "json", stream=io.StringIO())
     assert logs.debugging()
-    logs.configure("INFO", "json", stream=io.StringIO())
