@@ -362,7 +362,11 @@ async def backlog(
         )
     if routed_first:
         await _route_all(conn)
-    await conn.execute(ANALYZE)
+    # Only what holds the backlog: a deliveries table analysed while still empty would be planned
+    # as empty (0 rows, not "unknown") while the drain fills it.
+    await conn.execute(
+        ANALYZE + (" it_relay.events, it_relay.deliveries" if routed_first else " it_relay.events")
+    )
     await conn.close()
     before = _get(port, "/count")
     tag = f"{transport}{'' if record_attempts else '-no-history'}{'-routed' if routed_first else ''}-x{instances}-{n}"
@@ -401,11 +405,11 @@ async def backlog(
     )
 
 
-# Every drain starts on statistics that know its backlog, as a backlog built up over minutes would
-# (autovacuum analyses a table within a minute or so of a large change). A table filled in one
-# statement just before the start is otherwise planned as the empty table it was: measured without
-# this, it-relay's claim sorted the whole backlog per claim (drain 30,000 routed before: 5,273 vs
-# 9,282 deliveries/s; docs/benchmarks.md).
+# Every drain starts on statistics that know its backlog (the tables holding it analysed once
+# filled), as a backlog built up over minutes would be: autovacuum analyses a table within a minute
+# or so of a large change. A table filled in one statement just before the start is otherwise
+# planned as the empty table it was: measured without this, it-relay's claim sorted the whole
+# backlog per claim (drain 30,000 routed before; docs/benchmarks.md).
 ANALYZE = "ANALYZE"
 
 # The daemon's routing batch (relay.router.Router's default).
@@ -467,7 +471,7 @@ async def peer_drain(system: str, admin_dsn: str, port: int, n: int, workdir: Pa
     if system == "pgqueuer":
         await peers.fill_pgqueuer(dsn, [_payload(0, i) for i in range(n)])
         conn = await asyncpg.connect(dsn)
-        await conn.execute(ANALYZE)
+        await conn.execute(f"{ANALYZE} {_TABLES['pgqueuer']}")
         await conn.close()
     else:
         extra = ("--drain", str(n))
