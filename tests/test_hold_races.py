@@ -163,3 +163,17 @@ async def test_retention_keeps_a_dead_head_that_holds_its_entity(db: asyncpg.Con
     while await journal.prune(db, 7 * 86400, 30 * 86400, 30 * 86400):
         pass
     assert await db.fetchval("SELECT count(*) FROM it_relay.deliveries") == 0
+
+
+async def test_a_claim_never_locks_a_row_its_entitys_hold_keeps_back(db: asyncpg.Connection) -> None:
+    head = await _dead_head(db)
+    later = await journal.publish(db, _purchase())
+    await _route(db)
+    await _hold(db, head)
+    row = (
+        "SELECT status || ' ' || xmax::text FROM it_relay.deliveries WHERE event_id = $1 AND subscriber = $2"
+    )
+    assert await db.fetchval(row, later, SUBSCRIBER) == "held 0"
+    assert await _claim(db, OTHER) == []
+    # Passed over before the lock: a claim that locked it (and dropped it) would leave its xmax set.
+    assert await db.fetchval(row, later, SUBSCRIBER) == "held 0"

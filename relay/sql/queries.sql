@@ -246,8 +246,11 @@ WITH RECURSIVE heads AS (
        -- routing judges "held" by its own snapshot, so one racing a head's fall can write a row
        -- pending behind it (it waits here), and one racing a release can write a row held with
        -- nothing holding it (taken here, and made pending): never out of order, never stuck.
+       -- OFFSET 0: a probe per head, checked before the head is locked (as an anti-join above the
+       -- lock, every held head the walk passed was row-locked on every claim, then dropped).
        AND NOT EXISTS (SELECT 1 FROM it_relay.deliveries o
-                        WHERE o.holds AND o.subscriber = $1 AND o.entity_key = x.entity_key)
+                        WHERE o.holds AND o.subscriber = $1 AND o.entity_key = x.entity_key
+                       OFFSET 0)
        -- The entity's oldest unrouted event, if any, is not older than the head: an ordered probe
        -- of events_unrouted_entity_idx (a plain index scan, which marks the dead entries it passes).
        AND coalesce((SELECT u.seq FROM it_relay.events u
