@@ -51,6 +51,13 @@ async def _dead_head(conn: asyncpg.Connection) -> UUID:
     return head
 
 
+async def _status(conn: asyncpg.Connection, event_id: UUID) -> str:
+    status: str = await conn.fetchval(
+        "SELECT status FROM it_relay.deliveries WHERE event_id = $1 AND subscriber = $2", event_id, SUBSCRIBER
+    )
+    return status
+
+
 async def _hold(conn: asyncpg.Connection, head: UUID) -> None:
     dead = DeliveryResult(
         event_id=head,
@@ -105,14 +112,7 @@ async def test_a_row_routed_pending_behind_a_head_that_went_dead_meanwhile_waits
     head = await _dead_head(db)
     later = await _routing_across(db, relay_db, lambda: _hold(db, head))
     # The routing saw the head in flight, not holding: its row went in pending, not held.
-    assert (
-        await db.fetchval(
-            "SELECT status FROM it_relay.deliveries WHERE event_id = $1 AND subscriber = $2",
-            later,
-            SUBSCRIBER,
-        )
-        == "pending"
-    )
+    assert await _status(db, later) == "pending"
     assert await _claim(db, OTHER) == [], "a later event went out past its entity's dead head"
     released = await operator_queries.release_entity(db, "it_events", SUBSCRIBER, KEY)
     assert released.heads == 1
@@ -130,24 +130,10 @@ async def test_a_row_routed_held_after_its_entity_was_released_meanwhile_is_clai
 
     later = await _routing_across(db, relay_db, release)
     # The routing saw the hold, the release could not see the routing's row: held, nothing holding it.
-    assert (
-        await db.fetchval(
-            "SELECT status FROM it_relay.deliveries WHERE event_id = $1 AND subscriber = $2",
-            later,
-            SUBSCRIBER,
-        )
-        == "held"
-    )
+    assert await _status(db, later) == "held"
     assert not await db.fetchval("SELECT count(*) FROM it_relay.deliveries WHERE holds")
     assert await _claim(db, OTHER) == [later], "an entity released by an operator stayed stuck"
-    assert (
-        await db.fetchval(
-            "SELECT status FROM it_relay.deliveries WHERE event_id = $1 AND subscriber = $2",
-            later,
-            SUBSCRIBER,
-        )
-        == "pending"
-    )
+    assert await _status(db, later) == "pending"
 
 
 async def test_retention_keeps_a_dead_head_that_holds_its_entity(db: asyncpg.Connection) -> None:
