@@ -364,9 +364,10 @@ async def backlog(
         await _route_all(conn)
     # Only what holds the backlog: a deliveries table analysed while still empty would be planned
     # as empty (0 rows, not "unknown") while the drain fills it.
-    await conn.execute(
-        ANALYZE + (" it_relay.events, it_relay.deliveries" if routed_first else " it_relay.events")
-    )
+    if ANALYZE:
+        await conn.execute(
+            ANALYZE + (" it_relay.events, it_relay.deliveries" if routed_first else " it_relay.events")
+        )
     await conn.close()
     before = _get(port, "/count")
     tag = f"{transport}{'' if record_attempts else '-no-history'}{'-routed' if routed_first else ''}-x{instances}-{n}"
@@ -408,8 +409,9 @@ async def backlog(
 # Every drain starts on statistics that know its backlog (the tables holding it analysed once
 # filled), as a backlog built up over minutes would be: autovacuum analyses a table within a minute
 # or so of a large change. A table filled in one statement just before the start is otherwise
-# planned as the empty table it was: measured without this, it-relay's claim sorted the whole
-# backlog per claim (drain 30,000 routed before; docs/benchmarks.md).
+# planned as the empty table it was: measured without this, PgQueuer's dequeue and (until 0019)
+# it-relay's claim sorted the whole backlog per claim (docs/benchmarks.md). `--statistics none`
+# drains on the tables as filled, never analysed: a relay started on a restored or sudden backlog.
 ANALYZE = "ANALYZE"
 
 # The daemon's routing batch (relay.router.Router's default).
@@ -470,9 +472,10 @@ async def peer_drain(system: str, admin_dsn: str, port: int, n: int, workdir: Pa
     extra: tuple[str, ...] = ()
     if system == "pgqueuer":
         await peers.fill_pgqueuer(dsn, [_payload(0, i) for i in range(n)])
-        conn = await asyncpg.connect(dsn)
-        await conn.execute(f"{ANALYZE} {_TABLES['pgqueuer']}")
-        await conn.close()
+        if ANALYZE:
+            conn = await asyncpg.connect(dsn)
+            await conn.execute(f"{ANALYZE} {_TABLES['pgqueuer']}")
+            await conn.close()
     else:
         extra = ("--drain", str(n))
     before = _get(port, "/count")
@@ -638,7 +641,7 @@ def _scenarios(args: argparse.Namespace, dsn: str, workdir: Path) -> list[dict[s
 
 
 def main() -> None:
-    global PROFILE_DIR, PROFILE_FORMAT, TRANSPORT, SINK_PID
+    global PROFILE_DIR, PROFILE_FORMAT, TRANSPORT, SINK_PID, ANALYZE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dsn", help="admin DSN of a PostgreSQL server (default: embedded pgserver)")
     ap.add_argument("--events", type=int, default=20000)
@@ -670,6 +673,12 @@ def main() -> None:
         action="store_true",
         help="also drain deliveries routed before the relay starts (like for like with PgQueuer's queue)",
     )
+    ap.add_argument(
+        "--statistics",
+        choices=["analysed", "none"],
+        default="analysed",
+        help="drain on the backlog's tables analysed once filled (default), or never analysed",
+    )
     ap.add_argument("--quick", action="store_true", help="small runs (a few minutes)")
     ap.add_argument("--port", type=int, default=18199)
     ap.add_argument("--out", type=Path, default=HERE / "results")
@@ -683,6 +692,7 @@ def main() -> None:
     PROFILE_DIR = args.profile
     PROFILE_FORMAT = args.profile_format
     TRANSPORT = args.transports.split(",")[0]
+    ANALYZE = "ANALYZE" if args.statistics == "analysed" else ""
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     if args.quick:
@@ -721,6 +731,7 @@ def main() -> None:
         f"it-relay benchmark — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
         f"{os.cpu_count()} cores; {args.events} events x {len(SUBSCRIBERS)} subscribers, "
         f"drains of {args.depths} events{' (quick)' if args.quick else ''}"
+        + ("" if ANALYZE else ", tables never analysed")
     )
     depths = [int(x) for x in args.depths.split(",")]
     targets = report.targets(ceilings, runs, depths, _label("it-relay"))
@@ -740,6 +751,7 @@ def main() -> None:
                 "runs": runs,
                 "targets": targets,
                 "quick": args.quick,
+                "statistics": args.statistics,
                 "events": args.events,
                 "depths": depths,
             },
