@@ -595,6 +595,8 @@ def _drains(
             TREE = Path(tree).resolve()
             try:
                 runs.append(asyncio.run(backlog(dsn, args.port, depth, workdir)))
+                if args.routed:
+                    runs.append(asyncio.run(backlog(dsn, args.port, depth, workdir, routed_first=True)))
             finally:
                 TREE = None
         if args.no_history:
