@@ -6,6 +6,7 @@ the claim is what keeps the entity in order and moving."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID, uuid4
@@ -114,8 +115,18 @@ async def test_a_row_routed_pending_behind_a_head_that_went_dead_meanwhile_waits
     # The routing saw the head in flight, not holding: its row went in pending, not held.
     assert await _status(db, later) == "pending"
     assert await _claim(db, OTHER) == [], "a later event went out past its entity's dead head"
-    released = await operator_queries.release_entity(db, "it_events", SUBSCRIBER, KEY)
-    assert released.heads == 1
+    woken: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect(relay_db)
+    try:
+        await listener.add_listener("it_events", lambda *args: woken.put_nowait(args[3]))
+        released = await operator_queries.release_entity(db, "it_events", SUBSCRIBER, KEY)
+        assert (released.heads, released.released) == (1, 0)
+        # Nothing was held, yet a row waits: every instance's lanes are woken to take it now, not
+        # at their next poll.
+        wake = json.loads(await asyncio.wait_for(woken.get(), 30))
+        assert wake == {"event_id": str(head), "event_type": "it_asset_purchased", "wake": "deliveries"}
+    finally:
+        await listener.close()
     assert await _claim(db, OTHER) == [later]
 
 

@@ -266,18 +266,23 @@ RETURNING d.event_id, d.event_type, d.attempts, d.failed_rounds, d.replays, d.en
 
 -- name: release_entity
 -- `it-relay release`: an entity held behind its dead head goes on; the head stays dead (replayable).
+-- The event named for the lanes' wake-up is a released row's, else the freed head's: a routing
+-- that raced the hold wrote its row pending, not held, and it waits behind the head all the same.
 WITH freed AS (
     UPDATE it_relay.deliveries SET holds = false, updated_at = clock_timestamp()
      WHERE subscriber = $1 AND entity_key = $2 AND holds
-    RETURNING event_id
+    RETURNING event_id, event_type
 ), released AS (
     UPDATE it_relay.deliveries SET status = 'pending', next_attempt_at = clock_timestamp(),
            updated_at = clock_timestamp()
      WHERE subscriber = $1 AND entity_key = $2 AND status = 'held'
     RETURNING event_id, event_type
+), named AS (
+    (SELECT event_id, event_type FROM released LIMIT 1) UNION ALL (SELECT event_id, event_type FROM freed LIMIT 1)
+     LIMIT 1
 )
 SELECT (SELECT count(*) FROM freed) AS heads, (SELECT count(*) FROM released) AS released,
-       (SELECT event_id FROM released LIMIT 1) AS event_id, (SELECT event_type FROM released LIMIT 1) AS event_type,
+       (SELECT event_id FROM named) AS event_id, (SELECT event_type FROM named) AS event_type,
        ARRAY(SELECT event_id FROM freed UNION ALL (SELECT event_id FROM released LIMIT $3)) AS sample;
 
 -- name: entities_held
