@@ -151,11 +151,13 @@ RETURNING e.event_id;
 -- name: claim_deliveries
 -- Due deliveries of one subscriber, leased to this instance (0019_claim_in_index_order.sql: a
 -- function, so its plan reads the due index in order whatever the statistics). First attempts go
--- out in journal order. The claim counts the attempt it is for, so x-it-delivery-attempt stays
+-- out in journal order (the function returns its rows in table order: sorted here, a batch at
+-- most). The claim counts the attempt it is for, so x-it-delivery-attempt stays
 -- true after a crash or an expired lease. No join with the events: their bodies come from the
 -- routing that wrote these rows, else from event_parts.
 SELECT event_id, event_type, attempts, failed_rounds, replays, entity_key, seq
-  FROM it_relay.claim_due($1, $2, $3, $4);
+  FROM it_relay.claim_due($1, $2, $3, $4)
+ ORDER BY seq;
 
 -- name: event_parts
 -- What claimed deliveries take from their events when the claiming instance did not route them
