@@ -642,6 +642,12 @@ def _scenarios(args: argparse.Namespace, dsn: str, workdir: Path) -> list[dict[s
     return runs
 
 
+def _commit(tree: Path) -> str:
+    """The commit a checkout is at (its uncommitted changes not counted)."""
+    done = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
 def main() -> None:
     global PROFILE_DIR, PROFILE_FORMAT, TRANSPORT, SINK_PID, ANALYZE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -754,6 +760,10 @@ def main() -> None:
                 "targets": targets,
                 "quick": args.quick,
                 "statistics": args.statistics,
+                # Which checkout each label ran: this one unlabelled, each --trees one by its name.
+                "commits": {
+                    Path(t).resolve().name: _commit(Path(t)) for t in [str(ROOT), *args.trees.split(",")] if t
+                },
                 "events": args.events,
                 "depths": depths,
             },
