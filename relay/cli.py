@@ -130,7 +130,9 @@ def run(config: ConfigOption = None, log_level: LogLevel = None, log_format: Log
     """Run the relay daemon until SIGTERM or SIGINT."""
     settings = cli_common.load(config, log_level, log_format, secrets=True)
     # SIGHUP reads the same sources again (the file, IT_RELAY_* variables, credentials).
-    cli_common.run_async(Daemon(settings, reload_settings=lambda: load_settings(config)).run())
+    cli_common.run_async(
+        Daemon(settings, reload_settings=lambda: load_settings(config), owns_process=True).run()
+    )
 
 
 @app.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -38,6 +39,8 @@ from relay.tracing import Tracing
 log = get_logger("relay.daemon")
 
 _DAY_S = 86400.0
+# Allocations between young collections (CPython 3.11 default: 700): see _settle_heap.
+GC_YOUNG_THRESHOLD = 7000
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +68,11 @@ class Daemon:
         sender: Sender | None = None,
         notifier: Notifier | None = None,
         reload_settings: Callable[[], Settings] | None = None,
+        owns_process: bool = False,
     ) -> None:
         self.settings = settings
+        # `it-relay run`: the process is the daemon's alone, so process-wide tuning is its to do.
+        self._owns_process = owns_process
         self.metrics = metrics or Metrics()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.heartbeats = Heartbeats()
@@ -133,6 +139,8 @@ class Daemon:
                     metrics=f"http://{c.server.host}:{c.server.port}/metrics" if c.server else None,
                 )
                 loops, services = self._loops(c)
+                if self._owns_process:
+                    _settle_heap()
                 await asyncio.gather(
                     supervise_all(loops, self.stopping, self.heartbeats),
                     *(asyncio.create_task(keep_running(n, f, self.stopping), name=n) for n, f in services),
@@ -372,6 +380,15 @@ class Daemon:
 
 
 Service = Callable[[asyncio.Event], Awaitable[None]]
+
+
+def _settle_heap() -> None:
+    """Keep the collector off what start-up built (modules, models, lanes): it stays for the
+    process's life, and each full collection walked all of it again (about 3 % of a drain's CPU).
+    Young garbage is collected less often: a delivery makes a few dozen short-lived objects."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 async def _close_pool(pool: asyncpg.Pool) -> None:
