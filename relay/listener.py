@@ -213,7 +213,10 @@ class Listener:
             self._metrics.events_rejected.labels(r.reason).inc()
         if self._inbox:
             self._inbox_ready.set()
-        self._on_wake(lanes)
+        # publish()'s announcements woke the router as they arrived (_on_notify): waking it again
+        # would cost a read that finds nothing, ahead of the deliveries it just handed out.
+        if events or lanes:
+            self._on_wake(lanes)
 
     async def _untrusted(self, pids: list[int]) -> dict[int, str]:
         """The senders among `pids` whose full-payload notifications must not be journaled, and why."""
