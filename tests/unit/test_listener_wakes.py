@@ -67,7 +67,9 @@ async def test_an_announcement_of_a_journaled_event_wakes_the_router_once_as_it_
     ids = [uuid4() for _ in range(3)]
     wakes: list[bool] = []
     listener = _listener(IngestStore(set(ids)), wakes)
-    await _heard(listener, *(json.dumps({"event_id": str(i), "event_type": "it_asset_assigned"}) for i in ids))
+    await _heard(
+        listener, *(json.dumps({"event_id": str(i), "event_type": "it_asset_assigned"}) for i in ids)
+    )
     # One wake per notification as it arrived (router only), none once they were confirmed.
     assert wakes == [False, False, False]
 
