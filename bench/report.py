@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,9 @@ def table(ceilings: dict[str, float | None], runs: list[dict[str, Any]], header:
     lines += [
         "",
         "| system | scenario | deliveries/s | of bare aiohttp POST | CPU µs / delivery: system + PostgreSQL "
-        "(sink) | transactions / delivery | WAL B / delivery | HOT updates | p50 / p95 / p99 ms | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "(sink) | cores busy | transactions / delivery | WAL B / delivery | HOT updates | p50 / p95 / p99 ms "
+        "| peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         lat = r.get("latency_ms")
@@ -33,6 +35,7 @@ def table(ceilings: dict[str, float | None], runs: list[dict[str, Any]], header:
         lines.append(
             f"| {r['system']} | {scenario} | {r['deliveries_per_s']:,.0f} | "
             f"{r['deliveries_per_s'] / post:.0%} | {cpu} ({_f(r.get('sink_cpu_us_per_delivery'), '.0f')}) | "
+            f"{_f(_cores_busy(r), '.2f')} | "
             f"{_f(r.get('transactions_per_delivery'), '.2f')} | {_f(r.get('wal_bytes_per_delivery'), ',.0f')} | "
             f"{'—' if hot is None else f'{hot:.0%}'} | {latency} | {r['peak_rss_mb']:.0f} |"
         )
@@ -43,6 +46,26 @@ def _total_cpu(run: dict[str, Any] | None) -> float | None:
     if not run or run.get("pg_cpu_us_per_delivery") is None:
         return None
     return float(run["cpu_s_per_1k_deliveries"] * 1000 + run["pg_cpu_us_per_delivery"])
+
+
+def _machine_cpu(run: dict[str, Any] | None) -> float | None:
+    """CPU per delivery of everything the delivery needs on this machine: system, PostgreSQL, sink."""
+    total = _total_cpu(run)
+    if run is None or total is None:
+        return None
+    return total + float(run.get("sink_cpu_us_per_delivery") or 0.0)
+
+
+def _cores_busy(run: dict[str, Any]) -> float | None:
+    """How many of the machine's cores the run kept busy (rate x CPU per delivery)."""
+    per = _machine_cpu(run)
+    return None if per is None else run["deliveries_per_s"] * per / 1e6
+
+
+def _cpu_bound(run: dict[str, Any] | None, cores: int) -> float | None:
+    """The rate every core busy would carry at the run's CPU per delivery (system, PostgreSQL, sink)."""
+    per = _machine_cpu(run)
+    return cores * 1e6 / per if per else None
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -57,9 +80,15 @@ def _get(run: dict[str, Any] | None, *keys: str) -> float | None:
 
 
 def targets(
-    ceilings: dict[str, float | None], runs: list[dict[str, Any]], depths: list[int], relay: str = RELAY
+    ceilings: dict[str, float | None],
+    runs: list[dict[str, Any]],
+    depths: list[int],
+    relay: str = RELAY,
+    cores: int | None = None,
 ) -> dict[str, Any]:
-    """Issue 29's targets as ratios of this run (None when a run is missing)."""
+    """Issue 29's targets as ratios of this run (None when a run is missing), and for the drains
+    the bound this machine puts on each at the run's CPU per delivery."""
+    cores = cores or os.cpu_count() or 1
     by = {(r["system"], r["scenario"]): r for r in runs}
     shallow, deep = (min(depths), max(depths)) if depths else (0, 0)
 
@@ -105,12 +134,26 @@ def targets(
             (r["depth"] for r in runs if r["system"] == relay and r["scenario"].startswith("drain")),
             default=None,
         ),
+        "cores": cores,
         "scaling_vs_one_process": {
             r["system"]: _ratio(r["deliveries_per_s"], _get(drain(relay, r["depth"]), "deliveries_per_s"))
             for r in runs
             if r["scenario"].startswith("drain") and r["system"].startswith(relay + " x")
         },
     }
+    shallow_pgq = _get(drain("pgqueuer", shallow), "deliveries_per_s")
+    deep_pgq = _get(drain("pgqueuer", deep), "deliveries_per_s")
+    shallow_bound = _cpu_bound(drain(relay, shallow), cores)
+    out["bounds"] = {
+        "shallow_drain_vs_pgqueuer": _ratio(shallow_bound, shallow_pgq),
+        "shallow_drain_vs_aiohttp_post_ceiling": _ratio(shallow_bound, post),
+        "deep_drain_vs_pgqueuer": _ratio(_cpu_bound(drain(relay, deep), cores), deep_pgq),
+    }
+    # No relay posts faster than a bare POST loop of the fastest client: what 5x PgQueuer asks of it.
+    out["deep_goal_vs_pyreqwest_post_ceiling"] = _ratio(
+        5.0 * deep_pgq if deep_pgq else None, ceilings.get("post_per_s[pyreqwest]")
+    )
+    out["shallow_machine_cpu_us"] = _machine_cpu(drain(relay, shallow))
     return out
 
 
@@ -143,8 +186,20 @@ TARGETS = (
 )
 
 
+def _bound(key: str, found: dict[str, Any]) -> str:
+    """What the machine allows for a drain target at this run's CPU per delivery."""
+    value = (found.get("bounds") or {}).get(key)
+    if value is None:
+        return "—"
+    text = f"{value:.2f}x with {found['cores']} cores busy at this CPU per delivery"
+    beyond = found.get("deep_goal_vs_pyreqwest_post_ceiling")
+    if key == "deep_drain_vs_pgqueuer" and beyond is not None:
+        text += f"; the goal is {beyond:.2f}x the bare pyreqwest POST ceiling"
+    return text
+
+
 def report(found: dict[str, Any]) -> str:
-    lines = ["| target | this run | goal | met |", "|---|---|---|---|"]
+    lines = ["| target | this run | goal | met | bound on this machine |", "|---|---|---|---|---|"]
     for key, op, goal, text in TARGETS:
         value = found.get(key)
         try:
@@ -152,7 +207,7 @@ def report(found: dict[str, Any]) -> str:
         except (KeyError, TypeError, ValueError):
             label = text.replace("{", "").replace("}", "").replace(":,", "")
         if value is None:
-            lines.append(f"| {label} | n/a | {op} {goal:g} | — |")
+            lines.append(f"| {label} | n/a | {op} {goal:g} | — | — |")
             continue
         met = value >= goal if op == ">=" else value <= goal
         shown = (
@@ -160,10 +215,12 @@ def report(found: dict[str, Any]) -> str:
             if key.endswith(("_mb", "_ms")) and value >= 10
             else (f"{value:.1f}" if key.endswith(("_mb", "_ms")) else f"{value:.2f}x")
         )
-        lines.append(f"| {label} | {shown} | {op} {goal:g} | {'yes' if met else 'no'} |")
+        lines.append(
+            f"| {label} | {shown} | {op} {goal:g} | {'yes' if met else 'no'} | {_bound(key, found)} |"
+        )
     for system, value in (found.get("scaling_vs_one_process") or {}).items():
         if value is not None:
-            lines.append(f"| {system} drain / one process | {value:.2f}x | — | — |")
+            lines.append(f"| {system} drain / one process | {value:.2f}x | — | — | — |")
     return "\n".join(lines)
 
 
