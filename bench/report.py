@@ -135,8 +135,11 @@ def targets(
             default=None,
         ),
         "cores": cores,
+        # Per process count and depth: each depth's drain against one process's at that depth.
         "scaling_vs_one_process": {
-            r["system"]: _ratio(r["deliveries_per_s"], _get(drain(relay, r["depth"]), "deliveries_per_s"))
+            f"{r['system']} at {r['depth']:,}": _ratio(
+                r["deliveries_per_s"], _get(drain(relay, r["depth"]), "deliveries_per_s")
+            )
             for r in runs
             if r["scenario"].startswith("drain") and r["system"].startswith(relay + " x")
         },
