@@ -119,9 +119,17 @@ def loads(data: str | bytes) -> Any:
     except json.JSONDecodeError as exc:
         # exc.msg is the parser's reason without the document; the position is safe to show.
         raise JSONError(f"{exc.msg.removesuffix(' at')} (position {exc.pos})") from None
-    if _SUSPECT_TEXT.search(data) and not _storable(value):
+    if _suspect(data) and not _storable(value):
         raise InvalidText("a lone surrogate or NUL in a string")
     return value
+
+
+def _suspect(text: str) -> bool:
+    """Whether the text could decode to a lone surrogate or NUL. Two substring scans and an ASCII
+    check settle nearly every document; only the rest meet the regex (a scan a tenth as fast)."""
+    if "\\u" not in text and "\x00" not in text and text.isascii():
+        return False
+    return _SUSPECT_TEXT.search(text) is not None
 
 
 def _storable(value: Any) -> bool:

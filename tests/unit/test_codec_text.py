@@ -1,0 +1,39 @@
+"""Text the journal cannot hold is refused, whichever way a document spells it, and only that text."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from relay import codec
+
+# Any character, and the ones PostgreSQL refuses (NUL, lone surrogates) often.
+characters = st.characters() | st.sampled_from(["\x00", "\ud800", "\udbff", "\udc00", "\udfff"])
+# Joined from a list: st.text leaves lone surrogates out whatever its alphabet.
+texts = st.lists(characters, max_size=30).map("".join)
+
+
+def _unholdable(text: str) -> bool:
+    return any(c == "\x00" or "\ud800" <= c <= "\udfff" for c in text)
+
+
+@given(key=texts, value=texts, ascii_only=st.booleans(), as_bytes=st.booleans())
+def test_a_document_is_refused_exactly_when_a_string_holds_nul_or_a_lone_surrogate(
+    key: str, value: str, ascii_only: bool, as_bytes: bool
+) -> None:
+    text = json.dumps({key: [value, {"inner": value}]}, ensure_ascii=ascii_only)
+    data: str | bytes = text
+    if as_bytes:
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:
+            # A raw lone surrogate has no UTF-8 form: such bytes cannot arrive, only the escape.
+            data = json.dumps({key: [value, {"inner": value}]}).encode()
+    if _unholdable(key) or _unholdable(value):
+        with pytest.raises(codec.InvalidText):
+            codec.loads(data)
+    else:
+        assert codec.loads(data) == {key: [value, {"inner": value}]}
