@@ -34,6 +34,7 @@ from relay.contracts.examples import example
 from relay.event_cache import EventCache
 from relay.ingest import route
 from relay.model import AttemptRecord, DeliveryResult
+from relay.sql import QUERIES
 
 SUBSCRIBERS = ("PF-10", "HR")
 
@@ -130,9 +131,19 @@ async def once(
                 for c in claimed
             ]
             delivered += await timed("outcome", journal.write_results(conn, results, owner))
+    # How the statements were planned: a custom plan per call is the planner's work per call.
+    named = {text: name for name, text in QUERIES.items()}
+    plans = {
+        f"{kind}_plans_{named[row['statement']]}": float(row[f"{kind}_plans"])
+        for row in await conn.fetch(
+            "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+        )
+        if row["statement"] in named
+        for kind in ("generic", "custom")
+    }
     await conn.close()
     assert delivered == events * len(SUBSCRIBERS), delivered
-    per = {f"{k}_us_per_delivery": v / delivered * 1e6 for k, v in spent.items()}
+    per = {f"{k}_us_per_delivery": v / delivered * 1e6 for k, v in spent.items()} | plans
     per["total_us_per_delivery"] = sum(spent.values()) / delivered * 1e6
     per |= {f"route_{k}_us_per_delivery": v / delivered * 1e6 for k, v in parts.items()}
     return per
@@ -178,6 +189,10 @@ def main() -> None:
         f"| {median['route_us_per_delivery']:.1f} ({median['route_claim_events_us_per_delivery']:.1f} + "
         f"{median['route_mark_routed_us_per_delivery']:.1f} + the rest) | {median['claim_us_per_delivery']:.1f} | "
         f"{median['outcome_us_per_delivery']:.1f} | {median['total_us_per_delivery']:.1f} |"
+    )
+    planned = {k.removeprefix("custom_plans_"): v for k, v in median.items() if k.startswith("custom_plans_")}
+    print(
+        "custom plans (planned on the call): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(planned.items()))
     )
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"pg_cost-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"

@@ -137,7 +137,7 @@ def targets(
         "cores": cores,
         # Per process count and depth: each depth's drain against one process's at that depth.
         "scaling_vs_one_process": {
-            f"{r['system']} at {r['depth']:,}": _ratio(
+            f"{r['system']} drain at {r['depth']:,}": _ratio(
                 r["deliveries_per_s"], _get(drain(relay, r["depth"]), "deliveries_per_s")
             )
             for r in runs
@@ -223,7 +223,7 @@ def report(found: dict[str, Any]) -> str:
         )
     for system, value in (found.get("scaling_vs_one_process") or {}).items():
         if value is not None:
-            lines.append(f"| {system} drain / one process | {value:.2f}x | — | — | — |")
+            lines.append(f"| {system} / one process | {value:.2f}x | — | — | — |")
     return "\n".join(lines)
 
 

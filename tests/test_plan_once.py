@@ -83,3 +83,4 @@ async def test_a_trickle_is_routed_and_settled_from_cached_plans(relay_db: str) 
     for name in ("mark_routed", "write_results"):
         generic, custom = plans[QUERIES[name]]
         assert custom <= 5, f"{name} is planned again on every call: {custom} custom plans, {generic} generic"
+        assert generic >= ROUNDS - 5, f"{name} ran {generic} times from its generic plan"

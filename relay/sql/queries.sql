@@ -76,7 +76,7 @@ SELECT event_id, payload::text AS payload, source, traceparent, xmin AS version
 -- statement's snapshot still shows its own batch as unrouted, so only an entity's first event in
 -- the batch can be its head). Two routings racing on one entity each see the other's event as
 -- unrouted, or its delivery as unfinished: neither leases past the other.
--- Each array is read through a sub-select (`PLAN ONCE` below).
+-- Each array it unnests is read through a sub-select (`PLAN ONCE` below).
 WITH mine AS (
     -- Each event's routing beside its row, locked: the input unnested once and joined by its key,
     -- the version compared on the way (so the planner never rescans the payloads per event).

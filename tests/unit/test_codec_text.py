@@ -37,3 +37,30 @@ def test_a_document_is_refused_exactly_when_a_string_holds_nul_or_a_lone_surroga
             codec.loads(data)
     else:
         assert codec.loads(data) == {key: [value, {"inner": value}]}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": "\\uD800"}',  # upper-case hex
+        '{"a": "\\uDc00x"}',  # mixed case
+        '{"\\u0000": 1}',  # in a key
+        '{"a": "\\ud83d\udc00"}',  # a high escape, then a raw low surrogate
+        '{"a": ["ok", {"b": "\\uDBFF"}]}',
+    ],
+)
+def test_escapes_json_dumps_never_writes_are_refused_too(text: str) -> None:
+    with pytest.raises(codec.InvalidText):
+        codec.loads(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ('{"a": "\\\\u0000"}', {"a": "\\u0000"}),  # an escaped backslash, then the letters u0000
+        ('{"a": "\\ud83d\\ude00"}', {"a": "\U0001f600"}),  # a surrogate pair is one character
+        ('{"a": "caf\u00e9 \\u00e9"}', {"a": "caf\u00e9 \u00e9"}),
+    ],
+)
+def test_text_that_only_looks_suspect_is_kept(text: str, value: object) -> None:
+    assert codec.loads(text) == value
