@@ -314,7 +314,7 @@ SELECT extract(epoch FROM min(greatest(next_attempt_at, coalesce(lease_expires_a
 -- PLAN ONCE: each array is read through a sub-select, so no plan knows its length. Given the
 -- arrays themselves, PostgreSQL estimated a one-row batch so much cheaper than the cached generic
 -- plan that it planned this statement again on every call (bench/pg_cost.py --batch 1: 2,000
--- custom plans in 2,000 calls; the outcome's server CPU per delivery 383 -> 176 µs; no change at
+-- custom plans in 2,000 calls; the outcome's server CPU per delivery 353 -> 175 µs; no change at
 -- batches of 200). mark_routed takes the same form. Held there by tests/test_plan_once.py.
 WITH written AS (
     UPDATE it_relay.deliveries d
