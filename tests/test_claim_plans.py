@@ -132,8 +132,9 @@ async def _reads(db: asyncpg.Connection) -> dict[str, tuple[int, int]]:
     }
 
 
-async def _unordered_cost(url: str, limit: int = 64) -> tuple[int, int]:
-    """Deliveries an unordered claim of `limit` leases, and the buffers it touched; nothing kept.
+async def _unordered_cost(url: str, limit: int = 64) -> tuple[int, int, dict[str, int]]:
+    """Deliveries an unordered claim of `limit` leases, the buffers it touched, and how it read the
+    table (scans, rows fetched, HOT updates: what a failure needs to be understood); nothing kept.
     In a new session, warmed up once: planned (generic plans) on the table as it is now, as a relay
     started on this backlog plans it."""
     conn = await asyncpg.connect(url)
@@ -145,12 +146,16 @@ async def _unordered_cost(url: str, limit: int = 64) -> tuple[int, int]:
             await claim.start()
             try:
                 text = await conn.fetchval(f"{explain}EXECUTE claim('FA', 'test:1:x', {int(limit)}, 30)")
+                how = await conn.fetchrow(
+                    "SELECT seq_scan, idx_scan, idx_tup_fetch, n_tup_upd, n_tup_hot_upd"
+                    " FROM pg_stat_xact_user_tables WHERE schemaname = 'it_relay' AND relname = 'deliveries'"
+                )
             finally:
                 await claim.rollback()
     finally:
         await conn.close()
     plan = json.loads(text)[0]["Plan"]
-    return plan["Actual Rows"], plan["Shared Hit Blocks"] + plan["Shared Read Blocks"]
+    return plan["Actual Rows"], plan["Shared Hit Blocks"] + plan["Shared Read Blocks"], dict(how or {})
 
 
 @pytest.mark.parametrize(
@@ -160,7 +165,12 @@ async def _unordered_cost(url: str, limit: int = 64) -> tuple[int, int]:
 async def test_an_unordered_claim_reads_what_it_takes_not_the_backlog_whatever_the_statistics(
     relay_db: str, db: asyncpg.Connection, statistics: str
 ) -> None:
-    await db.execute("ALTER TABLE it_relay.deliveries SET (autovacuum_enabled = false)")
+    # No autovacuum in this database while the claims run, on either table: an ANALYZE of the events
+    # holds a snapshot that keeps the rolled-back claims' row versions from being pruned, and the
+    # next claim's updates, finding their pages full, stop being HOT and write every index (a CI
+    # run read 936 buffers against 392 so).
+    for table in ("events", "deliveries"):
+        await db.execute(f"ALTER TABLE it_relay.{table} SET (autovacuum_enabled = false)")
     if statistics == "taken when all were delivered":
         # The journal of a relay that kept up: its statistics say no delivery is ever pending.
         await _journal(db, 100, 100_000)
@@ -170,16 +180,18 @@ async def test_an_unordered_claim_reads_what_it_takes_not_the_backlog_whatever_t
 
     await _journal(db, 25, 0)  # 1,000 deliveries due
     if statistics == "taken with the backlog in place":
-        await db.execute("ANALYZE it_relay.deliveries")
-    leased, shallow = await _unordered_cost(relay_db)
+        # As autovacuum keeps a table: analysed, and the claims rolled back before cleared away.
+        await db.execute("VACUUM ANALYZE it_relay.deliveries")
+    leased, shallow, _ = await _unordered_cost(relay_db)
     assert leased == 64
     await _journal(db, 750, 10_000)  # 31,000: the backlog behind the claim grows thirty-fold
     if statistics == "taken with the backlog in place":
-        await db.execute("ANALYZE it_relay.deliveries")
-    leased, deep = await _unordered_cost(relay_db)
+        await db.execute("VACUUM ANALYZE it_relay.deliveries")
+    leased, deep, how = await _unordered_cost(relay_db)
     assert leased == 64
-    assert deep <= shallow * 1.5 + 50, (shallow, deep)
-    assert deep <= 64 * 12, deep  # a few pages per row taken: its index entry, its heap page, its update
+    assert deep <= shallow * 1.5 + 50, (shallow, deep, how)
+    # A few pages per row taken: its index entry, its heap page, its update.
+    assert deep <= 64 * 12, (deep, how)
     # The oldest first: the claim takes the journal's first rows due, in journal order.
     taken = await db.fetch(QUERIES["claim_deliveries"], "FA", "test:1:x", 64, 30.0)
     oldest = await db.fetch(
