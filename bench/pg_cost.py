@@ -33,8 +33,8 @@ from relay import codec, journal, migrate, routing_queries
 from relay.contracts.examples import example
 from relay.event_cache import EventCache
 from relay.ingest import route
-from relay.model import AttemptRecord, DeliveryResult
 from relay.sql import QUERIES
+from relay.testing.outcomes import delivered as delivered_result
 
 SUBSCRIBERS = ("PF-10", "HR")
 
@@ -107,29 +107,7 @@ async def once(
             if not claimed:
                 break
             now = datetime.now(UTC)
-            results = [
-                DeliveryResult(
-                    event_id=c.event_id,
-                    subscriber=subscriber,
-                    status="delivered",
-                    attempts=c.attempts,
-                    failed_rounds=0,
-                    retry_in_s=None,
-                    last_status=200,
-                    last_error=None,
-                    history=(
-                        AttemptRecord(
-                            attempt=c.attempts,
-                            at=now,
-                            http_status=200,
-                            error=None,
-                            duration_ms=1.0,
-                            excerpt="ok",
-                        ),
-                    ),
-                )
-                for c in claimed
-            ]
+            results = [delivered_result(c, now) for c in claimed]
             delivered += await timed("outcome", journal.write_results(conn, results, owner))
     # How the statements were planned: a custom plan per call is the planner's work per call.
     named = {text: name for name, text in QUERIES.items()}

@@ -156,7 +156,6 @@ def targets(
     out["deep_goal_vs_pyreqwest_post_ceiling"] = _ratio(
         5.0 * deep_pgq if deep_pgq else None, ceilings.get("post_per_s[pyreqwest]")
     )
-    out["shallow_machine_cpu_us"] = _machine_cpu(drain(relay, shallow))
     return out
 
 

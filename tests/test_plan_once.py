@@ -7,15 +7,14 @@ rates (bench/pg_cost.py --batch 1). relay/sql/queries.sql reads each array throu
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import asyncpg
 
 from relay import codec, journal, routing_queries
 from relay.contracts.examples import example
 from relay.ingest import route
-from relay.model import AttemptRecord, DeliveryResult, RoutedEvent
+from relay.model import RoutedEvent
 from relay.sql import QUERIES
+from relay.testing.outcomes import delivered
 
 ROUNDS = 12  # PostgreSQL plans a prepared statement's first five runs for their own parameters
 BACKLOG = 400
@@ -32,27 +31,7 @@ async def _route(conn: asyncpg.Connection, limit: int) -> list[RoutedEvent]:
 
 async def _deliver_one(conn: asyncpg.Connection, subscriber: str) -> None:
     (claimed,) = await journal.claim_deliveries(conn, subscriber, "plan-once", 1, 60.0)
-    result = DeliveryResult(
-        event_id=claimed.event_id,
-        subscriber=subscriber,
-        status="delivered",
-        attempts=claimed.attempts,
-        failed_rounds=0,
-        retry_in_s=None,
-        last_status=200,
-        last_error=None,
-        history=(
-            AttemptRecord(
-                attempt=claimed.attempts,
-                at=datetime.now(UTC),
-                http_status=200,
-                error=None,
-                duration_ms=1.0,
-                excerpt="ok",
-            ),
-        ),
-    )
-    assert await journal.write_results(conn, [result], "plan-once") == 1
+    assert await journal.write_results(conn, [delivered(claimed)], "plan-once") == 1
 
 
 async def test_a_trickle_is_routed_and_settled_from_cached_plans(relay_db: str) -> None:
