@@ -14,6 +14,7 @@ from asyncpg.pool import PoolConnectionProxy
 from relay.errors import UserError
 from relay.sender import describe
 from relay.settings import CredentialUnavailable, DatabaseSettings
+from relay.sql import QUERIES
 
 # What every gateway function takes: a dedicated connection (the listener, the scheduler, the
 # CLI) or one borrowed from the daemon's pool, which asyncpg hands out behind a proxy.
@@ -63,8 +64,15 @@ async def create_pool(settings: DatabaseSettings) -> asyncpg.Pool:
         timeout=settings.connect_timeout_s,
         server_settings=server_settings,
         reset=_keep_session,
+        init=_warm,
     )
     return pool
+
+
+async def _warm(conn: asyncpg.Connection) -> None:
+    """As a pool connection opens: the type look-ups its first statements would make, all at once
+    (warm_types), so a delivery's first statement on a new connection costs what the others do."""
+    await conn.prepare(QUERIES["warm_types"])
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

@@ -99,3 +99,44 @@ async def test_a_transaction_left_open_is_rolled_back_on_release(
         assert await conn.fetchval("SELECT pg_backend_pid()") == backend
         assert not conn.is_in_transaction()
         assert await conn.fetchval("SELECT count(*) FROM public.left_open") == 0
+
+
+def _type_lookups(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> list[str]:
+    """Records the catalogue queries asyncpg runs to learn a type (its introspection) on `conn`."""
+    seen: list[str] = []
+    conn.add_query_logger(lambda record: seen.append(record.query) if "pg_type" in record.query else None)
+    return seen
+
+
+async def _prepare_all(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> list[str]:
+    """Prepares every named query; returns those this schema cannot prepare (and why)."""
+    failed = []
+    for name, text in QUERIES.items():
+        try:
+            await conn.prepare(text)
+        except asyncpg.PostgresError as exc:
+            failed.append(f"{name}: {type(exc).__name__}")
+    return failed
+
+
+async def test_a_pool_connection_opens_knowing_every_type_the_named_queries_use(ref_db: str) -> None:
+    # The control: a plain connection looks types up on its first statements (the cost warm_types
+    # takes off a delivery's path), so the logger below would see a lookup if one happened.
+    plain = await asyncpg.connect(ref_db)
+    try:
+        lookups = _type_lookups(plain)
+        await plain.prepare(QUERIES["mark_routed"])
+        assert lookups, "preparing mark_routed on a new connection looked no type up"
+    finally:
+        await plain.close()
+
+    # The scheduler's queries read the IT reference schema: the database has it, as in production.
+    pool = await database.create_pool(load_settings(None, database={"url": ref_db}).database)
+    try:
+        async with pool.acquire() as conn:
+            lookups = _type_lookups(conn)
+            failed = await _prepare_all(conn)
+    finally:
+        await pool.close()
+    assert failed == []
+    assert lookups == [], "a named query uses a type missing from warm_types (relay/sql/queries.sql)"
