@@ -9,6 +9,7 @@ store. Every error text leaving here is scrubbed of licence keys and URL secrets
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from base64 import b64encode
 from collections.abc import Callable, Mapping
@@ -267,6 +268,10 @@ class PyreqwestSender:
         self._max_response_bytes = max_response_bytes
         self._proxy = proxy
         self._client: Any = None
+        # Built now rather than by the first delivery, which waited 5-18 ms for the CA store and the
+        # runtime (the import too, the first time). A failure here is met again, and reported, there.
+        with contextlib.suppress(Exception):
+            self._make()
 
     def _make(self) -> Any:
         from pyreqwest.client import ClientBuilder
