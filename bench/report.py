@@ -28,7 +28,7 @@ def table(ceilings: dict[str, float | None], runs: list[dict[str, Any]], header:
         lat = r.get("latency_ms")
         latency = f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f}" if lat else "—"
         if r.get("rate_target") and (first := r.get("first_second_latency_ms")):
-            latency += f" (first second: max {first['max']:.0f})"
+            latency += f" (first event {first.get('first_event', float('nan')):.0f}, first second max {first['max']:.0f})"
         scenario = r["scenario"] + (f" @{r['rate_target']:.0f}/s" if r.get("rate_target") else "")
         own = r["cpu_s_per_1k_deliveries"] * 1000
         pg = r.get("pg_cpu_us_per_delivery")
