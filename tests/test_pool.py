@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from relay import database
+from relay import database, migrate
 from relay.settings import load_settings
 from relay.sql import QUERIES
 from tests.support.sink import PATIENCE
@@ -140,3 +140,17 @@ async def test_a_pool_connection_opens_knowing_every_type_the_named_queries_use(
         await pool.close()
     assert failed == []
     assert lookups == [], "a named query uses a type missing from warm_types (relay/sql/queries.sql)"
+
+
+async def test_a_database_without_the_schema_is_told_to_upgrade_not_failed_by_the_warm_up(
+    database_url: str,
+) -> None:
+    # Opening a pool connection parses the delivery path's statements; on a database without the
+    # it_relay schema that parse fails, and the start-up's own check must still be what speaks.
+    pool = await database.create_pool(load_settings(None, database={"url": database_url}).database)
+    try:
+        async with pool.acquire() as conn:
+            with pytest.raises(migrate.SchemaError, match="run `it-relay db upgrade`"):
+                await migrate.check(conn)
+    finally:
+        await pool.close()
