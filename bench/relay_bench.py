@@ -314,7 +314,7 @@ async def throughput(
         (t - committed[eid]) * 1000 for eid, times in arrivals.items() if eid in committed for t in times
     ]
     # What a restart's first deliveries see: events committed in the run's first second.
-    opened = min(committed.values())
+    opened = min(committed.values(), default=float("nan"))
     first = [
         (t - committed[eid]) * 1000
         for eid, times in arrivals.items()

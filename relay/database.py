@@ -74,17 +74,22 @@ async def create_pool(settings: DatabaseSettings) -> asyncpg.Pool:
 _DELIVERY_PATH = ("peek_events", "mark_routed", "claim_deliveries", "write_results")
 
 
+# The warm-up only saves time: it never waits long for a lock a migration holds.
+_WARM_TIMEOUT_S = 2.0
+
+
 async def _warm(conn: asyncpg.Connection) -> None:
     """As a pool connection opens: the type look-ups its first statements would make, all at once
-    (warm_types), and the delivery path's statements parsed once, which loads the server's caches
-    of the tables they read, so a delivery's first statement on a new connection costs what the
-    others do."""
-    await conn.prepare(QUERIES["warm_types"])
-    # A schema missing, older than this code, or out of this login's reach: the start-up's schema
-    # check says so in its own words (`it-relay db upgrade`), not this parse.
-    with contextlib.suppress(asyncpg.SyntaxOrAccessError):
+    (warm_types), and the delivery path's statements prepared once, which loads the server's
+    catalogue caches of what they read, so a delivery's first statement on a new connection costs
+    what the others do."""
+    await conn.prepare(QUERIES["warm_types"], timeout=_WARM_TIMEOUT_S)
+    # A schema missing, older than this code or out of this login's reach, a migration holding a
+    # table: the start-up's schema check (`it-relay db upgrade`) or the statement itself says so
+    # later, in its own words; a connection that cannot talk still fails to open.
+    with contextlib.suppress(asyncpg.PostgresError, TimeoutError):
         for name in _DELIVERY_PATH:
-            await conn.prepare(QUERIES[name])
+            await conn.prepare(QUERIES[name], timeout=_WARM_TIMEOUT_S)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

@@ -10,8 +10,8 @@ SELECT to_regclass('it_relay.schema_version') IS NOT NULL;
 -- Every array type the named queries bind or return, in one statement. asyncpg looks up a type it
 -- has no built-in codec for with a catalogue query, per connection, on the first statement that
 -- uses it (mark_routed's first call on a new connection: 11-15 ms instead of 0.3). Prepared as
--- each pool connection opens (relay/database.py), so no delivery pays for it; tests/test_pool.py
--- keeps this list complete.
+-- each pool connection opens (relay/database.py), so no delivery pays for the look-ups;
+-- tests/test_pool.py keeps this list complete.
 SELECT $1::uuid[], $2::jsonb[], $3::xid[], $4::int[], $5::float8[], $6::bool[], $7::timestamptz[];
 
 -- name: publish
