@@ -37,7 +37,12 @@ async def test_a_dead_head_holds_its_entity_until_released(
     config = write_config(tmp_path / "relay.toml", settings)
     held_asset, other_asset = str(uuid4()), str(uuid4())
     async with running(settings) as daemon:
-        ids = [await publish(db, held_asset, f"H-{i}") for i in range(3)]
+        # The head first, dead before the rest are published: a routing racing the head's fall
+        # writes its row pending, not held (it waits behind the head all the same: claim_ordered),
+        # and this test is about rows the hold is known to.
+        ids = [await publish(db, held_asset, "H-0")]
+        await wait_for_rows(db, statuses(ids), lambda v: v == "dead")
+        ids += [await publish(db, held_asset, f"H-{i}") for i in range(1, 3)]
         await wait_for_rows(db, statuses(ids), lambda v: v == "dead,held,held")
         # Another entity is not held; an event of the held entity routed later joins the held ones.
         other = await publish(db, other_asset, "O-1")
@@ -83,7 +88,9 @@ async def test_replaying_the_dead_head_sends_it_first_then_the_held_rest(
     config = write_config(tmp_path / "relay.toml", settings)
     asset = str(uuid4())
     async with running(settings):
-        ids = [await publish(db, asset, f"R-{i}") for i in range(3)]
+        ids = [await publish(db, asset, "R-0")]
+        await wait_for_rows(db, statuses(ids), lambda v: v == "dead")  # as above: no race with the fall
+        ids += [await publish(db, asset, f"R-{i}") for i in range(1, 3)]
         await wait_for_rows(db, statuses(ids), lambda v: v == "dead,held,held")
         replayed = await cli("replay", "--event-id", ids[0], "--subscriber", "FA", "--config", str(config))
         assert replayed.returncode == 0, replayed.stderr
