@@ -6,8 +6,14 @@
                                                          (QueueManager's run with batch_size=20 and no
                                                          concurrency cap, aiohttp's default session: as its
                                                          users run it; --concurrency N caps both)
+    python bench/peers.py floor --dsn URL --port P       the least a durable relay does before its POST: read
+                                                         the journaled event, record its leased deliveries
+                                                         (two round trips, commits not waiting for the WAL
+                                                         flush), POST, record the outcome: the latency bound
+                                                         of any relay that checks an event before it
+                                                         records a delivery
 
-Both POST the payload to /pf-10 and /hr with a webhook-id header, like the relay.
+Each POSTs the payload to /pf-10 and /hr with a webhook-id header, like the relay.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 NAIVE_CHANNEL = "bench_naive"
+FLOOR_CHANNEL = "bench_floor"
 SUBSCRIBER_PATHS = ("/pf-10", "/hr")
 
 
@@ -140,6 +147,72 @@ async def pgqueuer(dsn: str, port: int, concurrency: int, drain: int = 0) -> Non
         await pgq.run(batch_size=20)
 
 
+async def floor(dsn: str, port: int, concurrency: int, drain: int = 0) -> None:
+    """Per notified event: read it, lease its deliveries, POST them, mark them delivered."""
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency))
+    limit = asyncio.Semaphore(concurrency)
+    tasks: set[asyncio.Task[None]] = set()
+    paths = list(SUBSCRIBER_PATHS)
+
+    async def _keep(_conn: asyncpg.Connection) -> None:
+        # No reset query on release (as it-relay's pool): a round trip a delivery need not pay.
+        pass
+
+    pool = await asyncpg.create_pool(
+        dsn, min_size=8, max_size=16, reset=_keep, server_settings={"synchronous_commit": "off"}
+    )
+
+    async def post(path: str, body: bytes, event_id: str) -> None:
+        async with session.post(
+            f"http://127.0.0.1:{port}{path}",
+            data=body,
+            headers={"content-type": "application/json", "webhook-id": event_id},
+        ) as r:
+            await r.read()
+
+    async def deliver(event_id: uuid.UUID) -> None:
+        async with limit:
+            async with pool.acquire() as conn:
+                body = await conn.fetchval(
+                    "SELECT payload::text FROM floor_events WHERE event_id = $1", event_id
+                )
+                await conn.execute(
+                    "INSERT INTO floor_deliveries (event_id, subscriber, lease_expires_at) "
+                    "SELECT $1, s, clock_timestamp() + interval '30 s' FROM unnest($2::text[]) s",
+                    event_id,
+                    paths,
+                )
+            await asyncio.gather(*(post(path, body.encode(), str(event_id)) for path in paths))
+            async with pool.acquire() as conn:
+                await conn.execute(
+                    "UPDATE floor_deliveries SET status = 'delivered', lease_expires_at = NULL "
+                    "WHERE event_id = $1",
+                    event_id,
+                )
+
+    def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+        task = asyncio.get_running_loop().create_task(deliver(uuid.UUID(payload)))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    conn = await asyncpg.connect(dsn)
+    await conn.add_listener(FLOOR_CHANNEL, on_notify)
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
+async def install_floor(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    await conn.execute(
+        "CREATE TABLE floor_events (event_id uuid PRIMARY KEY, payload jsonb NOT NULL,"
+        " created_at timestamptz NOT NULL DEFAULT clock_timestamp());"
+        "CREATE TABLE floor_deliveries (event_id uuid NOT NULL, subscriber text NOT NULL,"
+        " status text NOT NULL DEFAULT 'leased', lease_expires_at timestamptz,"
+        " PRIMARY KEY (event_id, subscriber))"
+    )
+    await conn.close()
+
+
 async def install_pgqueuer(dsn: str) -> None:
     from pgqueuer.db import AsyncpgDriver
     from pgqueuer.queries import Queries
@@ -151,16 +224,19 @@ async def install_pgqueuer(dsn: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("system", choices=["naive", "pgqueuer"])
+    ap.add_argument("system", choices=["naive", "pgqueuer", "floor"])
     ap.add_argument("--dsn", required=True)
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument(
-        "--concurrency", type=int, default=0, help="cap in-flight POSTs (default: naive 64, PgQueuer none)"
+        "--concurrency",
+        type=int,
+        default=0,
+        help="cap in-flight POSTs (default: naive and floor 64, PgQueuer none)",
     )
     ap.add_argument("--drain", type=int, default=0, help="naive: POST this many pre-built events on the go")
     args = ap.parse_args()
-    run = naive if args.system == "naive" else pgqueuer
-    if args.system == "naive" and not args.concurrency:
+    run = {"naive": naive, "pgqueuer": pgqueuer, "floor": floor}[args.system]
+    if args.system in ("naive", "floor") and not args.concurrency:
         args.concurrency = 64
     try:
         import uvloop

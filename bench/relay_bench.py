@@ -1,12 +1,15 @@
-"""it-relay beside this machine's ceilings and two peers, measured in one run.
+"""it-relay beside this machine's ceilings and three peers, measured in one run.
 
 Scenarios (each reported as a ratio of the ceilings bench/limits.py measures in the same run):
   throughput  the burst: N events from 4 producer connections (one commit each), 2 subscribers,
               minimal sink: it-relay, a naive LISTEN-and-POST relay (no journal: the non-durable
-              bound), and the obvious PgQueuer relay (one job per delivery, enqueued in the
-              producer's transaction); bounded by the producers' commits, so it shows the relay's
-              lag (commit to arrival) during a burst more than its speed;
-  latency     200 events/s for 30 s through each system: p50/p95/p99 from commit to the sink;
+              bound), the obvious PgQueuer relay (one job per delivery, enqueued in the
+              producer's transaction), and the durable floor (a journal row per event; the relay
+              reads it and records its leases before the POST: two round trips, nothing else);
+              bounded by the producers' commits, so it shows the relay's lag (commit to arrival)
+              during a burst more than its speed;
+  latency     200 events/s for 30 s through each system: p50/p95/p99 from commit to the sink (the
+              floor's are the bound of a relay that checks an event before it records a delivery);
   drain       the relay's own speed at a shallow and a deep backlog (--depths, 5,000 and 30,000
               events): deliveries ready before the system starts (it-relay: journaled; PgQueuer: its
               queue pre-filled; naive: a pre-built list), the tables analysed once filled, timed from
@@ -145,6 +148,8 @@ async def _fresh_database(admin_dsn: str, system: str) -> str:
         await conn.close()
     elif system == "pgqueuer":
         await peers.install_pgqueuer(dsn)
+    elif system == "floor":
+        await peers.install_floor(dsn)
     return dsn
 
 
@@ -186,6 +191,16 @@ async def _produce(system: str, dsn: str, n: int, producers: int, rate: float | 
                         "SELECT pg_notify($1, $2)",
                         peers.NAIVE_CHANNEL,
                         codec.dumps(payload | {"event_id": event_id}).decode(),
+                    )
+                elif system == "floor":
+                    # The journal row and its announcement, committed together (as publish()).
+                    event_id = str(uuid.uuid4())
+                    await conn.execute(
+                        "WITH e AS (INSERT INTO floor_events (event_id, payload) VALUES ($1, $2::jsonb)"
+                        " RETURNING event_id) SELECT pg_notify($3, event_id::text) FROM e",
+                        uuid.UUID(event_id),
+                        codec.dumps(payload | {"event_id": event_id}).decode(),
+                        peers.FLOOR_CHANNEL,
                     )
                 else:
                     assert queries is not None
@@ -608,6 +623,8 @@ def _drains(
     global TREE
     runs: list[dict[str, Any]] = []
     for system in systems:
+        if system == "floor":
+            continue  # a latency bound: it drains nothing the others do
         if system != "it-relay":
             runs.append(asyncio.run(peer_drain(system, dsn, args.port, depth, workdir)))
             continue
@@ -676,7 +693,7 @@ def main() -> None:
     ap.add_argument("--dsn", help="admin DSN of a PostgreSQL server (default: embedded pgserver)")
     ap.add_argument("--events", type=int, default=20000)
     ap.add_argument("--producers", type=int, default=4)
-    ap.add_argument("--systems", default="it-relay,naive,pgqueuer")
+    ap.add_argument("--systems", default="it-relay,naive,pgqueuer,floor")
     ap.add_argument(
         "--transports",
         default="pyreqwest,aiohttp",

@@ -98,6 +98,7 @@ def targets(
         return by.get((system, f"drain {depth:,}"))
 
     relay_lat, naive_lat = by.get((relay, "latency")), by.get(("naive", "latency"))
+    floor_lat = by.get(("floor", "latency"))
     relay_burst, pgq_burst = by.get((relay, "throughput")), by.get(("pgqueuer", "throughput"))
     post = ceilings.get("post_per_s[aiohttp]")
     out: dict[str, Any] = {
@@ -153,6 +154,13 @@ def targets(
         "shallow_drain_vs_pgqueuer": _ratio(shallow_bound, shallow_pgq),
         "shallow_drain_vs_aiohttp_post_ceiling": _ratio(shallow_bound, post),
         "deep_drain_vs_pgqueuer": _ratio(_cpu_bound(drain(relay, deep), cores), deep_pgq),
+        # A relay that reads the journaled event and records its deliveries before the POST pays
+        # at least the floor peer's two round trips: its latency over the naive relay's.
+        "p99_vs_naive": _ratio(_get(floor_lat, "latency_ms", "p99"), _get(naive_lat, "latency_ms", "p99")),
+        "p50_vs_naive": _ratio(_get(floor_lat, "latency_ms", "p50"), _get(naive_lat, "latency_ms", "p50")),
+    }
+    out["latency_vs_floor"] = {
+        q: _ratio(_get(relay_lat, "latency_ms", q), _get(floor_lat, "latency_ms", q)) for q in ("p50", "p99")
     }
     # No relay posts faster than a bare POST loop of the fastest client: what 5x PgQueuer asks of it.
     out["deep_goal_vs_pyreqwest_post_ceiling"] = _ratio(
@@ -199,6 +207,8 @@ def _bound(key: str, found: dict[str, Any]) -> str:
     beyond = found.get("deep_goal_vs_pyreqwest_post_ceiling")
     if key == "deep_drain_vs_pgqueuer" and beyond is not None:
         text += f"; the goal is {beyond:.2f}x the bare pyreqwest POST ceiling"
+    if key.startswith(("p50", "p99")):
+        text = f"{value:.2f}x: the durable floor (reads the event, records its leases, then POSTs)"
     return text
 
 
@@ -222,6 +232,9 @@ def report(found: dict[str, Any]) -> str:
         lines.append(
             f"| {label} | {shown} | {op} {goal:g} | {'yes' if met else 'no'} | {_bound(key, found)} |"
         )
+    for q, value in (found.get("latency_vs_floor") or {}).items():
+        if value is not None:
+            lines.append(f"| {q} at the paced rate / the durable floor's | {value:.2f}x | — | — | — |")
     for system, value in (found.get("scaling_vs_one_process") or {}).items():
         if value is not None:
             lines.append(f"| {system} / one process | {value:.2f}x | — | — | — |")
