@@ -22,6 +22,9 @@ from relay.redaction import redact, scrub_text
 _STUB_KEYS = frozenset({"event_id", "event_type"})
 # A replay's wake-up adds {"wake": "deliveries"}: re-queued deliveries concern the lanes, not the router.
 _WAKE_KEYS = _STUB_KEYS | {"wake"}
+# publish()'s announcement is a uuid and an event type, short for every contract's type; a longer
+# notification is never taken for one.
+_ANNOUNCEMENT_MAX_CHARS = 160
 _NOT_ENTITY = frozenset({"event_id", "organization_id"})
 # A legacy notification's trace context: transport, not event. Taken out of the payload (the
 # subscriber never gets it, and the canonical event_id does not depend on it); kept when valid.
@@ -134,6 +137,17 @@ def announced_id(raw: str) -> tuple[UUID | None, bool]:
     return codec.uuid_or_none(value.get("event_id")), value.get(
         "wake"
     ) == "deliveries" and value.keys() <= _WAKE_KEYS
+
+
+def is_announcement(raw: str) -> bool:
+    """Whether a notification is publish()'s announcement exactly: an event_id and its type, no more."""
+    if len(raw) > _ANNOUNCEMENT_MAX_CHARS:
+        return False
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(value, dict) and value.keys() == _STUB_KEYS
 
 
 def entity_key(accepted: Accepted) -> str | None:

@@ -6,12 +6,14 @@ import json
 from uuid import uuid4
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from relay import codec
 from relay.contracts import REGISTRY
 from relay.contracts.examples import example
 from relay.health import Heartbeats
-from relay.ingest import announced_id, classify, route, untrusted
+from relay.ingest import announced_id, classify, is_announcement, route, untrusted
 from relay.model import NotifiedEvent, Rejection, RoutedEvent
 
 
@@ -63,6 +65,28 @@ def test_announced_ids_and_lane_wake_ups(raw: str, expected: tuple[bool, bool]) 
     event_id = uuid4()
     found, lanes = announced_id(raw.replace("%s", str(event_id)) if "%s" in raw else raw)
     assert (found == event_id, lanes) == expected
+
+
+# Text PostgreSQL can send (no lone surrogates: those are no JSON orjson reads, announcement or not).
+_text = st.text(st.characters(exclude_categories=["Cs"]), max_size=20)
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | _text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_text, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(st.dictionaries(st.sampled_from(["event_id", "event_type", "wake", "subject", "x"]), _json))
+def test_only_publishs_own_announcement_is_taken_for_one(value: dict[str, object]) -> None:
+    # An announcement's confirmation may wait (relay/listener.py); anything else is looked at at once.
+    raw = json.dumps(value)
+    expected = value.keys() == {"event_id", "event_type"} and len(raw) <= 160
+    assert is_announcement(raw) is expected
+
+
+@pytest.mark.parametrize("raw", ["not json", "[1, 2]", '"text"', "", "{" * 500])
+def test_what_is_not_an_object_is_no_announcement(raw: str) -> None:
+    assert not is_announcement(raw)
 
 
 def test_a_bare_wake_up_is_not_an_event() -> None:
