@@ -124,6 +124,8 @@ class HousekeepingPort(Protocol):
 
     async def entities_held(self) -> dict[str, HeldEntities]: ...
 
+    async def hold_stragglers(self) -> int: ...
+
     async def subscriber_gauges(self) -> dict[str, SubscriberGauges]: ...
 
     async def unrouted_events(self) -> int: ...
@@ -279,6 +281,10 @@ class Gateway:
     async def entities_held(self) -> dict[str, HeldEntities]:
         async with self._pool.acquire() as conn:
             return await journal.entities_held(conn)
+
+    async def hold_stragglers(self) -> int:
+        async with self._pool.acquire() as conn:
+            return await journal.hold_stragglers(conn)
 
     async def subscriber_gauges(self) -> dict[str, SubscriberGauges]:
         async with self._pool.acquire() as conn:

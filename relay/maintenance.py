@@ -7,6 +7,7 @@ from collections.abc import Callable, Collection
 
 from relay.database import DB_ERRORS
 from relay.gateway import HousekeepingPort, RetentionPort
+from relay.logs import get_logger
 from relay.metrics import Metrics
 from relay.model import Instance, SubscriberGauges
 from relay.settings import RetentionSettings
@@ -14,10 +15,13 @@ from relay.supervisor import Loop
 
 _DAY_S = 86400.0
 
+log = get_logger("relay.maintenance")
+
 
 class Housekeeping:
-    """Every poll interval: the schema still current, this instance alive on record, and the gauges
-    operators alert on (backlog, oldest pending, dead, held entities, unrouted events, instances)."""
+    """Every poll interval: the schema still current, this instance alive on record, rows routed
+    behind a head that went dead meanwhile held like the rest, and the gauges operators alert on
+    (backlog, oldest pending, dead, held entities, unrouted events, instances)."""
 
     def __init__(
         self,
@@ -46,6 +50,10 @@ class Housekeeping:
         alive = await self._store.instance_heartbeat(self._me(), 3 * self._every_s + 10)
         self._metrics.instances.set(alive)
         self._metrics.unrouted.set(await self._store.unrouted_events())
+        if stragglers := await self._store.hold_stragglers():
+            log.info(
+                "deliveries routed while their entity's head went dead are held now", deliveries=stragglers
+            )
         gauges = self.gauges = await self._store.subscriber_gauges()
         held = await self._store.entities_held()
         none = SubscriberGauges(pending=0, dead=0, oldest_pending_s=0.0)

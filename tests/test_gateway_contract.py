@@ -318,6 +318,33 @@ async def test_an_ordered_claim_passes_an_entity_a_dead_head_holds_and_takes_a_h
     assert await store.port.write_results([delivered(y2)], OWNER) == 1
 
 
+async def test_rows_routed_pending_behind_a_holding_head_are_made_held_and_no_other_row(store: Store) -> None:
+    x, y = str(uuid4()), str(uuid4())
+    x1, x2, x3, y1, y2 = [
+        await store.journal(of_asset(a, t))
+        for a, t in ((x, "X1"), (x, "X2"), (x, "X3"), (y, "Y1"), (y, "Y2"))
+    ]
+    await route_all(store)
+    # X2 and X3 pending behind their dead, holding head (a routing raced its fall); Y1 dead
+    # without holding, so Y2 stays pending.
+    await set_row(store, x1, "dead", holds=True)
+    await set_row(store, y1, "dead")
+    assert await store.port.hold_stragglers() == 2
+    statuses = {e: await row_status(store, e) for e in (x1, x2, x3, y1, y2)}
+    assert statuses == {x1: "dead", x2: "held", x3: "held", y1: "dead", y2: "pending"}
+    assert await store.port.hold_stragglers() == 0
+
+
+async def row_status(store: Store, event_id: UUID) -> str:
+    if store.conn is not None:
+        status: str = await store.conn.fetchval(
+            "SELECT status FROM it_relay.deliveries WHERE event_id = $1 AND subscriber = 'FA'", event_id
+        )
+        return status
+    assert isinstance(store.port, Twin)
+    return store.port.deliveries[(event_id, "FA")].status
+
+
 async def test_claims_lease_in_due_order_count_the_attempt_and_skip_leased_rows(store: Store) -> None:
     ids = [await store.journal(payload(f"C-{i}")) for i in range(3)]
     await route_all(store)

@@ -281,7 +281,8 @@ RETURNING d.event_id, d.event_type, d.attempts, d.failed_rounds, d.replays, d.en
 -- name: release_entity
 -- `it-relay release`: an entity held behind its dead head goes on; the head stays dead (replayable).
 -- The event named for the lanes' wake-up is a released row's, else the freed head's: a routing
--- that raced the hold wrote its row pending, not held, and it waits behind the head all the same.
+-- that raced the hold wrote its row pending, not held (until housekeeping's hold_stragglers), and
+-- it waits behind the head all the same.
 WITH freed AS (
     UPDATE it_relay.deliveries SET holds = false, updated_at = clock_timestamp()
      WHERE subscriber = $1 AND entity_key = $2 AND holds
@@ -298,6 +299,18 @@ WITH freed AS (
 SELECT (SELECT count(*) FROM freed) AS heads, (SELECT count(*) FROM released) AS released,
        (SELECT event_id FROM named) AS event_id, (SELECT event_type FROM named) AS event_type,
        ARRAY(SELECT event_id FROM freed UNION ALL (SELECT event_id FROM released LIMIT $3)) AS sample;
+
+-- name: hold_stragglers
+-- Rows a routing wrote pending while their entity's head went dead under on_exhausted = "hold"
+-- (its snapshot could not see the hold; the claim kept them waiting all the same) made held like
+-- their neighbours, so `deliveries list --status held`, `release` and the gauges count them. The
+-- holding heads are locked (FOR SHARE): a release committing meanwhile is waited for and seen,
+-- never undone from an older snapshot.
+UPDATE it_relay.deliveries p SET status = 'held', updated_at = clock_timestamp()
+  FROM (SELECT h.subscriber, h.entity_key, h.seq FROM it_relay.deliveries h WHERE h.holds FOR SHARE) h
+ WHERE p.subscriber = h.subscriber AND p.entity_key = h.entity_key AND p.seq > h.seq
+   AND p.status = 'pending' AND p.lease_owner IS NULL
+RETURNING p.event_id;
 
 -- name: entities_held
 -- Per subscriber: entities held behind a dead head, and since when (the oldest).

@@ -389,6 +389,24 @@ class Twin:
                 held[d.subscriber] = HeldEntities(entities=(old.entities if old else 0) + 1, oldest_s=0.0)
         return held
 
+    async def hold_stragglers(self) -> int:
+        stragglers = [
+            d
+            for d in self.deliveries.values()
+            if d.status == "pending"
+            and d.lease_owner is None
+            and any(
+                h.holds
+                and h.subscriber == d.subscriber
+                and h.entity_key == d.entity_key
+                and self.events[h.event_id].seq < self.events[d.event_id].seq
+                for h in self.deliveries.values()
+            )
+        ]
+        for d in stragglers:
+            d.status = "held"
+        return len(stragglers)
+
     async def subscriber_gauges(self) -> dict[str, SubscriberGauges]:
         now = datetime.now(UTC)
         out: dict[str, SubscriberGauges] = {}
