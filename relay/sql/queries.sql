@@ -303,13 +303,22 @@ SELECT (SELECT count(*) FROM freed) AS heads, (SELECT count(*) FROM released) AS
 -- name: hold_stragglers
 -- Rows a routing wrote pending while their entity's head went dead under on_exhausted = "hold"
 -- (its snapshot could not see the hold; the claim kept them waiting all the same) made held like
--- their neighbours, so `deliveries list --status held`, `release` and the gauges count them. The
--- holding heads are locked (FOR SHARE): a release committing meanwhile is waited for and seen,
--- never undone from an older snapshot.
+-- their neighbours, so `deliveries list --status held`, `release` and the gauges count them.
+-- Nothing here waits: a head that a release or a replay is changing is passed over (so the hold
+-- is never set again from an older snapshot), and so is a row another statement holds; the next
+-- round finds what is left. Never waiting, it can never deadlock with an operator's command.
+WITH heads AS (
+    SELECT subscriber, entity_key, seq FROM it_relay.deliveries WHERE holds FOR SHARE SKIP LOCKED
+), stragglers AS (
+    SELECT p.ctid AS row_id
+      FROM it_relay.deliveries p
+      JOIN heads h ON p.subscriber = h.subscriber AND p.entity_key = h.entity_key AND p.seq > h.seq
+     WHERE p.status = 'pending' AND p.lease_owner IS NULL
+       FOR UPDATE OF p SKIP LOCKED
+)
 UPDATE it_relay.deliveries p SET status = 'held', updated_at = clock_timestamp()
-  FROM (SELECT h.subscriber, h.entity_key, h.seq FROM it_relay.deliveries h WHERE h.holds FOR SHARE) h
- WHERE p.subscriber = h.subscriber AND p.entity_key = h.entity_key AND p.seq > h.seq
-   AND p.status = 'pending' AND p.lease_owner IS NULL
+  FROM stragglers s
+ WHERE p.ctid = s.row_id
 RETURNING p.event_id;
 
 -- name: entities_held
