@@ -322,7 +322,8 @@ async def entities_held(conn: Conn) -> dict[str, HeldEntities]:
 
 async def hold_stragglers(conn: Conn) -> int:
     """Rows routed pending behind a head that went dead meanwhile, made held; how many."""
-    return len(await conn.fetch(query("hold_stragglers")))
+    held: int = await conn.fetchval(query("hold_stragglers"))
+    return held
 
 
 async def subscriber_states(conn: Conn) -> dict[str, SubscriberState]:

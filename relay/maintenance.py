@@ -19,9 +19,8 @@ log = get_logger("relay.maintenance")
 
 
 class Housekeeping:
-    """Every poll interval: the schema still current, this instance alive on record, rows routed
-    behind a head that went dead meanwhile held like the rest, and the gauges operators alert on
-    (backlog, oldest pending, dead, held entities, unrouted events, instances)."""
+    """Every poll interval: the schema current, this instance on record, stragglers held (rows routed
+    behind a head that went dead meanwhile), and the gauges operators alert on."""
 
     def __init__(
         self,

@@ -159,7 +159,9 @@ async def set_paused(
 async def release_entity(
     conn: Conn, channel: str, subscriber: str, entity: str, *, audit: AuditAction | None = None
 ) -> Released:
-    row = await conn.fetchrow(query("release_entity"), subscriber, entity, audit_queries.SAMPLE)
+    async with conn.transaction():
+        await conn.execute(query("lock_holding_heads"), subscriber, entity)
+        row = await conn.fetchrow(query("release_entity"), subscriber, entity, audit_queries.SAMPLE)
     assert row is not None
     if row["event_id"] is not None:
         await wake(conn, channel, row["event_id"], row["event_type"])

@@ -164,6 +164,35 @@ async def test_a_release_under_way_while_stragglers_are_held_is_passed_over_not_
     assert await _claim(db, OTHER) == [later]
 
 
+async def test_a_release_waiting_on_a_straggler_round_counts_what_that_round_held(
+    relay_db: str, db: asyncpg.Connection
+) -> None:
+    head = await _dead_head(db)
+    later = await _routing_across(db, relay_db, lambda: _hold(db, head))
+    sweeping = await asyncpg.connect(relay_db)
+    releasing = await asyncpg.connect(relay_db)
+    try:
+        round_ = sweeping.transaction()
+        await round_.start()
+        assert await journal.hold_stragglers(sweeping) == 1
+        release = asyncio.create_task(
+            operator_queries.release_entity(releasing, "it_events", SUBSCRIBER, KEY)
+        )
+        await wait_for_rows(
+            db,
+            f"SELECT wait_event_type FROM pg_stat_activity WHERE pid = {releasing.get_server_pid()}",
+            lambda v: v == "Lock",
+        )
+        await round_.commit()
+        released = await asyncio.wait_for(release, 30)
+    finally:
+        await sweeping.close()
+        await releasing.close()
+    # The release's statement began after the round committed: the row it held is counted.
+    assert (released.heads, released.released) == (1, 1)
+    assert await _claim(db, OTHER) == [later]
+
+
 async def test_a_straggler_another_statement_holds_is_left_for_the_next_round(
     relay_db: str, db: asyncpg.Connection
 ) -> None:

@@ -307,19 +307,33 @@ SELECT (SELECT count(*) FROM freed) AS heads, (SELECT count(*) FROM released) AS
 -- Nothing here waits: a head that a release or a replay is changing is passed over (so the hold
 -- is never set again from an older snapshot), and so is a row another statement holds; the next
 -- round finds what is left. Never waiting, it can never deadlock with an operator's command.
+-- Only heads with a straggler behind them are locked (a lock is a write): a round over held
+-- entities with none costs one probe per holding head.
 WITH heads AS (
-    SELECT subscriber, entity_key, seq FROM it_relay.deliveries WHERE holds FOR SHARE SKIP LOCKED
+    SELECT h.subscriber, h.entity_key, h.seq
+      FROM it_relay.deliveries h
+     WHERE h.holds
+       AND EXISTS (SELECT 1 FROM it_relay.deliveries p
+                    WHERE p.subscriber = h.subscriber AND p.entity_key = h.entity_key AND p.seq > h.seq
+                      AND p.status = 'pending' AND p.lease_owner IS NULL)
+       FOR SHARE OF h SKIP LOCKED
 ), stragglers AS (
     SELECT p.ctid AS row_id
       FROM it_relay.deliveries p
       JOIN heads h ON p.subscriber = h.subscriber AND p.entity_key = h.entity_key AND p.seq > h.seq
      WHERE p.status = 'pending' AND p.lease_owner IS NULL
        FOR UPDATE OF p SKIP LOCKED
+), held AS (
+    UPDATE it_relay.deliveries SET status = 'held', updated_at = clock_timestamp()
+     WHERE ctid = ANY(ARRAY(SELECT row_id FROM stragglers))
+    RETURNING 1
 )
-UPDATE it_relay.deliveries p SET status = 'held', updated_at = clock_timestamp()
-  FROM stragglers s
- WHERE p.ctid = s.row_id
-RETURNING p.event_id;
+SELECT count(*) FROM held;
+
+-- name: lock_holding_heads
+-- Before a release: its entity's holding heads locked, so the release's own statement starts
+-- after any straggler round that held them and counts the rows that round made held.
+SELECT 1 FROM it_relay.deliveries WHERE subscriber = $1 AND entity_key = $2 AND holds FOR UPDATE;
 
 -- name: entities_held
 -- Per subscriber: entities held behind a dead head, and since when (the oldest).

@@ -50,3 +50,20 @@ def entity_waits(
         )
         or any(e.entity_key == key and e.status == "pending" and e.seq < seq for e in twin.events.values())
     )
+
+
+def stragglers(twin: Twin) -> list[TwinDelivery]:
+    """Rows pending, not leased, behind a head that holds their entity (as hold_stragglers)."""
+    heads = [
+        (h.subscriber, h.entity_key, twin.events[h.event_id].seq) for h in twin.deliveries.values() if h.holds
+    ]
+    return [
+        d
+        for d in twin.deliveries.values()
+        if d.status == "pending"
+        and d.lease_owner is None
+        and d.entity_key is not None
+        and any(
+            (s, k) == (d.subscriber, d.entity_key) and n < twin.events[d.event_id].seq for s, k, n in heads
+        )
+    ]

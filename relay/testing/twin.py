@@ -36,7 +36,7 @@ from relay.model import (
 )
 from relay.ratelimit import TokenGrant
 from relay.routing_queries import Written
-from relay.testing.turns import entity_waits, ordered_turn
+from relay.testing.turns import entity_waits, ordered_turn, stragglers
 
 
 @dataclass(slots=True)
@@ -390,22 +390,10 @@ class Twin:
         return held
 
     async def hold_stragglers(self) -> int:
-        stragglers = [
-            d
-            for d in self.deliveries.values()
-            if d.status == "pending"
-            and d.lease_owner is None
-            and any(
-                h.holds
-                and h.subscriber == d.subscriber
-                and h.entity_key == d.entity_key
-                and self.events[h.event_id].seq < self.events[d.event_id].seq
-                for h in self.deliveries.values()
-            )
-        ]
-        for d in stragglers:
+        late = stragglers(self)
+        for d in late:
             d.status = "held"
-        return len(stragglers)
+        return len(late)
 
     async def subscriber_gauges(self) -> dict[str, SubscriberGauges]:
         now = datetime.now(UTC)
