@@ -10,8 +10,8 @@
                                                          the journaled event, record its leased deliveries
                                                          (two round trips, commits not waiting for the WAL
                                                          flush), POST, record the outcome: the latency bound
-                                                         of any relay that checks an event before it
-                                                         records a delivery
+                                                         of a relay that validates an event in the client
+                                                         between reading it and recording its deliveries
 
 Each POSTs the payload to /pf-10 and /hr with a webhook-id header, like the relay.
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 NAIVE_CHANNEL = "bench_naive"
 FLOOR_CHANNEL = "bench_floor"
+FLOOR_LISTENER = "floor:listener"
 SUBSCRIBER_PATHS = ("/pf-10", "/hr")
 
 
@@ -190,12 +192,20 @@ async def floor(dsn: str, port: int, concurrency: int, drain: int = 0) -> None:
                     event_id,
                 )
 
+    def done(task: asyncio.Task[None]) -> None:
+        tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # A lost delivery would leave the bench waiting for it: fail the run at once, saying why.
+            print(f"floor: a delivery failed: {task.exception()!r}", file=sys.stderr, flush=True)
+            os._exit(1)
+
     def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
         task = asyncio.get_running_loop().create_task(deliver(uuid.UUID(payload)))
         tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        task.add_done_callback(done)
 
-    conn = await asyncpg.connect(dsn)
+    # Named, so the bench starts producing once this connection listens (the pool opened first).
+    conn = await asyncpg.connect(dsn, server_settings={"application_name": FLOOR_LISTENER})
     await conn.add_listener(FLOOR_CHANNEL, on_notify)
     print("ready", flush=True)
     await asyncio.Event().wait()

@@ -270,9 +270,11 @@ def _start(
 
 async def _wait_ready(system: str, dsn: str, proc: subprocess.Popen[bytes]) -> None:
     conn = await asyncpg.connect(dsn)
+    listener = {"it-relay": "it-relay:listener", "floor": peers.FLOOR_LISTENER}.get(system)
     query = (
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'it-relay:listener'"
-        if system == "it-relay"
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = "
+        f"'{listener}'"
+        if listener
         else "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
     )
     while not await conn.fetchval(query):

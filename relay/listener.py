@@ -182,6 +182,9 @@ class Listener:
         return 0 if self._inbox else None
 
     async def _flush_at_stop(self) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         with contextlib.suppress(*DB_ERRORS):
             while self._inbox:
                 await self._flush()
