@@ -320,6 +320,7 @@ async def entities_held(conn: Conn) -> dict[str, HeldEntities]:
     }
 
 
+@redoable("a lost round leaves the rows pending, waiting behind their head; the next round holds them")
 async def hold_stragglers(conn: Conn) -> int:
     """Rows routed pending behind a head that went dead meanwhile, made held; how many."""
     held: int = await conn.fetchval(query("hold_stragglers"))

@@ -180,7 +180,8 @@ async def test_a_release_waiting_on_a_straggler_round_counts_what_that_round_hel
         )
         await wait_for_rows(
             db,
-            f"SELECT wait_event_type FROM pg_stat_activity WHERE pid = {releasing.get_server_pid()}",
+            "SELECT wait_event_type FROM pg_stat_activity WHERE datname = current_database() "
+            f"AND pid = {releasing.get_server_pid()}",
             lambda v: v == "Lock",
         )
         await round_.commit()

@@ -52,12 +52,12 @@ def entity_waits(
     )
 
 
-def stragglers(twin: Twin) -> list[TwinDelivery]:
-    """Rows pending, not leased, behind a head that holds their entity (as hold_stragglers)."""
+def hold_stragglers(twin: Twin) -> int:
+    """Rows pending, not leased, behind a head that holds their entity made held (as in SQL)."""
     heads = [
         (h.subscriber, h.entity_key, twin.events[h.event_id].seq) for h in twin.deliveries.values() if h.holds
     ]
-    return [
+    late = [
         d
         for d in twin.deliveries.values()
         if d.status == "pending"
@@ -67,3 +67,6 @@ def stragglers(twin: Twin) -> list[TwinDelivery]:
             (s, k) == (d.subscriber, d.entity_key) and n < twin.events[d.event_id].seq for s, k, n in heads
         )
     ]
+    for d in late:
+        d.status = "held"
+    return len(late)

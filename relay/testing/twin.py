@@ -36,7 +36,7 @@ from relay.model import (
 )
 from relay.ratelimit import TokenGrant
 from relay.routing_queries import Written
-from relay.testing.turns import entity_waits, ordered_turn, stragglers
+from relay.testing.turns import entity_waits, hold_stragglers, ordered_turn
 
 
 @dataclass(slots=True)
@@ -390,10 +390,7 @@ class Twin:
         return held
 
     async def hold_stragglers(self) -> int:
-        late = stragglers(self)
-        for d in late:
-            d.status = "held"
-        return len(late)
+        return hold_stragglers(self)
 
     async def subscriber_gauges(self) -> dict[str, SubscriberGauges]:
         now = datetime.now(UTC)
