@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
 import pytest
+from asyncpg.transaction import Transaction
 
 from relay import journal, operator_queries, routing_queries
 from relay.contracts.examples import example
@@ -107,11 +109,28 @@ async def _routing_across(db: asyncpg.Connection, url: str, meanwhile: Callable[
     return later
 
 
+async def _straggler(db: asyncpg.Connection, url: str) -> tuple[UUID, UUID]:
+    """The entity's dead head, and its next event routed pending while the head went dead."""
+    head = await _dead_head(db)
+    return head, await _routing_across(db, url, lambda: _hold(db, head))
+
+
+@asynccontextmanager
+async def _in_transaction(url: str) -> AsyncIterator[tuple[asyncpg.Connection, Transaction]]:
+    """A connection of its own inside a transaction the test ends (closing it rolls back)."""
+    conn = await asyncpg.connect(url)
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        yield conn, tx
+    finally:
+        await conn.close()
+
+
 async def test_a_row_routed_pending_behind_a_head_that_went_dead_meanwhile_waits_for_its_release(
     relay_db: str, db: asyncpg.Connection
 ) -> None:
-    head = await _dead_head(db)
-    later = await _routing_across(db, relay_db, lambda: _hold(db, head))
+    head, later = await _straggler(db, relay_db)
     # The routing saw the head in flight, not holding: its row went in pending, not held.
     assert await _status(db, later) == "pending"
     assert await _claim(db, OTHER) == [], "a later event went out past its entity's dead head"
@@ -133,8 +152,7 @@ async def test_a_row_routed_pending_behind_a_head_that_went_dead_meanwhile_waits
 async def test_housekeeping_holds_a_row_routed_pending_behind_a_head_that_went_dead_meanwhile(
     relay_db: str, db: asyncpg.Connection
 ) -> None:
-    head = await _dead_head(db)
-    later = await _routing_across(db, relay_db, lambda: _hold(db, head))
+    _, later = await _straggler(db, relay_db)
     assert await _status(db, later) == "pending"
     assert await journal.hold_stragglers(db) == 1
     assert await _status(db, later) == "held"
@@ -147,18 +165,12 @@ async def test_housekeeping_holds_a_row_routed_pending_behind_a_head_that_went_d
 async def test_a_release_under_way_while_stragglers_are_held_is_passed_over_not_undone(
     relay_db: str, db: asyncpg.Connection
 ) -> None:
-    head = await _dead_head(db)
-    later = await _routing_across(db, relay_db, lambda: _hold(db, head))
-    releasing = await asyncpg.connect(relay_db)
-    try:
-        release = releasing.transaction()
-        await release.start()
+    _, later = await _straggler(db, relay_db)
+    async with _in_transaction(relay_db) as (releasing, release):
         await operator_queries.release_entity(releasing, "it_events", SUBSCRIBER, KEY)
         # The head still holds in every other snapshot; the round neither waits nor sets the hold.
         assert await asyncio.wait_for(journal.hold_stragglers(db), 30) == 0
         await release.commit()
-    finally:
-        await releasing.close()
     assert await _status(db, later) == "pending"
     assert await journal.hold_stragglers(db) == 0
     assert await _claim(db, OTHER) == [later]
@@ -167,27 +179,23 @@ async def test_a_release_under_way_while_stragglers_are_held_is_passed_over_not_
 async def test_a_release_waiting_on_a_straggler_round_counts_what_that_round_held(
     relay_db: str, db: asyncpg.Connection
 ) -> None:
-    head = await _dead_head(db)
-    later = await _routing_across(db, relay_db, lambda: _hold(db, head))
-    sweeping = await asyncpg.connect(relay_db)
+    _, later = await _straggler(db, relay_db)
     releasing = await asyncpg.connect(relay_db)
     try:
-        round_ = sweeping.transaction()
-        await round_.start()
-        assert await journal.hold_stragglers(sweeping) == 1
-        release = asyncio.create_task(
-            operator_queries.release_entity(releasing, "it_events", SUBSCRIBER, KEY)
-        )
-        await wait_for_rows(
-            db,
-            "SELECT wait_event_type FROM pg_stat_activity WHERE datname = current_database() "
-            f"AND pid = {releasing.get_server_pid()}",
-            lambda v: v == "Lock",
-        )
-        await round_.commit()
+        async with _in_transaction(relay_db) as (sweeping, round_):
+            assert await journal.hold_stragglers(sweeping) == 1
+            release = asyncio.create_task(
+                operator_queries.release_entity(releasing, "it_events", SUBSCRIBER, KEY)
+            )
+            await wait_for_rows(
+                db,
+                "SELECT wait_event_type FROM pg_stat_activity WHERE datname = current_database() "
+                f"AND pid = {releasing.get_server_pid()}",
+                lambda v: v == "Lock",
+            )
+            await round_.commit()
         released = await asyncio.wait_for(release, 30)
     finally:
-        await sweeping.close()
         await releasing.close()
     # The release's statement began after the round committed: the row it held is counted.
     assert (released.heads, released.released) == (1, 1)
@@ -197,12 +205,8 @@ async def test_a_release_waiting_on_a_straggler_round_counts_what_that_round_hel
 async def test_a_straggler_another_statement_holds_is_left_for_the_next_round(
     relay_db: str, db: asyncpg.Connection
 ) -> None:
-    head = await _dead_head(db)
-    later = await _routing_across(db, relay_db, lambda: _hold(db, head))
-    locker = await asyncpg.connect(relay_db)
-    try:
-        locked = locker.transaction()
-        await locked.start()
+    _, later = await _straggler(db, relay_db)
+    async with _in_transaction(relay_db) as (locker, locked):
         await locker.execute(
             "SELECT 1 FROM it_relay.deliveries WHERE event_id = $1 AND subscriber = $2 FOR UPDATE",
             later,
@@ -210,8 +214,6 @@ async def test_a_straggler_another_statement_holds_is_left_for_the_next_round(
         )
         assert await asyncio.wait_for(journal.hold_stragglers(db), 30) == 0
         await locked.rollback()
-    finally:
-        await locker.close()
     assert await journal.hold_stragglers(db) == 1
     assert await _status(db, later) == "held"
 

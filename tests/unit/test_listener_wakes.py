@@ -64,6 +64,10 @@ def _listener(store: IngestStore, wakes: list[bool], linger_s: float = 0.025) ->
     )
 
 
+def _announcement(event_id: UUID) -> str:
+    return json.dumps({"event_id": str(event_id), "event_type": "it_asset_assigned"})
+
+
 async def _heard(listener: Listener, *notified: str) -> None:
     for raw in notified:
         listener._on_notify(None, 4242, "it_events", raw)
@@ -74,9 +78,7 @@ async def test_an_announcement_of_a_journaled_event_wakes_the_router_once_as_it_
     ids = [uuid4() for _ in range(3)]
     wakes: list[bool] = []
     listener = _listener(IngestStore(set(ids)), wakes)
-    await _heard(
-        listener, *(json.dumps({"event_id": str(i), "event_type": "it_asset_assigned"}) for i in ids)
-    )
+    await _heard(listener, *(_announcement(i) for i in ids))
     # One wake per notification as it arrived (router only), none once they were confirmed.
     assert wakes == [False, False, False]
 
@@ -103,14 +105,10 @@ async def test_an_announcement_naming_no_event_is_rejected_and_wakes_nothing_mor
     store = IngestStore(set())
     wakes: list[bool] = []
     listener = _listener(store, wakes)
-    await _heard(listener, json.dumps({"event_id": str(uuid4()), "event_type": "it_asset_assigned"}))
+    await _heard(listener, _announcement(uuid4()))
     assert store.journaled == []
     assert len(store.rejected) == 1
     assert wakes == [False]
-
-
-def _announcement(event_id: UUID) -> str:
-    return json.dumps({"event_id": str(event_id), "event_type": "it_asset_assigned"})
 
 
 async def _ingested(listener: Listener, stopping: asyncio.Event, rounds: list[None] | None = None) -> None:
