@@ -37,7 +37,8 @@ SELECT set_config('it_relay.traceparent', $1, true);
 SET LOCAL synchronous_commit TO on;
 
 -- name: journaled_ids
-SELECT event_id FROM it_relay.events WHERE event_id = ANY($1::uuid[]);
+-- By key whatever the statistics (0021_plans_by_index.sql).
+SELECT event_id FROM it_relay.journaled($1::uuid[]) AS j(event_id);
 
 -- name: record_rejected
 INSERT INTO it_relay.rejected_events (event_id, event_type, reason, errors, payload, raw_text, source)
@@ -84,7 +85,7 @@ SELECT event_id, payload::text AS payload, source, traceparent, xmin AS version
 -- statement's snapshot still shows its own batch as unrouted, so only an entity's first event in
 -- the batch can be its head). Two routings racing on one entity each see the other's event as
 -- unrouted, or its delivery as unfinished: neither leases past the other.
--- Each array it unnests is read through a sub-select (`PLAN ONCE` below).
+-- Each array it unnests is read through a sub-select (PLAN ONCE, as in 0021_plans_by_index.sql).
 WITH mine AS (
     -- Each event's routing beside its row, locked: the input unnested once and joined by its key,
     -- the version compared on the way (so the planner never rescans the payloads per event).
@@ -174,9 +175,8 @@ SELECT event_id, event_type, attempts, failed_rounds, replays, entity_key, seq
 -- name: event_parts
 -- What claimed deliveries take from their events when the claiming instance did not route them
 -- (relay/event_cache.py): claims read only the deliveries table.
-SELECT event_id, payload::text AS body, created_at, organization_id, traceparent
-  FROM it_relay.events
- WHERE event_id = ANY($1::uuid[]);
+-- By key whatever the statistics (0021_plans_by_index.sql).
+SELECT event_id, body, created_at, organization_id, traceparent FROM it_relay.event_parts($1::uuid[]);
 
 -- name: claim_ordered
 -- As claim_deliveries, for a subscriber with ordering = "entity": only an entity's head — no
@@ -352,51 +352,14 @@ SELECT extract(epoch FROM min(greatest(next_attempt_at, coalesce(lease_expires_a
  WHERE subscriber = $1 AND status = 'pending';
 
 -- name: write_results
--- Outcomes of many attempts, and the attempts' history, in one round trip. Only the lease holder
--- may write: a lease that expired and was claimed by another instance is theirs now (and so is
--- the history of an attempt whose outcome is not written).
--- PLAN ONCE: each array is read through a sub-select, so no plan knows its length. Given the
--- arrays themselves, PostgreSQL estimated a one-row batch so much cheaper than the cached generic
--- plan that it planned this statement again on every call (bench/pg_cost.py --batch 1: 2,000
--- custom plans in 2,000 calls; the outcome's server CPU per delivery 353 -> 175 µs; no change at
--- batches of 200). mark_routed takes the same form. Held there by tests/test_plan_once.py.
-WITH written AS (
-    UPDATE it_relay.deliveries d
-       SET status = r.status,
-           attempts = r.attempts,
-           failed_rounds = r.failed_rounds,
-           next_attempt_at = CASE WHEN r.retry_in_s IS NULL THEN d.next_attempt_at
-                                  ELSE clock_timestamp() + make_interval(secs => r.retry_in_s) END,
-           last_status = r.last_status,
-           last_error = r.last_error,
-           delivered_at = CASE WHEN r.status = 'delivered' THEN clock_timestamp() END,
-           updated_at = clock_timestamp(),
-           lease_owner = NULL,
-           lease_expires_at = NULL,
-           holds = r.status = 'dead' AND r.hold AND d.entity_key IS NOT NULL
-      FROM unnest((SELECT $1::uuid[]), (SELECT $2::text[]), (SELECT $3::text[]), (SELECT $4::int[]),
-                  (SELECT $5::int[]), (SELECT $6::float8[]), (SELECT $7::int[]), (SELECT $8::text[]),
-                  (SELECT $18::bool[]))
-           AS r(event_id, subscriber, status, attempts, failed_rounds, retry_in_s, last_status, last_error, hold)
-     WHERE d.event_id = r.event_id AND d.subscriber = r.subscriber AND d.lease_owner = $9
-    RETURNING d.event_id, d.subscriber, d.entity_key, d.seq, d.holds
-), held AS (
-    -- A head gone dead under on_exhausted = "hold": its entity's later deliveries wait for an operator.
-    UPDATE it_relay.deliveries h SET status = 'held', updated_at = clock_timestamp()
-      FROM written w
-     WHERE w.holds AND h.subscriber = w.subscriber AND h.entity_key = w.entity_key AND h.seq > w.seq
-       AND h.status = 'pending' AND h.lease_owner IS NULL
-), history AS (
-    INSERT INTO it_relay.attempts (event_id, subscriber, attempt, attempted_at, http_status, error,
-                                   duration_ms, response_excerpt)
-    SELECT a.event_id, a.subscriber, a.attempt, a.attempted_at, a.http_status, a.error, a.duration_ms, a.excerpt
-      FROM unnest((SELECT $10::uuid[]), (SELECT $11::text[]), (SELECT $12::int[]),
-                  (SELECT $13::timestamptz[]), (SELECT $14::int[]), (SELECT $15::text[]),
-                  (SELECT $16::float8[]), (SELECT $17::text[]))
-           AS a(event_id, subscriber, attempt, attempted_at, http_status, error, duration_ms, excerpt)
-      JOIN written w ON w.event_id = a.event_id AND w.subscriber = a.subscriber
-)
-SELECT event_id, subscriber FROM written;
+-- Outcomes of many attempts, and the attempts' history, in one round trip: a function that finds
+-- its rows by key whatever the statistics (0021_plans_by_index.sql, which states the rules). Only
+-- the lease holder ($9) may write.
+SELECT event_id, subscriber
+  FROM it_relay.write_outcomes($1::uuid[], $2::text[], $3::text[], $4::int[], $5::int[], $6::float8[],
+                               $7::int[], $8::text[], $9::text, $10::uuid[], $11::text[], $12::int[],
+                               $13::timestamptz[], $14::int[], $15::text[], $16::float8[], $17::text[],
+                               $18::bool[]);
 
 -- name: release_leases
 -- Claimed but never attempted (shutdown): back to the queue, the claim's attempt not counted.
