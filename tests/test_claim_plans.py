@@ -24,9 +24,9 @@ def asset(n: int) -> str:
     return f"00000000-0000-4000-8000-{n:012d}"
 
 
-async def _journal(db: asyncpg.Connection, per_entity: int, first: int) -> None:
-    """`per_entity` routed events of each entity (`first` numbers the first), each with its
-    delivery to FA pending."""
+async def _journal(db: asyncpg.Connection, per_entity: int, first: int, entities: int = ENTITIES) -> None:
+    """`per_entity` routed events of each of `entities` entities (`first` numbers the first), each
+    with its delivery to FA pending."""
     await db.execute(
         """
         WITH e AS (
@@ -40,7 +40,7 @@ async def _journal(db: asyncpg.Connection, per_entity: int, first: int) -> None:
         INSERT INTO it_relay.deliveries (event_id, subscriber, event_type, entity_key, seq)
         SELECT event_id, 'FA', event_type, entity_key, seq FROM e
         """,
-        ENTITIES,
+        entities,
         first,
         per_entity,
     )
@@ -199,3 +199,36 @@ async def test_an_unordered_claim_reads_what_it_takes_not_the_backlog_whatever_t
         " ORDER BY next_attempt_at, seq LIMIT 64"
     )
     assert [r["seq"] for r in taken] == [r["seq"] for r in oldest]
+
+
+async def test_a_hot_entity_is_routed_and_claimed_by_index_with_statistics_of_its_history(
+    db: asyncpg.Connection,
+) -> None:
+    # One entity that most events are about (an asset in a long incident): analysed so, PostgreSQL
+    # estimates that looking up its unrouted events by index returns half the journal, and a
+    # generic plan would read every event for each head a routing or an ordered claim checks.
+    for table in ("events", "deliveries"):
+        await db.execute(f"ALTER TABLE it_relay.{table} SET (autovacuum_enabled = false)")
+    await _journal(db, 3000, 0, entities=1)
+    await db.execute("UPDATE it_relay.deliveries SET status = 'delivered'")
+    for table in ("events", "deliveries"):
+        await db.execute(f"VACUUM ANALYZE it_relay.{table}")
+    await db.execute("SET plan_cache_mode = force_generic_plan")
+    hot = await journal.publish(db, example("it_asset_purchased") | {"asset_id": asset(0)})
+    cold = await journal.publish(db, example("it_asset_purchased") | {"asset_id": str(uuid4())})
+    events = await routing_queries.claim_events(db, 50, lock=False)
+    routed = [r for e in events if isinstance(r := route(e.event_id, e.payload, "keep"), RoutedEvent)]
+    async with db.transaction():
+        before = await _reads(db)
+        # The lane asks for one: the hot entity's head goes with the routing, the other's is claimed.
+        written = await routing_queries.write_routing(
+            db, events, routed, [], {"FA": 1}, "test:1:x", 30, {"FA"}
+        )
+        routing = await _reads(db)
+        claimed = await journal.claim_deliveries(db, "FA", "test:1:x", 8, 30.0, ordered=True)
+        claiming = await _reads(db)
+    assert [d.event_id for d in written.leased] == [hot]
+    assert [d.event_id for d in claimed] == [cold]
+    for table in ("events", "deliveries"):
+        assert routing[table][0] == before[table][0], f"the routing read all of {table}"
+        assert claiming[table][0] == routing[table][0], f"the claim read all of {table}"

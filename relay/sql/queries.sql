@@ -131,9 +131,7 @@ WITH mine AS (
                                           WHERE h.subscriber = p.subscriber AND h.entity_key = p.entity_key
                                             AND h.status IN ('pending', 'held')
                                          OFFSET 0)
-                         AND coalesce((SELECT u.seq FROM it_relay.events u
-                                        WHERE u.entity_key = p.entity_key AND u.routed_at IS NULL
-                                        ORDER BY u.seq LIMIT 1), p.seq) >= p.seq
+                         AND coalesce(it_relay.oldest_unrouted(p.entity_key), p.seq) >= p.seq
                    END AS leased
               FROM planned p
               LEFT JOIN unnest((SELECT $12::text[]), (SELECT $13::int[])) AS c(subscriber, n) USING (subscriber)) x
@@ -255,10 +253,9 @@ WITH RECURSIVE heads AS (
                         WHERE o.holds AND o.subscriber = $1 AND o.entity_key = x.entity_key
                        OFFSET 0)
        -- The entity's oldest unrouted event, if any, is not older than the head: an ordered probe
-       -- of events_unrouted_entity_idx (a plain index scan, which marks the dead entries it passes).
-       AND coalesce((SELECT u.seq FROM it_relay.events u
-                      WHERE u.entity_key = x.entity_key AND u.routed_at IS NULL
-                      ORDER BY u.seq LIMIT 1), x.seq) >= x.seq
+       -- of events_unrouted_entity_idx (a plain index scan, which marks the dead entries it passes;
+       -- the only plan the function has, 0021_plans_by_index.sql).
+       AND coalesce(it_relay.oldest_unrouted(x.entity_key), x.seq) >= x.seq
      LIMIT $3
 ), loose AS (
     SELECT c.ctid AS row_id, NULL::int AS walk, c.next_attempt_at, c.seq

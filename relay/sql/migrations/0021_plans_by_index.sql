@@ -97,3 +97,22 @@ BEGIN
                    FROM it_relay.events e WHERE e.event_id = ANY (p_ids);
 END
 $$;
+
+-- The seq of an entity's oldest unrouted event, if any: asked per head by an ordered claim, and by
+-- a routing before it leases an ordered lane a head. Statistics of a hot entity (most events about
+-- one asset) estimate half the journal behind the probe of events_unrouted_entity_idx, so a
+-- generic plan read every event per head; here the ordered probe is the only plan. STABLE: it
+-- runs in its caller's snapshot, so a routing still sees its own batch as unrouted.
+CREATE FUNCTION it_relay.oldest_unrouted(p_entity text) RETURNS bigint
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+SET enable_sort = off
+AS $$
+BEGIN
+    RETURN (SELECT u.seq FROM it_relay.events u
+             WHERE u.entity_key = p_entity AND u.routed_at IS NULL
+             ORDER BY u.seq LIMIT 1);
+END
+$$;
