@@ -3,7 +3,9 @@ statements run from their cached generic plans, not planned again on every call.
 
 Given its arrays, PostgreSQL estimated a one-row outcome batch so much cheaper than the generic
 plan that it planned the statement on every call: half of the server's CPU per delivery at low
-rates (bench/pg_cost.py --batch 1). relay/sql/queries.sql reads each array through a sub-select."""
+rates (bench/pg_cost.py --batch 1). relay/sql/queries.sql and the outcome's function
+(0021_plans_by_index.sql) read each array through a sub-select. The plans that are kept must also
+read by index once the tables grew, whenever they were made."""
 
 from __future__ import annotations
 
