@@ -232,3 +232,26 @@ async def test_a_hot_entity_is_routed_and_claimed_by_index_with_statistics_of_it
     for table in ("events", "deliveries"):
         assert routing[table][0] == before[table][0], f"the routing read all of {table}"
         assert claiming[table][0] == routing[table][0], f"the claim read all of {table}"
+
+
+async def test_a_new_entitys_head_is_found_by_index_behind_a_hot_entitys_backlog(
+    db: asyncpg.Connection,
+) -> None:
+    for table in ("events", "deliveries"):
+        await db.execute(f"ALTER TABLE it_relay.{table} SET (autovacuum_enabled = false)")
+    await _journal(db, 3000, 0, entities=1)  # one entity's 3,000 deliveries waiting, analysed so
+    for table in ("events", "deliveries"):
+        await db.execute(f"VACUUM ANALYZE it_relay.{table}")
+    await db.execute("SET plan_cache_mode = force_generic_plan")
+    cold = await journal.publish(db, example("it_asset_purchased") | {"asset_id": str(uuid4())})
+    events = await routing_queries.claim_events(db, 50, lock=False)
+    routed = [r for e in events if isinstance(r := route(e.event_id, e.payload, "keep"), RoutedEvent)]
+    async with db.transaction():
+        before = await _reads(db)
+        written = await routing_queries.write_routing(
+            db, events, routed, [], {"FA": 1}, "test:1:x", 30, {"FA"}
+        )
+        after = await _reads(db)
+    assert [d.event_id for d in written.leased] == [cold]
+    for table in ("events", "deliveries"):
+        assert after[table][0] == before[table][0], f"the routing read all of {table}"

@@ -126,11 +126,8 @@ WITH mine AS (
                    -- CASE: the head checks run only for rows a caught-up ordered lane asked for.
                    CASE WHEN p.held OR p.place > coalesce(c.n, 0) THEN false
                         WHEN p.entity_key IS NULL OR p.subscriber <> ALL($15::text[]) THEN true
-                        -- OFFSET 0: probed per row, never hashed from a scan of every subscriber's rows.
-                        ELSE NOT EXISTS (SELECT 1 FROM it_relay.deliveries h
-                                          WHERE h.subscriber = p.subscriber AND h.entity_key = p.entity_key
-                                            AND h.status IN ('pending', 'held')
-                                         OFFSET 0)
+                        -- Each a probe per row by index, whatever the statistics (0021_plans_by_index.sql).
+                        ELSE NOT it_relay.entity_unfinished(p.subscriber, p.entity_key)
                          AND coalesce(it_relay.oldest_unrouted(p.entity_key), p.seq) >= p.seq
                    END AS leased
               FROM planned p

@@ -116,3 +116,21 @@ BEGIN
              ORDER BY u.seq LIMIT 1);
 END
 $$;
+
+-- Whether an entity has a delivery to this subscriber still unfinished (pending, in flight, held):
+-- asked by a routing before it leases an ordered lane a head. Statistics of a hot entity's backlog
+-- (thousands pending for one asset) made any entity look as if it had rows there, so a generic
+-- plan's search for the first one was a sequential scan, which for any other entity reads the
+-- whole table. STABLE, as oldest_unrouted: its caller's snapshot.
+CREATE FUNCTION it_relay.entity_unfinished(p_subscriber text, p_entity text) RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+AS $$
+BEGIN
+    RETURN EXISTS (SELECT 1 FROM it_relay.deliveries h
+                    WHERE h.subscriber = p_subscriber AND h.entity_key = p_entity
+                      AND h.status IN ('pending', 'held'));
+END
+$$;
