@@ -80,9 +80,9 @@ _WARM_TIMEOUT_S = 2.0
 
 async def _warm(conn: asyncpg.Connection) -> None:
     """As a pool connection opens: the type look-ups its first statements would make, all at once
-    (warm_types), and the delivery path's statements prepared once, which loads the server's
-    catalogue caches of what they read, so a delivery's first statement on a new connection costs
-    what the others do."""
+    (warm_types), the delivery path's statements prepared once, which loads the server's
+    catalogue caches of what they read, and its functions run once on nothing (warm_functions), so
+    a delivery's first statement on a new connection costs what the others do."""
     await conn.prepare(QUERIES["warm_types"], timeout=_WARM_TIMEOUT_S)
     # A schema missing, older than this code or out of this login's reach, a migration holding a
     # table: the start-up's schema check (`it-relay db upgrade`) or the statement itself says so
@@ -90,6 +90,7 @@ async def _warm(conn: asyncpg.Connection) -> None:
     with contextlib.suppress(asyncpg.PostgresError, TimeoutError):
         for name in _DELIVERY_PATH:
             await conn.prepare(QUERIES[name], timeout=_WARM_TIMEOUT_S)
+        await conn.fetchval(QUERIES["warm_functions"], timeout=_WARM_TIMEOUT_S)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

@@ -322,12 +322,15 @@ def _writing_functions() -> set[str]:
     """it_relay's functions whose latest definition in the migrations writes a table."""
     bodies: dict[str, str] = {}
     for script in sorted((Path(journal.__file__).parent / "sql" / "migrations").glob("*.sql")):
-        for name, body in _DEFINITION.findall(script.read_text()):
+        for name, _, body in _DEFINITION.findall(script.read_text()):
             bodies[name] = body
     return {name for name, body in bodies.items() if _WRITES.search(re.sub(r"--[^\n]*", "", body))}
 
 
-_DEFINITION = re.compile(r"CREATE (?:OR REPLACE )?FUNCTION it_relay\.(\w+)\(.*?\$\$(.*?)\$\$", re.DOTALL)
+# A body between dollar quotes, tagged or not ($$ ... $$, $body$ ... $body$).
+_DEFINITION = re.compile(
+    r"CREATE (?:OR REPLACE )?FUNCTION it_relay\.(\w+)\(.*?\$(\w*)\$(.*?)\$\2\$", re.DOTALL
+)
 _CALLS = re.compile(r"\bit_relay\.(\w+)\s*\(")
 
 

@@ -160,3 +160,35 @@ async def test_a_database_without_the_schema_is_told_to_upgrade_not_failed_by_th
                 await migrate.check(conn)
     finally:
         await pool.close()
+
+
+async def test_a_pool_connection_opens_with_the_delivery_paths_functions_compiled(
+    relay_db: str, db: asyncpg.Connection
+) -> None:
+    # Counted by PostgreSQL itself: each function ran on this connection before it was handed out.
+    await db.execute(
+        f'ALTER DATABASE "{await db.fetchval("SELECT current_database()")}" SET track_functions = pl'
+    )
+    pool = await database.create_pool(load_settings(None, database={"url": relay_db}).database)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute(
+                "SELECT pg_stat_force_next_flush()"
+            )  # this backend's counts, flushed as it ends
+            calls = {
+                r["funcname"]: r["calls"]
+                for r in await conn.fetch(
+                    "SELECT funcname, calls FROM pg_stat_user_functions WHERE schemaname = 'it_relay'"
+                )
+            }
+    finally:
+        await pool.close()
+    warmed = (
+        "write_outcomes",
+        "claim_due",
+        "journaled",
+        "event_parts",
+        "oldest_unrouted",
+        "entity_unfinished",
+    )
+    assert {name: calls.get(name, 0) for name in warmed} == dict.fromkeys(warmed, 1)

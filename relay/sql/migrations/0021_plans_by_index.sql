@@ -55,9 +55,12 @@ BEGIN
         RETURNING d.event_id, d.subscriber, d.entity_key, d.seq, d.holds
     ), held AS (
         -- A head gone dead under on_exhausted = "hold": its entity's later deliveries wait for an operator.
+        -- Gated on there being one (a one-time filter): planned on a small table, the join read
+        -- every pending delivery per outcome write, first, and only then looked for a dead head.
         UPDATE it_relay.deliveries h SET status = 'held', updated_at = clock_timestamp()
           FROM written w
-         WHERE w.holds AND h.subscriber = w.subscriber AND h.entity_key = w.entity_key AND h.seq > w.seq
+         WHERE (SELECT bool_or(x.holds) FROM written x)
+           AND w.holds AND h.subscriber = w.subscriber AND h.entity_key = w.entity_key AND h.seq > w.seq
            AND h.status = 'pending' AND h.lease_owner IS NULL
     ), history AS (
         INSERT INTO it_relay.attempts (event_id, subscriber, attempt, attempted_at, http_status, error,
