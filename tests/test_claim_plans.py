@@ -232,6 +232,9 @@ async def test_a_hot_entity_is_routed_and_claimed_by_index_with_statistics_of_it
     for table in ("events", "deliveries"):
         assert routing[table][0] == before[table][0], f"the routing read all of {table}"
         assert claiming[table][0] == routing[table][0], f"the claim read all of {table}"
+        # Nor a whole index: a few rows per head checked, not the hot entity's 3,000.
+        assert routing[table][1] - before[table][1] <= 40, (table, routing, before)
+        assert claiming[table][1] - routing[table][1] <= 40, (table, claiming, routing)
 
 
 async def test_a_new_entitys_head_is_found_by_index_behind_a_hot_entitys_backlog(
@@ -255,3 +258,4 @@ async def test_a_new_entitys_head_is_found_by_index_behind_a_hot_entitys_backlog
     assert [d.event_id for d in written.leased] == [cold]
     for table in ("events", "deliveries"):
         assert after[table][0] == before[table][0], f"the routing read all of {table}"
+        assert after[table][1] - before[table][1] <= 40, (table, after, before)
