@@ -35,6 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 NAIVE_CHANNEL = "bench_naive"
 FLOOR_CHANNEL = "bench_floor"
 FLOOR_LISTENER = "floor:listener"
+# Each peer names its listening connection once it listens: the bench waits for that name, so no
+# notification (the naive drain's "go", the first event) is sent before anyone hears it.
+NAIVE_LISTENER = "naive:listener"
 SUBSCRIBER_PATHS = ("/pf-10", "/hr")
 
 
@@ -67,6 +70,7 @@ async def naive(dsn: str, port: int, concurrency: int, drain: int = 0) -> None:
 
     conn = await asyncpg.connect(dsn)
     await conn.add_listener(NAIVE_CHANNEL, on_notify)
+    await conn.execute(f"SET application_name = '{NAIVE_LISTENER}'")
     print("ready", flush=True)
     await asyncio.Event().wait()
 
@@ -83,6 +87,7 @@ async def _naive_drain(dsn: str, n: int, post: Any) -> None:
     go = asyncio.Event()
     conn = await asyncpg.connect(dsn)
     await conn.add_listener(NAIVE_CHANNEL, lambda *_: go.set())
+    await conn.execute(f"SET application_name = '{NAIVE_LISTENER}'")
     print("ready", flush=True)
     await go.wait()
     await asyncio.gather(
@@ -204,9 +209,10 @@ async def floor(dsn: str, port: int, concurrency: int, drain: int = 0) -> None:
         tasks.add(task)
         task.add_done_callback(done)
 
-    # Named, so the bench starts producing once this connection listens (the pool opened first).
-    conn = await asyncpg.connect(dsn, server_settings={"application_name": FLOOR_LISTENER})
+    # Named once it listens, so the bench starts producing only then (the pool opened first).
+    conn = await asyncpg.connect(dsn)
     await conn.add_listener(FLOOR_CHANNEL, on_notify)
+    await conn.execute(f"SET application_name = '{FLOOR_LISTENER}'")
     print("ready", flush=True)
     await asyncio.Event().wait()
 

@@ -270,7 +270,11 @@ def _start(
 
 async def _wait_ready(system: str, dsn: str, proc: subprocess.Popen[bytes]) -> None:
     conn = await asyncpg.connect(dsn)
-    listener = {"it-relay": "it-relay:listener", "floor": peers.FLOOR_LISTENER}.get(system)
+    listener = {
+        "it-relay": "it-relay:listener",
+        "floor": peers.FLOOR_LISTENER,
+        "naive": peers.NAIVE_LISTENER,
+    }.get(system)
     query = (
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = "
         f"'{listener}'"
@@ -281,7 +285,7 @@ async def _wait_ready(system: str, dsn: str, proc: subprocess.Popen[bytes]) -> N
         if proc.poll() is not None:
             raise RuntimeError(f"{system} exited with {proc.returncode}")
         await asyncio.sleep(0.05)
-    await asyncio.sleep(0.3 if system != "it-relay" else 0)
+    await asyncio.sleep(0.3 if listener is None else 0)
     await conn.close()
 
 
