@@ -172,9 +172,8 @@ async def test_a_pool_connection_opens_with_the_delivery_paths_functions_compile
     pool = await database.create_pool(load_settings(None, database={"url": relay_db}).database)
     try:
         async with pool.acquire() as conn:
-            await conn.execute(
-                "SELECT pg_stat_force_next_flush()"
-            )  # this backend's counts, flushed as it ends
+            # This backend's counts, flushed as this statement ends.
+            await conn.execute("SELECT pg_stat_force_next_flush()")
             calls = {
                 r["funcname"]: r["calls"]
                 for r in await conn.fetch(
