@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from relay import __version__, database, migrate, tracing
+from relay import __version__, database, journal, migrate, tracing
 from relay.destination import Destination, HttpDestination, destinations_for
 from relay.dispatch import Dispatcher
 from relay.display import duration
@@ -162,7 +162,7 @@ class Daemon:
             )
             if self.tracing is not None:
                 stack.push_async_callback(self.tracing.aclose)
-            pool = await database.create_pool(s.database)
+            pool = await database.create_pool(s.database, journal.warm_functions)
             stack.push_async_callback(_close_pool, pool)
             sender = self._sender or make_sender(
                 s.delivery.transport,

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+from collections.abc import Awaitable, Callable
 from typing import TypeAlias
 from urllib.parse import parse_qs, urlsplit
 
@@ -48,7 +50,13 @@ async def connect(settings: DatabaseSettings, application_name: str = APPLICATIO
     return conn
 
 
-async def create_pool(settings: DatabaseSettings) -> asyncpg.Pool:
+# Runs the delivery path's functions once on a new connection (journal.warm_functions), given a timeout.
+SessionWarmer: TypeAlias = Callable[[asyncpg.Connection, float], Awaitable[None]]
+
+
+async def create_pool(
+    settings: DatabaseSettings, warm_functions: SessionWarmer | None = None
+) -> asyncpg.Pool:
     """The daemon's pool. Its commits do not wait for the WAL flush unless configured to
     (`database.bookkeeping_commit`): a write through it is either redone after a PostgreSQL crash
     (a routing, a claim, an outcome: at worst a delivery goes out again, same event_id), or the
@@ -65,7 +73,7 @@ async def create_pool(settings: DatabaseSettings) -> asyncpg.Pool:
         timeout=settings.connect_timeout_s,
         server_settings=server_settings,
         reset=_keep_session,
-        init=_warm,
+        init=functools.partial(_warm, warm_functions=warm_functions),
     )
     return pool
 
@@ -78,11 +86,11 @@ _DELIVERY_PATH = ("peek_events", "mark_routed", "claim_deliveries", "write_resul
 _WARM_TIMEOUT_S = 2.0
 
 
-async def _warm(conn: asyncpg.Connection) -> None:
+async def _warm(conn: asyncpg.Connection, warm_functions: SessionWarmer | None = None) -> None:
     """As a pool connection opens: the type look-ups its first statements would make, all at once
     (warm_types), the delivery path's statements prepared once, which loads the server's
-    catalogue caches of what they read, and its functions run once on nothing (warm_functions), so
-    a delivery's first statement on a new connection costs what the others do."""
+    catalogue caches of what they read, and its functions run once on nothing (`warm_functions`,
+    from the gateway), so a delivery's first statement on a new connection costs what the others do."""
     await conn.prepare(QUERIES["warm_types"], timeout=_WARM_TIMEOUT_S)
     # A schema missing, older than this code or out of this login's reach, a migration holding a
     # table: the start-up's schema check (`it-relay db upgrade`) or the statement itself says so
@@ -90,7 +98,8 @@ async def _warm(conn: asyncpg.Connection) -> None:
     with contextlib.suppress(asyncpg.PostgresError, TimeoutError):
         for name in _DELIVERY_PATH:
             await conn.prepare(QUERIES[name], timeout=_WARM_TIMEOUT_S)
-        await conn.fetchval(QUERIES["warm_functions"], timeout=_WARM_TIMEOUT_S)
+        if warm_functions is not None:
+            await warm_functions(conn, _WARM_TIMEOUT_S)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

@@ -181,6 +181,12 @@ async def database_now(conn: Conn) -> datetime:
 # ─── Deliveries ──────────────────────────────────────────────────────────────────────────────
 
 
+@redoable("runs the delivery path's functions on nothing: no row is written")
+async def warm_functions(conn: Conn, within_s: float) -> None:
+    """Compile the delivery path's functions in this session (a pool connection, as it opens)."""
+    await conn.fetchval(query("warm_functions"), timeout=within_s)
+
+
 @redoable("a lost claim leased nothing, or leases that run out; the delivery is claimed again")
 async def claim_deliveries(
     conn: Conn,

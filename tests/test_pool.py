@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from relay import database, migrate
+from relay import database, journal, migrate
 from relay.settings import load_settings
 from relay.sql import QUERIES
 from tests.support.sink import PATIENCE
@@ -169,7 +169,8 @@ async def test_a_pool_connection_opens_with_the_delivery_paths_functions_compile
     await db.execute(
         f'ALTER DATABASE "{await db.fetchval("SELECT current_database()")}" SET track_functions = pl'
     )
-    pool = await database.create_pool(load_settings(None, database={"url": relay_db}).database)
+    settings = load_settings(None, database={"url": relay_db}).database
+    pool = await database.create_pool(settings, journal.warm_functions)
     try:
         async with pool.acquire() as conn:
             # This backend's counts, flushed as this statement ends.
