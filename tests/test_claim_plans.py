@@ -14,6 +14,7 @@ from relay import journal, routing_queries
 from relay.contracts.examples import example
 from relay.ingest import route
 from relay.model import RoutedEvent
+from relay.routing_queries import Written
 from relay.sql import QUERIES
 
 ENTITIES = 40
@@ -201,61 +202,59 @@ async def test_an_unordered_claim_reads_what_it_takes_not_the_backlog_whatever_t
     assert [r["seq"] for r in taken] == [r["seq"] for r in oldest]
 
 
+async def _hot_entity(db: asyncpg.Connection, *, delivered: bool) -> None:
+    """One entity's 3,000 events, their deliveries to FA pending or delivered, analysed so and
+    kept (generic plans, as the relay's)."""
+    await _journal(db, 3000, 0, entities=1)
+    if delivered:
+        await db.execute("UPDATE it_relay.deliveries SET status = 'delivered'")
+    await _stale_statistics(db)
+
+
+async def _route_published(
+    db: asyncpg.Connection,
+) -> tuple[Written, dict[str, tuple[int, int]], dict[str, tuple[int, int]]]:
+    """Route what is pending, FA ordered and asking for one: what it wrote, and the reads before and after."""
+    events = await routing_queries.claim_events(db, 50, lock=False)
+    routed = [r for e in events if isinstance(r := route(e.event_id, e.payload, "keep"), RoutedEvent)]
+    before = await _reads(db)
+    written = await routing_queries.write_routing(db, events, routed, [], {"FA": 1}, "test:1:x", 30, {"FA"})
+    return written, before, await _reads(db)
+
+
+def _by_index(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]], step: str) -> None:
+    for table in ("events", "deliveries"):
+        assert after[table][0] == before[table][0], f"{step} read all of {table}"
+        # Nor a whole index: a few rows per head checked, not the hot entity's 3,000.
+        assert after[table][1] - before[table][1] <= 40, (step, table, after, before)
+
+
 async def test_a_hot_entity_is_routed_and_claimed_by_index_with_statistics_of_its_history(
     db: asyncpg.Connection,
 ) -> None:
     # One entity that most events are about (an asset in a long incident): analysed so, PostgreSQL
     # estimates that looking up its unrouted events by index returns half the journal, and a
     # generic plan would read every event for each head a routing or an ordered claim checks.
-    for table in ("events", "deliveries"):
-        await db.execute(f"ALTER TABLE it_relay.{table} SET (autovacuum_enabled = false)")
-    await _journal(db, 3000, 0, entities=1)
-    await db.execute("UPDATE it_relay.deliveries SET status = 'delivered'")
-    for table in ("events", "deliveries"):
-        await db.execute(f"VACUUM ANALYZE it_relay.{table}")
-    await db.execute("SET plan_cache_mode = force_generic_plan")
+    await _hot_entity(db, delivered=True)
     hot = await journal.publish(db, example("it_asset_purchased") | {"asset_id": asset(0)})
     cold = await journal.publish(db, example("it_asset_purchased") | {"asset_id": str(uuid4())})
-    events = await routing_queries.claim_events(db, 50, lock=False)
-    routed = [r for e in events if isinstance(r := route(e.event_id, e.payload, "keep"), RoutedEvent)]
     async with db.transaction():
-        before = await _reads(db)
         # The lane asks for one: the hot entity's head goes with the routing, the other's is claimed.
-        written = await routing_queries.write_routing(
-            db, events, routed, [], {"FA": 1}, "test:1:x", 30, {"FA"}
-        )
-        routing = await _reads(db)
+        written, before, routing = await _route_published(db)
         claimed = await journal.claim_deliveries(db, "FA", "test:1:x", 8, 30.0, ordered=True)
         claiming = await _reads(db)
     assert [d.event_id for d in written.leased] == [hot]
     assert [d.event_id for d in claimed] == [cold]
-    for table in ("events", "deliveries"):
-        assert routing[table][0] == before[table][0], f"the routing read all of {table}"
-        assert claiming[table][0] == routing[table][0], f"the claim read all of {table}"
-        # Nor a whole index: a few rows per head checked, not the hot entity's 3,000.
-        assert routing[table][1] - before[table][1] <= 40, (table, routing, before)
-        assert claiming[table][1] - routing[table][1] <= 40, (table, claiming, routing)
+    _by_index(before, routing, "the routing")
+    _by_index(routing, claiming, "the claim")
 
 
 async def test_a_new_entitys_head_is_found_by_index_behind_a_hot_entitys_backlog(
     db: asyncpg.Connection,
 ) -> None:
-    for table in ("events", "deliveries"):
-        await db.execute(f"ALTER TABLE it_relay.{table} SET (autovacuum_enabled = false)")
-    await _journal(db, 3000, 0, entities=1)  # one entity's 3,000 deliveries waiting, analysed so
-    for table in ("events", "deliveries"):
-        await db.execute(f"VACUUM ANALYZE it_relay.{table}")
-    await db.execute("SET plan_cache_mode = force_generic_plan")
+    await _hot_entity(db, delivered=False)  # one entity's 3,000 deliveries waiting
     cold = await journal.publish(db, example("it_asset_purchased") | {"asset_id": str(uuid4())})
-    events = await routing_queries.claim_events(db, 50, lock=False)
-    routed = [r for e in events if isinstance(r := route(e.event_id, e.payload, "keep"), RoutedEvent)]
     async with db.transaction():
-        before = await _reads(db)
-        written = await routing_queries.write_routing(
-            db, events, routed, [], {"FA": 1}, "test:1:x", 30, {"FA"}
-        )
-        after = await _reads(db)
+        written, before, after = await _route_published(db)
     assert [d.event_id for d in written.leased] == [cold]
-    for table in ("events", "deliveries"):
-        assert after[table][0] == before[table][0], f"the routing read all of {table}"
-        assert after[table][1] - before[table][1] <= 40, (table, after, before)
+    _by_index(before, after, "the routing")
