@@ -13,7 +13,7 @@ from uuid import uuid4
 import asyncpg
 import typer
 
-from relay import __version__, cli_common, codec, database, journal, operate
+from relay import __version__, cli_common, codec, database, early_signals, journal, operate
 from relay.attempts import SendTestResult
 from relay.attempts import send_test as send_one
 from relay.cli_common import ConfigOption, LogFormat, LogLevel
@@ -55,11 +55,15 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
     """it-relay."""
+    # The daemon adopts the signals held while it started; every other command acts on them now.
+    if ctx.invoked_subcommand != "run":
+        early_signals.release()
 
 
 @app.command()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from relay import __version__, database, journal, migrate, tracing
+from relay import __version__, database, early_signals, journal, migrate, tracing
 from relay.destination import Destination, HttpDestination, destinations_for
 from relay.dispatch import Dispatcher
 from relay.display import duration
@@ -85,6 +85,7 @@ class Daemon:
         self._sent_ready = False
         self._reload_settings = reload_settings
         self._reloads: list[asyncio.Task[None]] = []
+        self._reload_when_started = False
         # Destinations replaced by a reload: closed at shutdown, when nothing can be using them.
         self._retired: list[Destination] = []
         self._fingerprint = fingerprint(settings)
@@ -121,6 +122,10 @@ class Daemon:
         signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) if install_signal_handlers else ()
         for sig in signals:
             loop.add_signal_handler(sig, self._on_signal, sig)
+        if install_signal_handlers:
+            # Those that came while the process imported and read its settings (relay.__main__).
+            for sig in early_signals.adopt():
+                self._on_signal(sig)
         try:
             await self._run(s)
         finally:
@@ -139,6 +144,8 @@ class Daemon:
                     # The bound address: with port 0 the OS chose it.
                     metrics=f"http://{c.server.host}:{c.server.port}/metrics" if c.server else None,
                 )
+                if self._reload_when_started:
+                    self._on_signal(signal.SIGHUP)
                 loops, services = self._loops(c)
                 if self._owns_process:
                     _settle_heap()
@@ -274,8 +281,12 @@ class Daemon:
     def _on_signal(self, sig: signal.Signals) -> None:
         if sig == signal.SIGHUP:
             # Never the default (an abrupt death with deliveries in flight): reload, or say why not.
-            if self._reload_settings is None or self.components is None:
-                log.warning("SIGHUP received: nothing to reload (no configuration file, or not started yet)")
+            if self._reload_settings is None:
+                log.warning("SIGHUP received: nothing to reload (no configuration file)")
+            elif self.components is None:
+                # The file may have changed after start-up read it: read it again once started.
+                self._reload_when_started = True
+                log.info("SIGHUP during start-up: the configuration is read again once started")
             else:
                 self._reloads.append(asyncio.get_running_loop().create_task(self.reload()))
             return

@@ -19,6 +19,7 @@ from tests.support.relay import (
     start_relay_process,
     stop_process,
     wait_for_rows,
+    wait_ready,
     wait_until,
     write_config,
 )
@@ -91,8 +92,11 @@ async def test_two_processes_deliver_each_pair_exactly_once(
     tmp_path: Path, relay_db: str, db: asyncpg.Connection, sink: Sink
 ) -> None:
     config = write_config(tmp_path / "relay.toml", relay_settings(relay_db, sink, ["PF-10", "HR"]))
-    procs = [start_relay_process(config, tmp_path / f"relay{i}.log") for i in range(2)]
+    logs = [tmp_path / f"relay{i}.log" for i in range(2)]
+    procs = [start_relay_process(config, log) for log in logs]
     try:
+        # Both listening before the first event: otherwise one may relay it all alone.
+        await wait_ready(*logs)
         ids = await publish_many(db, 300)
         # Every outcome written; a graceful stop then lets nothing more out.
         await wait_for_rows(

@@ -181,15 +181,20 @@ async def cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def start_relay_process(config: Path, log_path: Path, log_level: str = "INFO") -> subprocess.Popen[bytes]:
-    """`python -m relay run` as a real process (for SIGKILL and several-instance tests)."""
+def start_relay_process(
+    config: Path, log_path: Path, log_level: str = "INFO", prelude: str | None = None
+) -> subprocess.Popen[bytes]:
+    """`python -m relay run` as a real process (for SIGKILL and several-instance tests); `prelude`:
+    Python run first, then the entry point as `python -m relay` runs it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IT_RELAY_")}
     log = log_path.open("ab")
+    entry = (
+        ["-m", "relay"] if prelude is None else ["-c", f"{prelude}\nfrom relay.__main__ import main\nmain()"]
+    )
     return subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "relay",
+            *entry,
             "run",
             "--config",
             str(config),
@@ -202,6 +207,15 @@ def start_relay_process(config: Path, log_path: Path, log_level: str = "INFO") -
         stderr=log,
         env=env,
     )
+
+
+# What a relay process logs once its listener is connected (the JSON log format).
+READY = '"event": "listener connected"'
+
+
+async def wait_ready(*logs: Path, within: float = 30) -> None:
+    """Every one of these relay processes has connected its listener (said so in its log)."""
+    await wait_until(lambda: all(p.exists() and READY in p.read_text() for p in logs), within)
 
 
 async def stop_process(

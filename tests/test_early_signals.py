@@ -1,0 +1,98 @@
+"""Stop and reload signals sent while a process is still starting (its imports take seconds on a
+loaded machine): the daemon handles them as it would later; any other command acts on them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+
+from relay import journal
+from relay.contracts.examples import example
+from tests.support.relay import (
+    relay_settings,
+    start_relay_process,
+    stop_process,
+    wait_ready,
+    write_config,
+)
+from tests.support.sink import PATIENCE, Sink
+
+# The process signals itself after the entry point's first step and before the slow imports.
+HELD = (
+    "import os, signal\n"
+    "from relay import early_signals\n"
+    "early_signals.hold()\n"
+    "os.kill(os.getpid(), signal.{sig})\n"
+    "print('still running', flush=True)\n"
+)
+
+
+def _events(log: Path) -> list[str]:
+    # The log file also holds the prelude's own line.
+    return [json.loads(line)["event"] for line in log.read_text().splitlines() if line.startswith("{")]
+
+
+async def test_a_stop_during_start_up_ends_the_daemon_with_exit_0(
+    tmp_path: Path, relay_db: str, sink: Sink
+) -> None:
+    config = write_config(tmp_path / "relay.toml", relay_settings(relay_db, sink, ["FA"]))
+    log = tmp_path / "relay.log"
+    proc = start_relay_process(config, log, prelude=HELD.format(sig="SIGTERM"))
+    code = await asyncio.to_thread(proc.wait, 60 * PATIENCE)
+    assert code == 0
+    events = _events(log)
+    assert events.index("stopping: no new claims; in-flight deliveries get the grace period") < events.index(
+        "it-relay stopped"
+    )
+
+
+async def test_a_reload_during_start_up_is_applied_once_started(
+    tmp_path: Path, relay_db: str, db: asyncpg.Connection, sink: Sink
+) -> None:
+    config = write_config(tmp_path / "relay.toml", relay_settings(relay_db, sink, ["FA"]))
+    log = tmp_path / "relay.log"
+    proc = start_relay_process(config, log, prelude=HELD.format(sig="SIGHUP"))
+    try:
+        await wait_ready(log)
+        await journal.publish(db, example("it_asset_purchased"))
+        await sink.wait_for(lambda r: len(r) == 1, within=20)
+        assert proc.poll() is None
+    finally:
+        code = await stop_process(proc)
+    assert code == 0
+    events = _events(log)
+    assert "SIGHUP during start-up: the configuration is read again once started" in events
+    assert events.index("it-relay started") < events.index("configuration reloaded")
+
+
+def _one_shot(sig: str, *args: str) -> subprocess.CompletedProcess[str]:
+    code = HELD.format(sig=sig) + "from relay.__main__ import main\nmain()\n"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        input="[]",
+        capture_output=True,
+        text=True,
+        timeout=60 * PATIENCE,
+        check=False,
+    )
+
+
+def test_a_one_shot_command_acts_on_a_stop_held_during_start_up() -> None:
+    result = _one_shot("SIGTERM", "validate", "-")
+    # Held until the command was known, then the usual effect: death by the signal.
+    assert result.stdout == "still running\n"
+    assert result.returncode == -signal.SIGTERM
+
+
+def test_an_interrupt_held_during_start_up_is_exit_130_not_a_traceback() -> None:
+    result = _one_shot("SIGINT", "validate", "-")
+    assert result.stdout == "still running\n"
+    assert result.returncode == 130
+    # As a Ctrl-C anywhere in a command: exit 130, nothing but a newline on stderr.
+    assert result.stderr.strip() == ""
