@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from relay import codec
@@ -21,17 +21,24 @@ def _unholdable(text: str) -> bool:
 
 
 @given(key=texts, value=texts, ascii_only=st.booleans(), as_bytes=st.booleans())
+# Found by CI: the escaped pair is one character; raw, the two are lone surrogates.
+@example(key="", value="\ud800\udc00", ascii_only=False, as_bytes=True)
+@example(key="", value="\ud800\udc00", ascii_only=False, as_bytes=False)
 def test_a_document_is_refused_exactly_when_a_string_holds_nul_or_a_lone_surrogate(
     key: str, value: str, ascii_only: bool, as_bytes: bool
 ) -> None:
     text = json.dumps({key: [value, {"inner": value}]}, ensure_ascii=ascii_only)
     data: str | bytes = text
+    escaped = ascii_only
     if as_bytes:
         try:
             data = text.encode("utf-8")
         except UnicodeEncodeError:
             # A raw lone surrogate has no UTF-8 form: such bytes cannot arrive, only the escape.
             data = json.dumps({key: [value, {"inner": value}]}).encode()
+            escaped = True
+    # Escaped, a high surrogate then a low one is a pair: one character, which the journal holds.
+    key, value = (json.loads(json.dumps(t)) if escaped else t for t in (key, value))
     if _unholdable(key) or _unholdable(value):
         with pytest.raises(codec.InvalidText):
             codec.loads(data)
