@@ -63,7 +63,7 @@ async def test_a_trickle_is_routed_and_settled_from_cached_plans(relay_db: str) 
         await conn.close()
     # The outcome's statement runs inside its function (0021_plans_by_index.sql), where
     # pg_prepared_statements cannot see it; bench/pg_cost.py --batch 1 reports its cost per call.
-    for name in ("mark_routed",):
+    for name in ("peek_events", "mark_routed"):
         generic, custom = plans[QUERIES[name]]
         assert custom <= 5, f"{name} is planned again on every call: {custom} custom plans, {generic} generic"
         assert generic >= ROUNDS - 5, f"{name} ran {generic} times from its generic plan"
