@@ -19,6 +19,7 @@ from tests.support.relay import (
     start_relay_process,
     stop_process,
     wait_ready,
+    wait_until,
     write_config,
 )
 from tests.support.sink import PATIENCE, Sink
@@ -60,6 +61,7 @@ async def test_a_reload_during_start_up_is_applied_once_started(
     proc = start_relay_process(config, log, prelude=HELD.format(sig="SIGHUP"))
     try:
         await wait_ready(log)
+        await wait_until(lambda: "configuration reloaded" in log.read_text(), within=30)
         await journal.publish(db, example("it_asset_purchased"))
         await sink.wait_for(lambda r: len(r) == 1, within=20)
         assert proc.poll() is None
