@@ -123,7 +123,8 @@ class Daemon:
         for sig in signals:
             loop.add_signal_handler(sig, self._on_signal, sig)
         if install_signal_handlers:
-            # Those that came while the process imported and read its settings (relay.__main__).
+            # Those that came while the process imported and read its settings (relay.__main__);
+            # uvloop may deliver one of them again, so a second stop or reload changes nothing.
             for sig in early_signals.adopt():
                 self._on_signal(sig)
         try:
@@ -134,6 +135,8 @@ class Daemon:
 
     async def _run(self, s: Settings) -> None:
         try:
+            if self.stopping.is_set():
+                return  # stopped while it started: nothing opened, nothing to finish
             async with self.open() as c:
                 log.info(
                     "it-relay started",
@@ -283,12 +286,13 @@ class Daemon:
             # Never the default (an abrupt death with deliveries in flight): reload, or say why not.
             if self._reload_settings is None:
                 log.warning("SIGHUP received: nothing to reload (no configuration file)")
-            elif self.components is None:
-                # The file may have changed after start-up read it: read it again once started.
+            elif self.components is None:  # the file may have changed since start-up read it
                 self._reload_when_started = True
                 log.info("SIGHUP during start-up: the configuration is read again once started")
             else:
                 self._reloads.append(asyncio.get_running_loop().create_task(self.reload()))
+            return
+        if self.stopping.is_set():
             return
         log.info(
             "stopping: no new claims; in-flight deliveries get the grace period",

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import signal
 from types import FrameType
+from typing import Any
 
 HELD = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 _held: list[signal.Signals] = []
-_holding = False
+# The handlers found at hold(), put back by release(); a signal the caller ignores (nohup, a
+# background job's SIGINT) is left ignored, never held.
+_previous: dict[signal.Signals, Any] = {}
 
 
 def _hold(signum: int, _frame: FrameType | None) -> None:
@@ -23,29 +26,33 @@ def _hold(signum: int, _frame: FrameType | None) -> None:
 
 def hold() -> None:
     """From now on a stop or reload signal is kept for later, not acted on (the entry point's first step)."""
-    global _holding
     for sig in HELD:
-        signal.signal(sig, _hold)
-    _holding = True
+        previous = signal.getsignal(sig)
+        if previous is not signal.SIG_IGN and sig not in _previous:
+            _previous[sig] = previous
+            signal.signal(sig, _hold)
 
 
 def release() -> None:
-    """A command that is not the daemon: the usual handling again, and a held signal acts now."""
-    global _holding
-    if not _holding:
+    """A command that is not the daemon: the handlers it started with again, and a held signal acts now."""
+    if not _previous:
         return
-    _holding = False
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    for sig in _take():
-        signal.raise_signal(sig)
+    # Blocked while the handlers change hands: one arriving in between waits for the restored handler
+    # (Python would otherwise drop it as a race).
+    signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+    try:
+        for sig, previous in _previous.items():
+            signal.signal(sig, previous)
+        _previous.clear()
+        for sig in _take():
+            signal.raise_signal(sig)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)
 
 
 def adopt() -> list[signal.Signals]:
     """The daemon, its own handlers installed: the signals held until then, oldest first."""
-    global _holding
-    _holding = False
+    _previous.clear()
     return _take()
 
 

@@ -45,12 +45,17 @@ async def test_a_stop_during_start_up_ends_the_daemon_with_exit_0(
     config = write_config(tmp_path / "relay.toml", relay_settings(relay_db, sink, ["FA"]))
     log = tmp_path / "relay.log"
     proc = start_relay_process(config, log, prelude=HELD.format(sig="SIGTERM"))
-    code = await asyncio.to_thread(proc.wait, 60 * PATIENCE)
+    try:
+        code = await asyncio.to_thread(proc.wait, 60 * PATIENCE)
+    finally:
+        proc.kill()
     assert code == 0
     events = _events(log)
     assert events.index("stopping: no new claims; in-flight deliveries get the grace period") < events.index(
         "it-relay stopped"
     )
+    # Stopped before it opened anything: no pool, no server, no loops.
+    assert "it-relay started" not in events
 
 
 async def test_a_reload_during_start_up_is_applied_once_started(
@@ -60,7 +65,7 @@ async def test_a_reload_during_start_up_is_applied_once_started(
     log = tmp_path / "relay.log"
     proc = start_relay_process(config, log, prelude=HELD.format(sig="SIGHUP"))
     try:
-        await wait_ready(log)
+        await wait_ready(log, procs=[proc])
         await wait_until(lambda: "configuration reloaded" in log.read_text(), within=30)
         await journal.publish(db, example("it_asset_purchased"))
         await sink.wait_for(lambda r: len(r) == 1, within=20)
@@ -73,8 +78,10 @@ async def test_a_reload_during_start_up_is_applied_once_started(
     assert events.index("it-relay started") < events.index("configuration reloaded")
 
 
-def _one_shot(sig: str, *args: str) -> subprocess.CompletedProcess[str]:
-    code = HELD.format(sig=sig) + "from relay.__main__ import main\nmain()\n"
+def _one_shot(sig: str, *args: str, ignored: str = "") -> subprocess.CompletedProcess[str]:
+    # `ignored`: a signal the process inherits as ignored (as under nohup).
+    first = f"import signal\nsignal.signal(signal.{ignored}, signal.SIG_IGN)\n" if ignored else ""
+    code = first + HELD.format(sig=sig) + "from relay.__main__ import main\nmain()\n"
     return subprocess.run(
         [sys.executable, "-c", code, *args],
         input="[]",
@@ -98,3 +105,17 @@ def test_an_interrupt_held_during_start_up_is_exit_130_not_a_traceback() -> None
     assert result.returncode == 130
     # As a Ctrl-C anywhere in a command: exit 130, nothing but a newline on stderr.
     assert result.stderr.strip() == ""
+
+
+def test_a_stop_held_while_a_command_ends_early_still_acts() -> None:
+    # --version ends before any command takes the signals: the held stop acts once it is done.
+    result = _one_shot("SIGTERM", "--version")
+    assert result.returncode == -signal.SIGTERM
+
+
+def test_a_signal_the_caller_ignores_stays_ignored() -> None:
+    # Under nohup a hangup changes nothing: never held, never raised again.
+    result = _one_shot("SIGHUP", "validate", "-", ignored="SIGHUP")
+    # The command ran to its own end: validate's answer to an empty list.
+    assert result.stdout == "still running\n"
+    assert (result.returncode, result.stderr) == (2, "it-relay: error: no events in the input\n")

@@ -96,7 +96,7 @@ async def test_two_processes_deliver_each_pair_exactly_once(
     procs = [start_relay_process(config, log) for log in logs]
     try:
         # Both listening before the first event: otherwise one may relay it all alone.
-        await wait_ready(*logs)
+        await wait_ready(*logs, procs=procs)
         ids = await publish_many(db, 300)
         # Every outcome written; a graceful stop then lets nothing more out.
         await wait_for_rows(

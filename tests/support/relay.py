@@ -213,9 +213,16 @@ def start_relay_process(
 READY = '"event": "listener connected"'
 
 
-async def wait_ready(*logs: Path, within: float = 30) -> None:
-    """Every one of these relay processes has connected its listener (said so in its log)."""
-    await wait_until(lambda: all(p.exists() and READY in p.read_text() for p in logs), within)
+async def wait_ready(*logs: Path, procs: Sequence[subprocess.Popen[bytes]] = (), within: float = 30) -> None:
+    """Every one of these relay processes has connected its listener (said so in its log); fails at
+    once if one of `procs` exited."""
+
+    def ready() -> bool:
+        exited = [p.returncode for p in procs if p.poll() is not None]
+        assert not exited, f"a relay process exited while starting: {exited}"
+        return all(p.exists() and READY in p.read_text() for p in logs)
+
+    await wait_until(ready, within)
 
 
 async def stop_process(
