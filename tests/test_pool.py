@@ -13,7 +13,8 @@ import pytest
 from relay import database, journal, migrate
 from relay.settings import load_settings
 from relay.sql import QUERIES
-from tests.support.sink import PATIENCE
+from tests.support.relay import relay_settings, running, wait_for_rows
+from tests.support.sink import PATIENCE, Sink
 
 # The one query allowed session state: the scheduler's leader lock, on its own connection.
 SESSION_STATE_ALLOWED = {"scheduler_try_lead"}
@@ -192,3 +193,22 @@ async def test_a_pool_connection_opens_with_the_delivery_paths_functions_compile
         "entity_unfinished",
     )
     assert {name: calls.get(name, 0) for name in warmed} == dict.fromkeys(warmed, 1)
+
+
+async def test_the_daemons_pool_opens_its_connections_warm(
+    relay_db: str, db: asyncpg.Connection, sink: Sink
+) -> None:
+    # The composition root's wiring of the warm-up, not the pool's alone: with nothing published,
+    # only the warm-up calls an ordered head's check (the routing calls it per routed event).
+    await db.execute(
+        f'ALTER DATABASE "{await db.fetchval("SELECT current_database()")}" SET track_functions = pl'
+    )
+    async with running(relay_settings(relay_db, sink, ["FA"])):
+        await wait_for_rows(
+            db,
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions"
+            " WHERE schemaname = 'it_relay' AND funcname = 'oldest_unrouted'",
+            lambda calls: calls >= 1,
+            within=30,
+        )
+    assert await db.fetchval("SELECT count(*) FROM it_relay.events") == 0
