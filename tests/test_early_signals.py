@@ -15,6 +15,7 @@ import asyncpg
 from relay import journal
 from relay.contracts.examples import example
 from tests.support.relay import (
+    ENTRY_POINT,
     relay_settings,
     start_relay_process,
     stop_process,
@@ -81,7 +82,7 @@ async def test_a_reload_during_start_up_is_applied_once_started(
 def _one_shot(sig: str, *args: str, ignored: str = "") -> subprocess.CompletedProcess[str]:
     # `ignored`: a signal the process inherits as ignored (as under nohup).
     first = f"import signal\nsignal.signal(signal.{ignored}, signal.SIG_IGN)\n" if ignored else ""
-    code = first + HELD.format(sig=sig) + "from relay.__main__ import main\nmain()\n"
+    code = first + HELD.format(sig=sig) + ENTRY_POINT
     return subprocess.run(
         [sys.executable, "-c", code, *args],
         input="[]",

@@ -163,13 +163,18 @@ async def test_a_database_without_the_schema_is_told_to_upgrade_not_failed_by_th
         await pool.close()
 
 
+async def _track_functions(db: asyncpg.Connection) -> None:
+    """PostgreSQL counts the calls of PL/pgSQL functions in sessions opened from now on."""
+    await db.execute(
+        f'ALTER DATABASE "{await db.fetchval("SELECT current_database()")}" SET track_functions = pl'
+    )
+
+
 async def test_a_pool_connection_opens_with_the_delivery_paths_functions_compiled(
     relay_db: str, db: asyncpg.Connection
 ) -> None:
     # Counted by PostgreSQL itself: each function ran on this connection before it was handed out.
-    await db.execute(
-        f'ALTER DATABASE "{await db.fetchval("SELECT current_database()")}" SET track_functions = pl'
-    )
+    await _track_functions(db)
     settings = load_settings(None, database={"url": relay_db}).database
     pool = await database.create_pool(settings, journal.warm_functions)
     try:
@@ -200,9 +205,7 @@ async def test_the_daemons_pool_opens_its_connections_warm(
 ) -> None:
     # The composition root's wiring of the warm-up, not the pool's alone: with nothing published,
     # only the warm-up calls an ordered head's check (the routing calls it per routed event).
-    await db.execute(
-        f'ALTER DATABASE "{await db.fetchval("SELECT current_database()")}" SET track_functions = pl'
-    )
+    await _track_functions(db)
     async with running(relay_settings(relay_db, sink, ["FA"])):
         await wait_for_rows(
             db,

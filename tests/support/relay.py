@@ -181,6 +181,10 @@ async def cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+# What `python -m relay` runs, as Python source: after a test's own prelude (`python -c`).
+ENTRY_POINT = "from relay.__main__ import main\nmain()\n"
+
+
 def start_relay_process(
     config: Path, log_path: Path, log_level: str = "INFO", prelude: str | None = None
 ) -> subprocess.Popen[bytes]:
@@ -188,9 +192,7 @@ def start_relay_process(
     Python run first, then the entry point as `python -m relay` runs it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IT_RELAY_")}
     log = log_path.open("ab")
-    entry = (
-        ["-m", "relay"] if prelude is None else ["-c", f"{prelude}\nfrom relay.__main__ import main\nmain()"]
-    )
+    entry = ["-m", "relay"] if prelude is None else ["-c", f"{prelude}\n{ENTRY_POINT}"]
     return subprocess.Popen(
         [
             sys.executable,
