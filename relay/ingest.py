@@ -8,11 +8,13 @@ the same row once. Anything that is not a JSON object becomes a scrubbed rejecti
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import replace
 from uuid import UUID
 
 import orjson
+from pydantic import BaseModel
 
 from relay import codec
 from relay.contracts import Accepted, UnknownFields, parse_event
@@ -150,13 +152,18 @@ def is_announcement(raw: str) -> bool:
     return isinstance(value, dict) and value.keys() == _STUB_KEYS
 
 
+@functools.cache
+def _entity_field(model: type[BaseModel]) -> str | None:
+    return next((n for n in model.model_fields if n.endswith("_id") and n not in _NOT_ENTITY), None)
+
+
 def entity_key(accepted: Accepted) -> str | None:
     """`<field>:<id>` of the entity an event is about: its first *_id field (asset_id, ticket_id, ...)."""
-    for name in accepted.contract.model.model_fields:
-        if name.endswith("_id") and name not in _NOT_ENTITY:
-            value = accepted.payload.get(name)
-            return f"{name}:{value}" if value is not None else None
-    return None
+    name = _entity_field(accepted.contract.model)
+    if name is None:
+        return None
+    value = accepted.payload.get(name)
+    return f"{name}:{value}" if value is not None else None
 
 
 def route(event_id: UUID, raw_payload: str, unknown_fields: UnknownFields) -> RoutedEvent | Rejection:

@@ -8,7 +8,7 @@ from pydantic's templates without the parts that would quote the input.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 from uuid import UUID
@@ -97,7 +97,7 @@ def validate(value: Any, unknown_fields: UnknownFields = "keep", *, redacted: bo
             event_type=event_type,
             event_id=event_id,
         )
-    extras = list(_extra_paths(model, ()))
+    nulls, extras = _inspect(model, ())
     if contract.derived:
         # A derived contract is this project's reading, not the producer's: what it does not
         # name is kept whatever the policy, so a real payload is never refused or cut for it.
@@ -109,44 +109,44 @@ def validate(value: Any, unknown_fields: UnknownFields = "keep", *, redacted: bo
         )
     # The contract's `x?: T` is "absent or T": a null given for an optional field is accepted and
     # left out, so subscribers see what the contract says.
-    payload = model.model_dump(mode="python", exclude_unset=True, exclude=_nulls(model) or None)
+    payload = model.model_dump(mode="python", exclude_unset=True, exclude=nulls or None)
     if extras and unknown_fields == "drop":
         for path in extras:
             _delete(payload, path)
     return Accepted(contract, model.event_id, payload)
 
 
-def _nulls(model: BaseModel) -> dict[Any, Any]:
-    """An exclude spec for model_dump: every declared field given as null, at any depth."""
-    spec: dict[Any, Any] = {}
-    declared = type(model).model_fields
-    for name in model.model_fields_set & declared.keys():
-        value = getattr(model, name)
+def _inspect(
+    model: BaseModel, prefix: tuple[str | int, ...]
+) -> tuple[dict[Any, Any], list[tuple[str | int, ...]]]:
+    """One walk over what the input set: an exclude spec for model_dump (every declared field given
+    as null, at any depth) and the paths of fields no contract declares."""
+    nulls: dict[Any, Any] = {}
+    extras: list[tuple[str | int, ...]] = [(*prefix, key) for key in model.__pydantic_extra__ or ()]
+    # In declaration order (the order of the errors); fields left unset hold their defaults,
+    # which carry neither a null given nor an unknown field.
+    given = model.__pydantic_fields_set__
+    for name, value in model.__dict__.items():
+        if name not in given:
+            continue
         if value is None:
-            spec[name] = True
+            nulls[name] = True
         elif isinstance(value, BaseModel):
-            if inner := _nulls(value):
-                spec[name] = inner
+            inner, more = _inspect(value, (*prefix, name))
+            if inner:
+                nulls[name] = inner
+            extras += more
         elif isinstance(value, list):
-            items = {
-                i: inner for i, v in enumerate(value) if isinstance(v, BaseModel) and (inner := _nulls(v))
-            }
-            if items:
-                spec[name] = items
-    return spec
-
-
-def _extra_paths(model: BaseModel, prefix: tuple[str | int, ...]) -> Iterator[tuple[str | int, ...]]:
-    for key in model.model_extra or {}:
-        yield (*prefix, key)
-    for name in type(model).model_fields:
-        child = getattr(model, name)
-        if isinstance(child, BaseModel):
-            yield from _extra_paths(child, (*prefix, name))
-        elif isinstance(child, list):
-            for i, item in enumerate(child):
+            items: dict[int, Any] = {}
+            for i, item in enumerate(value):
                 if isinstance(item, BaseModel):
-                    yield from _extra_paths(item, (*prefix, name, i))
+                    inner, more = _inspect(item, (*prefix, name, i))
+                    if inner:
+                        items[i] = inner
+                    extras += more
+            if items:
+                nulls[name] = items
+    return nulls, extras
 
 
 def _delete(payload: Any, path: tuple[str | int, ...]) -> None:

@@ -11,6 +11,7 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from relay import codec
 from relay.contracts import EVENT_TYPES, REGISTRY, Accepted, Rejected, UnknownFields, parse_event, validate
@@ -302,3 +303,77 @@ def test_specified_contracts_still_refuse_unknown_fields_under_reject() -> None:
     result = parse_event(example("it_ticket_created") | {"vendor_note": "x"}, "reject")
     assert isinstance(result, Rejection)
     assert result.errors == ("vendor_note: unknown field (validation.unknown_fields = reject)",)
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The contract model an annotation holds (itself, in a list, or optional), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for a in typing.get_args(annotation) if (m := _model_of(a)) is not None), None)
+
+
+def _objects(model: type[BaseModel], value: dict[str, Any], path: tuple[str | int, ...] = ()) -> list[Any]:
+    """(path, model) of every JSON object in `value` that validates as a contract model."""
+    found: list[Any] = [(path, model)]
+    for name, field in model.model_fields.items():
+        inner, child = _model_of(field.annotation), value.get(name)
+        if inner is None:
+            continue
+        items = list(enumerate(child)) if isinstance(child, list) else [(None, child)]
+        for i, item in items:
+            if isinstance(item, dict):
+                found += _objects(inner, item, (*path, name) if i is None else (*path, name, i))
+    return found
+
+
+def _at(payload: Any, path: tuple[str | int, ...]) -> Any:
+    for step in path:
+        payload = payload[step]
+    return payload
+
+
+def _spelled(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+@given(data=st.data(), event_type=st.sampled_from(sorted(EVENT_TYPES)))
+def test_unknown_fields_and_nulls_at_any_depth(data: st.DataObject, event_type: str) -> None:
+    """Unknown fields anywhere are kept, dropped or named exactly as the policy says; a null given
+    for an optional field anywhere is left out, whatever the policy."""
+    payload = example(event_type)
+    objects = _objects(REGISTRY[event_type].model, payload)
+    unknown = data.draw(st.lists(st.sampled_from(objects), unique_by=lambda o: o[0], max_size=4))
+    nullable = [
+        (path, name)
+        for path, model in objects
+        for name, field in model.model_fields.items()
+        if not field.is_required() and _model_of(field.annotation) is None
+    ]
+    nulled = data.draw(st.lists(st.sampled_from(nullable), unique=True, max_size=4)) if nullable else []
+    for path, _ in unknown:
+        _at(payload, path)["x_unknown"] = [1, None]
+    for path, name in nulled:
+        _at(payload, path)[name] = None
+    added = {(*path, "x_unknown") for path, _ in unknown}
+    kept = orjson.loads(codec.dumps(_accepted(validate(payload, "keep")).payload))
+    for path in added:
+        assert _at(kept, path) == [1, None]
+    for path, name in nulled:
+        assert name not in _at(kept, path)
+    dropped = orjson.loads(codec.dumps(_accepted(validate(payload, "drop")).payload))
+    if REGISTRY[event_type].derived:
+        assert dropped == kept  # a derived contract keeps what it does not name
+        return
+    for path in added:
+        _at(kept, path[:-1]).pop("x_unknown")
+    assert dropped == kept
+    rejected = validate(payload, "reject")
+    if added:
+        assert set(_rejected(rejected).errors) == {
+            f"{_spelled(p)}: unknown field (validation.unknown_fields = reject)" for p in added
+        }
+    else:
+        _accepted(rejected)
