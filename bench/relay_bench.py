@@ -7,7 +7,9 @@ Scenarios (each reported as a ratio of the ceilings bench/limits.py measures in 
               producer's transaction), and the durable floor (a journal row per event; the relay
               reads it and records its leases before the POST: two round trips, nothing else);
               bounded by the producers' commits, so it shows the relay's lag (commit to arrival)
-              during a burst more than its speed;
+              during a burst more than its speed; each event about its own asset;
+  hot         the same burst, every event about one asset: publish() takes that entity's lock (its
+              events' journal order), so the producers commit one at a time;
   latency     200 events/s for 30 s through each system: p50/p95/p99 from commit to the sink (the
               floor's are the bound of a relay that checks an event before it records a delivery);
   drain       the relay's own speed at a shallow and a deep backlog (--depths, 5,000 and 30,000
@@ -23,7 +25,7 @@ Each system runs as its own process, with its defaults. Prints a table and the t
 writes JSON to bench/results/, and with --docs rewrites docs/benchmarks.md.
 
     python bench/relay_bench.py [--quick] [--dsn URL] [--docs] [--profile DIR] [--repeat N]
-        [--scenarios throughput,latency,drain] [--depths 5000,30000] [--transports pyreqwest,aiohttp]
+        [--scenarios throughput,hot,latency,drain] [--depths 5000,30000] [--transports pyreqwest,aiohttp]
         [--trees DIR,DIR] [--instances 1,2,4]
 """
 
@@ -153,11 +155,22 @@ async def _fresh_database(admin_dsn: str, system: str) -> str:
     return dsn
 
 
-def _payload(k: int, i: int) -> dict[str, Any]:
-    return example("it_asset_assigned") | {"asset_tag": f"B-{k}-{i}"}
+# Each event is about its own asset, as a platform's producers write them: publish() orders one
+# entity's events by taking a lock on it, so a burst about one asset (the `hot` scenario) is as
+# fast as one producer at a time, whatever the relay.
+_ASSETS = uuid.UUID("9a0c6f1e-2b7d-4e58-a3c4-1d2e3f405162")
 
 
-async def _produce(system: str, dsn: str, n: int, producers: int, rate: float | None) -> dict[str, float]:
+def _payload(k: int, i: int, hot: bool = False) -> dict[str, Any]:
+    payload = example("it_asset_assigned") | {"asset_tag": f"B-{k}-{i}"}
+    if not hot:
+        payload["asset_id"] = str(uuid.uuid5(_ASSETS, f"{k}-{i}"))
+    return payload
+
+
+async def _produce(
+    system: str, dsn: str, n: int, producers: int, rate: float | None, hot: bool = False
+) -> dict[str, float]:
     """Publish n events, one commit each; returns event_id -> commit time (monotonic)."""
     committed: dict[str, float] = {}
     pool = await asyncpg.create_pool(dsn, min_size=producers, max_size=producers)
@@ -178,7 +191,7 @@ async def _produce(system: str, dsn: str, n: int, producers: int, rate: float | 
                     delay = start + (i * producers + k) / rate - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                payload = _payload(k, i)
+                payload = _payload(k, i, hot)
                 if system == "it-relay":
                     event_id = str(
                         await conn.fetchval(
@@ -306,11 +319,18 @@ async def _await_sink(port: int, expected: int, procs: list[subprocess.Popen[byt
 
 
 async def throughput(
-    system: str, admin_dsn: str, port: int, n: int, producers: int, rate: float | None, workdir: Path
+    system: str,
+    admin_dsn: str,
+    port: int,
+    n: int,
+    producers: int,
+    rate: float | None,
+    workdir: Path,
+    hot: bool = False,
 ) -> dict[str, Any]:
     dsn = await _fresh_database(admin_dsn, system)
     before = _get(port, "/count")
-    label = f"{system}-{'paced' if rate else 'burst'}"
+    label = f"{system}-{'paced' if rate else 'hot' if hot else 'burst'}"
     procs = [_start(system, dsn, port, workdir, label, transport=TRANSPORT)]
     postmaster = await server.postmaster_pid(dsn)
     try:
@@ -319,7 +339,7 @@ async def throughput(
         pg0 = await server.snapshot(dsn, postmaster, _TABLES.get(system))
         cpu0, sink0 = sum(_cpu_seconds(p.pid) for p in procs), _sink_cpu()
         t0 = time.monotonic()
-        committed = await _produce(system, dsn, n, producers, rate)
+        committed = await _produce(system, dsn, n, producers, rate, hot)
         await _await_sink(port, before + len(committed) * len(SUBSCRIBERS), procs)
         elapsed = time.monotonic() - t0
         cpu, sink_cpu = sum(_cpu_seconds(p.pid) for p in procs) - cpu0, _sink_cpu() - sink0
@@ -345,7 +365,7 @@ async def throughput(
     deliveries = len(committed) * len(SUBSCRIBERS)
     return {
         "system": _label(system) + (f" [{TREE.name}]" if TREE is not None and system == "it-relay" else ""),
-        "scenario": "latency" if rate else "throughput",
+        "scenario": "latency" if rate else "throughput, one asset" if hot else "throughput",
         "events": len(committed),
         "rate_target": rate,
         "elapsed_s": elapsed,
@@ -514,7 +534,7 @@ async def peer_drain(system: str, admin_dsn: str, port: int, n: int, workdir: Pa
     dsn = await _fresh_database(admin_dsn, system)
     extra: tuple[str, ...] = ()
     if system == "pgqueuer":
-        await peers.fill_pgqueuer(dsn, [_payload(0, i) for i in range(n)])
+        await peers.fill_pgqueuer(dsn, [_payload(0, i, hot=True) for i in range(n)])
         if ANALYZE:
             conn = await asyncpg.connect(dsn)
             await conn.execute(f"{ANALYZE} {_TABLES['pgqueuer']}")
@@ -666,6 +686,13 @@ def _scenarios(args: argparse.Namespace, dsn: str, workdir: Path) -> list[dict[s
         runs.append(
             asyncio.run(throughput(system, dsn, args.port, args.events, args.producers, None, workdir))
         )
+    # The same burst about one asset: publish() serialises its producers on that entity's lock.
+    for system in systems if "hot" in wanted else []:
+        runs.append(
+            asyncio.run(
+                throughput(system, dsn, args.port, args.events, args.producers, None, workdir, hot=True)
+            )
+        )
     # Latency at a steady rate, every system.
     paced = int(args.latency_rate * args.latency_seconds)
     for system in systems if "latency" in wanted else []:
@@ -705,7 +732,7 @@ def main() -> None:
         default="pyreqwest,aiohttp",
         help="senders compared in the drain (the first is the relay's in every other scenario)",
     )
-    ap.add_argument("--scenarios", default="throughput,latency,drain", help="which scenarios to run")
+    ap.add_argument("--scenarios", default="throughput,hot,latency,drain", help="which scenarios to run")
     ap.add_argument("--latency-rate", type=float, default=200.0)
     ap.add_argument("--latency-seconds", type=float, default=30.0)
     ap.add_argument("--depths", default="5000,30000", help="backlogs drained by every system (events)")
