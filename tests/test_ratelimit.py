@@ -106,6 +106,7 @@ async def test_the_bucket_in_postgresql_gives_what_the_twin_gives(db: asyncpg.Co
     clock = Clock()
     twin = Twin(clock)
     server_at: list[float] = []
+    taken: list[Any] = []  # the twin's grants so far: server_at[len(taken)] is its next one's time
 
     async def pg_take(*a: Any) -> Any:
         grant = await journal.take_tokens(db, *a)
@@ -124,7 +125,6 @@ async def test_the_bucket_in_postgresql_gives_what_the_twin_gives(db: asyncpg.Co
         clock.now = 1000.0 + server_at[len(taken)] - server_at[0]  # just before the next grant
         await twin.hold_tokens(*a)
 
-    taken: list[Any] = []
     results: dict[str, list[Any]] = {"pg": [], "twin": []}
     for name, take, back, hold in (
         (
