@@ -10,6 +10,8 @@ Scenarios (each reported as a ratio of the ceilings bench/limits.py measures in 
               during a burst more than its speed; each event about its own asset;
   hot         the same burst, every event about one asset: publish() takes that entity's lock (its
               events' journal order), so the producers commit one at a time;
+  nice        it-relay's burst again with its process at --nice (-10): what of the lag is waiting
+              for a core the producers hold (its PostgreSQL backends keep their priority);
   latency     200 events/s for 30 s through each system: p50/p95/p99 from commit to the sink (the
               floor's are the bound of a relay that checks an event before it records a delivery);
   drain       the relay's own speed at a shallow and a deep backlog (--depths, 5,000 and 30,000
@@ -25,7 +27,7 @@ Each system runs as its own process, with its defaults. Prints a table and the t
 writes JSON to bench/results/, and with --docs rewrites docs/benchmarks.md.
 
     python bench/relay_bench.py [--quick] [--dsn URL] [--docs] [--profile DIR] [--repeat N]
-        [--scenarios throughput,hot,latency,drain] [--depths 5000,30000] [--transports pyreqwest,aiohttp]
+        [--scenarios throughput,hot,nice,latency,drain] [--nice N] [--depths 5000,30000] [--transports pyreqwest,aiohttp]
         [--trees DIR,DIR] [--instances 1,2,4]
 """
 
@@ -244,6 +246,7 @@ def _start(
     record_attempts: bool = True,
     transport: str = "pyreqwest",
     extra: tuple[str, ...] = (),
+    nice: int = 0,
 ) -> subprocess.Popen[bytes]:
     if system == "it-relay":
         command = [
@@ -278,6 +281,8 @@ def _start(
         stderr=(workdir / f"{system}.log").open("ab"),
         cwd=tree,
         env=os.environ | {"PYTHONPATH": str(tree)} if tree else None,
+        # A raised priority needs CAP_SYS_NICE: without it the child fails to start, not quietly.
+        preexec_fn=(lambda: os.setpriority(os.PRIO_PROCESS, 0, nice)) if nice else None,
     )
 
 
@@ -327,11 +332,12 @@ async def throughput(
     rate: float | None,
     workdir: Path,
     hot: bool = False,
+    nice: int = 0,
 ) -> dict[str, Any]:
     dsn = await _fresh_database(admin_dsn, system)
     before = _get(port, "/count")
-    label = f"{system}-{'paced' if rate else 'hot' if hot else 'burst'}"
-    procs = [_start(system, dsn, port, workdir, label, transport=TRANSPORT)]
+    label = f"{system}-{'paced' if rate else 'hot' if hot else 'burst'}{f'-nice{nice}' if nice else ''}"
+    procs = [_start(system, dsn, port, workdir, label, transport=TRANSPORT, nice=nice)]
     postmaster = await server.postmaster_pid(dsn)
     try:
         for proc in procs:
@@ -362,10 +368,28 @@ async def throughput(
         if eid in committed and committed[eid] - opened < 1.0
         for t in times
     ]
+    # Whether the lag grows through the burst (the relay falling behind its producers) or holds.
+    last = max(committed.values(), default=float("nan"))
+    span = (last - opened) / 5 or 1.0
+    fifths: list[list[float]] = [[] for _ in range(5)]
+    for eid, times in arrivals.items():
+        if eid in committed:
+            fifth = fifths[min(4, int((committed[eid] - opened) / span))]
+            fifth.extend((t - committed[eid]) * 1000 for t in times)
     deliveries = len(committed) * len(SUBSCRIBERS)
+    # Kept pace: the share of the burst's deliveries that arrived while its producers still
+    # committed. A relay that keeps up holds it near 1 (all but its lag's worth); below, its lag
+    # grows for as long as the burst lasts, whatever its own latency.
+    during = sum(1 for eid, times in arrivals.items() if eid in committed for t in times if t <= last)
     return {
         "system": _label(system) + (f" [{TREE.name}]" if TREE is not None and system == "it-relay" else ""),
-        "scenario": "latency" if rate else "throughput, one asset" if hot else "throughput",
+        "scenario": "latency"
+        if rate
+        else "throughput, one asset"
+        if hot
+        else f"throughput, relay at nice {nice}"
+        if nice
+        else "throughput",
         "events": len(committed),
         "rate_target": rate,
         "elapsed_s": elapsed,
@@ -381,6 +405,9 @@ async def throughput(
             "p95": _percentile(latencies, 0.95),
             "p99": _percentile(latencies, 0.99),
         },
+        "latency_p50_by_fifth_ms": [_percentile(f, 0.50) for f in fifths],
+        "kept_pace": during / deliveries if deliveries else float("nan"),
+        "commits_per_s": len(committed) / (last - opened) if last > opened else float("nan"),
         "first_second_latency_ms": {
             "p50": _percentile(first, 0.50),
             "max": max(first, default=float("nan")),
@@ -693,6 +720,19 @@ def _scenarios(args: argparse.Namespace, dsn: str, workdir: Path) -> list[dict[s
                 throughput(system, dsn, args.port, args.events, args.producers, None, workdir, hot=True)
             )
         )
+    # The same burst with the relay's process first for the CPU (its PostgreSQL backends not): how
+    # much of the burst's lag is waiting for a core the producers hold.
+    if "nice" in wanted and "it-relay" in systems:
+        try:
+            runs.append(
+                asyncio.run(
+                    throughput(
+                        "it-relay", dsn, args.port, args.events, args.producers, None, workdir, nice=args.nice
+                    )
+                )
+            )
+        except (subprocess.SubprocessError, PermissionError) as exc:
+            print(f"skipped the burst at nice {args.nice}: {exc} (raising a priority needs CAP_SYS_NICE)")
     # Latency at a steady rate, every system.
     paced = int(args.latency_rate * args.latency_seconds)
     for system in systems if "latency" in wanted else []:
@@ -732,7 +772,8 @@ def main() -> None:
         default="pyreqwest,aiohttp",
         help="senders compared in the drain (the first is the relay's in every other scenario)",
     )
-    ap.add_argument("--scenarios", default="throughput,hot,latency,drain", help="which scenarios to run")
+    ap.add_argument("--scenarios", default="throughput,hot,nice,latency,drain", help="which scenarios to run")
+    ap.add_argument("--nice", type=int, default=-10, help="the relay's niceness in the `nice` burst")
     ap.add_argument("--latency-rate", type=float, default=200.0)
     ap.add_argument("--latency-seconds", type=float, default=30.0)
     ap.add_argument("--depths", default="5000,30000", help="backlogs drained by every system (events)")

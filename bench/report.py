@@ -129,6 +129,21 @@ def targets(
             _get(relay_burst, "deliveries_per_s"), _get(pgq_burst, "deliveries_per_s")
         ),
         "burst_lag_p50_ms": _get(relay_burst, "latency_ms", "p50"),
+        # Whether each system delivered the burst as fast as its producers committed it.
+        "burst_kept_pace": {
+            r["system"]: r["kept_pace"] for r in runs if r["scenario"] == "throughput" and "kept_pace" in r
+        },
+        "burst_commits_per_s": _get(relay_burst, "commits_per_s"),
+        "burst_own_cpu_us": _ratio(_get(relay_burst, "cpu_s_per_1k_deliveries"), 1e-3),
+        "subscribers": relay_burst["deliveries_per_s"] / relay_burst["events_per_s"] if relay_burst else None,
+        "burst_at_nice": next(
+            (
+                {"scenario": r["scenario"], "p50": r["latency_ms"]["p50"], "kept_pace": r.get("kept_pace")}
+                for r in runs
+                if r["system"] == relay and r["scenario"].startswith("throughput, relay at nice")
+            ),
+            None,
+        ),
         "drain_peak_rss_mb": max(
             (r["peak_rss_mb"] for r in runs if r["system"] == relay and r["scenario"].startswith("drain")),
             default=None,
@@ -201,6 +216,8 @@ TARGETS = (
 def _bound(key: str, found: dict[str, Any]) -> str:
     """What the machine allows for a drain target at this run's CPU per delivery."""
     value = (found.get("bounds") or {}).get(key)
+    if key == "burst_lag_p50_ms":
+        return _burst_bound(found)
     if value is None:
         return "—"
     text = f"{value:.2f}x with {found['cores']} cores busy at this CPU per delivery"
@@ -209,6 +226,28 @@ def _bound(key: str, found: dict[str, Any]) -> str:
         text += f"; the goal is {beyond:.2f}x the bare pyreqwest POST ceiling"
     if key.startswith(("p50", "p99")):
         text = f"{value:.2f}x: the durable floor (reads the event, records its leases, POSTs with aiohttp)"
+    return text
+
+
+def _burst_bound(found: dict[str, Any]) -> str:
+    """Why the lag grew, if it did: the relay delivering less than its producers committed."""
+    paces = found.get("burst_kept_pace") or {}
+    relay = next((v for k, v in paces.items() if k.startswith("it-relay")), None)
+    rate, own, fan = found.get("burst_commits_per_s"), found.get("burst_own_cpu_us"), found.get("subscribers")
+    if relay is None or not (rate and own and fan):
+        return "—"
+    others = ", ".join(f"{k} {v:.0%}" for k, v in paces.items() if not k.startswith("it-relay"))
+    need = rate * fan * own / 1e6
+    text = (
+        f"delivered {relay:.0%} of the burst while it was committed ({others}): the producers, on the "
+        f"same {found['cores']} cores, committed {rate:,.0f} events/s, {need:.2f} cores of the relay's "
+        f"own at its {own:.0f} µs per delivery; at < 100% the lag grows for as long as the burst lasts"
+    )
+    if nice := found.get("burst_at_nice"):
+        text += (
+            f"; {nice['scenario'][len('throughput, ') :]} (first for a core; its PostgreSQL backends "
+            f"not): lag p50 {nice['p50']:.0f} ms, delivered {nice['kept_pace'] or 0:.0%} while committed"
+        )
     return text
 
 
