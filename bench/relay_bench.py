@@ -665,6 +665,10 @@ def _medians(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         median = dict(ranked[len(ranked) // 2])
         if len(group) > 1:
             median["repeats_deliveries_per_s"] = [r["deliveries_per_s"] for r in group]
+            # In run order: round i of every system ran back to back, so rounds pair across systems.
+            median["repeats_cpu_us_per_delivery"] = [
+                r["cpu_s_per_1k_deliveries"] * 1000 + (r.get("pg_cpu_us_per_delivery") or 0.0) for r in group
+            ]
         out.append(median)
     return out
 

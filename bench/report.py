@@ -70,6 +70,14 @@ def _cpu_bound(run: dict[str, Any] | None, cores: int) -> float | None:
     return cores * 1e6 / per if per else None
 
 
+def _paired(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str) -> list[float]:
+    """Round-by-round ratios of two repeated runs: the rounds ran back to back, so each pair saw
+    the same hour of a shared machine, which the medians of each system do not."""
+    if not a or not b:
+        return []
+    return [x / y for x, y in zip(a.get(key) or [], b.get(key) or [], strict=False) if y]
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
@@ -161,6 +169,17 @@ def targets(
             for r in runs
             if r["scenario"].startswith("drain") and r["system"].startswith(relay + " x")
         },
+    }
+    out["rounds"] = {
+        "shallow_drain_vs_pgqueuer": _paired(
+            drain(relay, shallow), drain("pgqueuer", shallow), "repeats_deliveries_per_s"
+        ),
+        "deep_drain_vs_pgqueuer": _paired(
+            drain(relay, deep), drain("pgqueuer", deep), "repeats_deliveries_per_s"
+        ),
+        "cpu_with_postgres_vs_pgqueuer": _paired(
+            drain(relay, shallow), drain("pgqueuer", shallow), "repeats_cpu_us_per_delivery"
+        ),
     }
     shallow_pgq = _get(drain("pgqueuer", shallow), "deliveries_per_s")
     deep_pgq = _get(drain("pgqueuer", deep), "deliveries_per_s")
@@ -268,6 +287,12 @@ def report(found: dict[str, Any]) -> str:
             if key.endswith(("_mb", "_ms")) and value >= 10
             else (f"{value:.1f}" if key.endswith(("_mb", "_ms")) else f"{value:.2f}x")
         )
+        if rounds := (found.get("rounds") or {}).get(key):
+            ordered = sorted(rounds)
+            shown += (
+                f" (round by round {', '.join(f'{r:.2f}x' for r in rounds)}; "
+                f"median {ordered[len(ordered) // 2]:.2f}x)"
+            )
         lines.append(
             f"| {label} | {shown} | {op} {goal:g} | {'yes' if met else 'no'} | {_bound(key, found)} |"
         )
