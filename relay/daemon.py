@@ -24,6 +24,7 @@ from relay.gateway import Gateway
 from relay.health import Heartbeats
 from relay.listener import Listener
 from relay.logs import get_logger
+from relay.loop_lag import LoopLag
 from relay.maintenance import Housekeeping, Retention
 from relay.metrics import Metrics
 from relay.model import Instance
@@ -162,8 +163,7 @@ class Daemon:
 
     @contextlib.asynccontextmanager
     async def open(self) -> AsyncIterator[Components]:
-        """Every component built and opened (pool, schema checked, ops server listening), before
-        any loop runs; all of it closed, in reverse order, when the block ends."""
+        """Every component built and opened before any loop runs; closed in reverse order after."""
         s = self.settings
         async with contextlib.AsyncExitStack() as stack:
             # First on, last off: the spans of everything that closes before it still go out.
@@ -261,8 +261,7 @@ class Daemon:
         return Components(pool, gateway, sender, dispatcher, router, listener, scheduler, server)
 
     def _loops(self, c: Components) -> tuple[list[Loop], list[tuple[str, Service]]]:
-        """Every long-running loop (a step the supervisor repeats) and every component with its own
-        life cycle (the listener's connection, the dispatcher's lanes and drain)."""
+        """Every loop the supervisor repeats, and every component with a life cycle of its own."""
         s = self.settings
         poll = s.database.poll_interval_s
         served = c.dispatcher.lanes
@@ -275,6 +274,7 @@ class Daemon:
             self._housekeeping.loop(),
             Retention(c.gateway, s.retention, served).loop(),
             Loop("systemd", self._notify_step, self._notify_interval_s()),
+            LoopLag(self.metrics.event_loop_lag).loop(),
         ]
         if c.scheduler is not None:
             loops.append(c.scheduler.loop())

@@ -59,6 +59,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.event_loop_lag = Histogram(
+            "it_relay_event_loop_lag_seconds",
+            "How late the event loop ran a step that was due (waiting for a core, or a blocking call).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
         self.backlog = Gauge(
             "it_relay_backlog", "Pending deliveries, by subscriber.", ["subscriber"], registry=r
         )

@@ -64,6 +64,7 @@ def test_the_dashboard_imports_with_its_data_source_as_a_variable() -> None:
         "Scheduler emissions",
         "Entities held",
         "Instances alive",
+        "Event loop lag (p50, p99)",
     ):
         assert wanted in titles
 

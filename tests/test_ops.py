@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import signal
+import time
 from pathlib import Path
 
 import asyncpg
@@ -77,6 +78,27 @@ async def test_health_readiness_and_metrics(relay_db: str, db: asyncpg.Connectio
             not_ready = await client.get("/readyz")
             assert not_ready.status_code == 503
             assert "it-relay db upgrade" in not_ready.text
+
+
+async def test_the_daemon_records_how_late_its_event_loop_runs(relay_db: str, sink: Sink) -> None:
+    """A blocking call in the relay's process (or a host with no core free) shows on /metrics."""
+    async with running(relay_settings(relay_db, sink, ["FA"])) as daemon:
+        assert daemon.server is not None
+        registry = daemon.metrics.registry
+
+        def late(le: str | None = None) -> float:
+            if le is None:
+                return registry.get_sample_value("it_relay_event_loop_lag_seconds_count") or 0.0
+            sample = registry.get_sample_value("it_relay_event_loop_lag_seconds_bucket", {"le": le})
+            return sample or 0.0
+
+        await wait_until(lambda: late() >= 1)
+        # The point: a call that blocks the loop, so nothing else runs meanwhile and every step due is late.
+        time.sleep(1.0)  # noqa: ASYNC251
+        await wait_until(lambda: late() - late("0.5") >= 1)
+        async with httpx.AsyncClient() as client:
+            text = (await client.get(f"http://127.0.0.1:{daemon.server.port}/metrics")).text
+        assert re.search(r'^it_relay_event_loop_lag_seconds_bucket\{le="0\.5"\} ', text, re.MULTILINE)
 
 
 async def test_readyz_is_503_while_the_listener_is_down(
