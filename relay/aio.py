@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+from relay.logs import get_logger
+
+log = get_logger("relay.aio")
 
 
 async def wait_any(*events: asyncio.Event, within: float | None) -> bool:
@@ -21,3 +27,15 @@ async def wait_any(*events: asyncio.Event, within: float | None) -> bool:
 async def sleep_unless(stopping: asyncio.Event, seconds: float) -> None:
     """Sleep, but return early when `stopping` is set."""
     await wait_any(stopping, within=seconds)
+
+
+def said_task(coro: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
+    """A task whose failure is logged at ERROR when it ends: a task nobody awaits never fails unseen."""
+    task = asyncio.get_running_loop().create_task(coro, name=what)
+    task.add_done_callback(_say_failure)
+    return task
+
+
+def _say_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("task failed", task=task.get_name(), exc_info=exc)

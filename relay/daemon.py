@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from relay import __version__, database, early_signals, journal, migrate, tracing
+from relay.aio import said_task
 from relay.destination import Destination, HttpDestination, destinations_for
 from relay.dispatch import Dispatcher
 from relay.display import duration
@@ -110,8 +111,7 @@ class Daemon:
             return f"database schema older than version {migrate.code_version()}: run `it-relay db upgrade`"
         if self.listener is None or not self.listener.connected.is_set():
             return "listener not connected to PostgreSQL"
-        stalled = self.heartbeats.stalled()
-        if stalled:
+        if stalled := self.heartbeats.stalled():
             return f"loop stalled: {', '.join(stalled)}"
         return None
 
@@ -290,7 +290,7 @@ class Daemon:
                 self._reload_when_started = True
                 log.info("SIGHUP during start-up: the configuration is read again once started")
             else:
-                self._reloads.append(asyncio.get_running_loop().create_task(self.reload()))
+                self._reloads.append(said_task(self.reload(), "reload"))
             return
         if self.stopping.is_set():
             return
@@ -382,8 +382,7 @@ class Daemon:
             self._notifier.notify("READY=1", "STATUS=relaying")
             self._sent_ready = True
             log.info("ready", listener="connected")
-        stalled = self.heartbeats.stalled()
-        if stalled:
+        if stalled := self.heartbeats.stalled():
             log.error("loops stalled: withholding the systemd watchdog", loops=stalled)
             self._notifier.notify(f"STATUS=degraded: loop stalled: {', '.join(stalled)}")
         else:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from relay import logs
+from relay.aio import said_task
 from relay.health import Heartbeats
 from relay.supervisor import Loop, keep_running, supervise
 from tests.support.relay import wait_until
@@ -149,3 +150,20 @@ async def test_a_service_that_returns_early_or_fails_is_started_again(log_lines:
         ("error", "loop failed unexpectedly, restarting it"),
         ("error", "loop ended unexpectedly, restarting it"),
     ]
+
+
+async def test_a_task_nobody_awaits_says_its_failure(log_lines: io.StringIO) -> None:
+    async def breaks() -> None:
+        raise KeyError("a bug")
+
+    async def waits() -> None:
+        await asyncio.Event().wait()
+
+    failed, cancelled = said_task(breaks(), "reload"), said_task(waits(), "other")
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.wait([failed, cancelled])
+    await asyncio.sleep(0)  # done callbacks run on the loop's next turn
+    said = [line for line in lines(log_lines) if line["event"] == "task failed"]
+    assert [(line["level"], line["task"]) for line in said] == [("error", "reload")]
+    assert "KeyError: 'a bug'" in str(said[0].get("exception"))
