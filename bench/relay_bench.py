@@ -97,13 +97,45 @@ def _peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _loop_lag(port: int) -> dict[str, float]:
+    """The relay's event-loop lag histogram as its /metrics has it: samples, seconds, and how many
+    were within 10 and 100 ms."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    out = {"count": 0.0, "sum": 0.0, "le_0.01": 0.0, "le_0.1": 0.0}
+    for family in text_string_to_metric_families(text):
+        if family.name != "it_relay_event_loop_lag_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith(("_count", "_sum")):
+                out[sample.name.rpartition("_")[2]] = sample.value
+            elif sample.labels.get("le") in ("0.01", "0.1"):
+                out["le_" + sample.labels["le"]] = sample.value
+    return out
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def _get(port: int, path: str) -> Any:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as response:
         return json.loads(response.read())
 
 
 def _config(
-    path: Path, dsn: str, port: int, record_attempts: bool = True, transport: str = "pyreqwest"
+    path: Path,
+    dsn: str,
+    port: int,
+    record_attempts: bool = True,
+    transport: str = "pyreqwest",
+    ops_port: int | None = None,
 ) -> Path:
     lines = [
         "[database]",
@@ -116,7 +148,8 @@ def _config(
         "[scheduler]",
         "enabled = false",
         "[server]",
-        "enabled = false",
+        # Only where the bench reads the relay's own metrics (the burst's event-loop lag).
+        *([f'listen = "127.0.0.1:{ops_port}"'] if ops_port else ["enabled = false"]),
         "[logging]",
         'level = "WARNING"',
         'format = "json"',
@@ -247,6 +280,7 @@ def _start(
     transport: str = "pyreqwest",
     extra: tuple[str, ...] = (),
     nice: int = 0,
+    ops_port: int | None = None,
 ) -> subprocess.Popen[bytes]:
     if system == "it-relay":
         command = [
@@ -255,7 +289,7 @@ def _start(
             "relay",
             "run",
             "--config",
-            str(_config(workdir / f"{label}.toml", dsn, port, record_attempts, transport)),
+            str(_config(workdir / f"{label}.toml", dsn, port, record_attempts, transport, ops_port)),
         ]
         if PROFILE_DIR is not None:
             # py-spy samples the relay; collapsed stacks, one file per scenario (CPU figures are then py-spy's).
@@ -337,11 +371,14 @@ async def throughput(
     dsn = await _fresh_database(admin_dsn, system)
     before = _get(port, "/count")
     label = f"{system}-{'paced' if rate else 'hot' if hot else 'burst'}{f'-nice{nice}' if nice else ''}"
-    procs = [_start(system, dsn, port, workdir, label, transport=TRANSPORT, nice=nice)]
+    ops = _free_port() if system == "it-relay" and not rate else None
+    procs = [_start(system, dsn, port, workdir, label, transport=TRANSPORT, nice=nice, ops_port=ops)]
     postmaster = await server.postmaster_pid(dsn)
+    lag: dict[str, float] | None = None
     try:
         for proc in procs:
             await _wait_ready(system, dsn, proc)
+        lag0 = _loop_lag(ops) if ops else None
         pg0 = await server.snapshot(dsn, postmaster, _TABLES.get(system))
         cpu0, sink0 = sum(_cpu_seconds(p.pid) for p in procs), _sink_cpu()
         t0 = time.monotonic()
@@ -350,6 +387,9 @@ async def throughput(
         elapsed = time.monotonic() - t0
         cpu, sink_cpu = sum(_cpu_seconds(p.pid) for p in procs) - cpu0, _sink_cpu() - sink0
         rss = max(_peak_rss_mb(p.pid) for p in procs)
+        if ops and lag0 is not None:
+            lag1 = _loop_lag(ops)
+            lag = {k: lag1[k] - lag0[k] for k in lag1}
     finally:
         for proc in procs:
             _stop(proc)
@@ -408,6 +448,18 @@ async def throughput(
         "latency_p50_by_fifth_ms": [_percentile(f, 0.50) for f in fifths],
         "kept_pace": during / deliveries if deliveries else float("nan"),
         "commits_per_s": len(committed) / (last - opened) if last > opened else float("nan"),
+        # How late the relay's event loop ran what was due while the burst lasted: waiting for a core.
+        **(
+            {
+                "loop_lag": {
+                    "mean_ms": lag["sum"] / lag["count"] * 1000,
+                    "over_10ms_share": 1 - lag["le_0.01"] / lag["count"],
+                    "over_100ms_share": 1 - lag["le_0.1"] / lag["count"],
+                }
+            }
+            if lag and lag["count"]
+            else {}
+        ),
         "first_second_latency_ms": {
             "p50": _percentile(first, 0.50),
             "max": max(first, default=float("nan")),

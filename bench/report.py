@@ -144,6 +144,12 @@ def targets(
         "burst_commits_per_s": _get(relay_burst, "commits_per_s"),
         "burst_own_cpu_us": _ratio(_get(relay_burst, "cpu_s_per_1k_deliveries"), 1e-3),
         "subscribers": relay_burst["deliveries_per_s"] / relay_burst["events_per_s"] if relay_burst else None,
+        # How late the relay's event loop ran what was due, per burst (its own /metrics).
+        "burst_loop_lag": {
+            r["scenario"]: r["loop_lag"]
+            for r in runs
+            if r["system"] == relay and r["scenario"].startswith("throughput") and "loop_lag" in r
+        },
         "burst_at_nice": next(
             (
                 {"scenario": r["scenario"], "p50": r["latency_ms"]["p50"], "kept_pace": r.get("kept_pace")}
@@ -262,10 +268,23 @@ def _burst_bound(found: dict[str, Any]) -> str:
         f"same {found['cores']} cores, committed {rate:,.0f} events/s, {need:.2f} cores of the relay's "
         f"own at its {own:.0f} µs per delivery; at < 100% the lag grows for as long as the burst lasts"
     )
+    lags = found.get("burst_loop_lag") or {}
+
+    def late(scenario: str) -> str:
+        lag = lags.get(scenario)
+        if not lag:
+            return ""
+        return (
+            f" (its event loop ran what was due {lag['mean_ms']:.1f} ms late on average, "
+            f"{lag['over_10ms_share']:.0%} of the time over 10 ms)"
+        )
+
+    text += late("throughput")
     if nice := found.get("burst_at_nice"):
         text += (
             f"; {nice['scenario'][len('throughput, ') :]} (first for a core; its PostgreSQL backends "
-            f"not): lag p50 {nice['p50']:.0f} ms, delivered {nice['kept_pace'] or 0:.0%} while committed"
+            f"not): lag p50 {nice['p50']:.0f} ms, delivered {nice['kept_pace'] or 0:.0%} while "
+            f"committed{late(nice['scenario'])}"
         )
     return text
 
