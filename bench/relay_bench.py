@@ -40,6 +40,7 @@ import multiprocessing as mp
 import os
 import platform
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -116,9 +117,8 @@ def _loop_lag(port: int) -> dict[str, float]:
     return out
 
 
-def _free_port() -> int:
-    import socket
-
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a relay's ops server)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -371,7 +371,7 @@ async def throughput(
     dsn = await _fresh_database(admin_dsn, system)
     before = _get(port, "/count")
     label = f"{system}-{'paced' if rate else 'hot' if hot else 'burst'}{f'-nice{nice}' if nice else ''}"
-    ops = _free_port() if system == "it-relay" and not rate else None
+    ops = free_port() if system == "it-relay" and not rate else None
     procs = [_start(system, dsn, port, workdir, label, transport=TRANSPORT, nice=nice, ops_port=ops)]
     postmaster = await server.postmaster_pid(dsn)
     lag: dict[str, float] | None = None
@@ -718,9 +718,7 @@ def _medians(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if len(group) > 1:
             median["repeats_deliveries_per_s"] = [r["deliveries_per_s"] for r in group]
             # In run order: round i of every system ran back to back, so rounds pair across systems.
-            median["repeats_cpu_us_per_delivery"] = [
-                r["cpu_s_per_1k_deliveries"] * 1000 + (r.get("pg_cpu_us_per_delivery") or 0.0) for r in group
-            ]
+            median["repeats_cpu_us_per_delivery"] = [report._total_cpu(r) for r in group]
         out.append(median)
     return out
 

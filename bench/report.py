@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,7 @@ def _paired(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str) -> lis
     the same hour of a shared machine, which the medians of each system do not."""
     if not a or not b:
         return []
-    return [x / y for x, y in zip(a.get(key) or [], b.get(key) or [], strict=False) if y]
+    return [x / y for x, y in zip(a.get(key) or [], b.get(key) or [], strict=False) if x is not None and y]
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -307,10 +308,9 @@ def report(found: dict[str, Any]) -> str:
             else (f"{value:.1f}" if key.endswith(("_mb", "_ms")) else f"{value:.2f}x")
         )
         if rounds := (found.get("rounds") or {}).get(key):
-            ordered = sorted(rounds)
             shown += (
                 f" (round by round {', '.join(f'{r:.2f}x' for r in rounds)}; "
-                f"median {ordered[len(ordered) // 2]:.2f}x)"
+                f"median {statistics.median(rounds):.2f}x)"
             )
         lines.append(
             f"| {label} | {shown} | {op} {goal:g} | {'yes' if met else 'no'} | {_bound(key, found)} |"

@@ -24,7 +24,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -109,13 +108,6 @@ async def _journal(dsn: str, n: int, sampled_every: int = 1) -> None:
     await conn.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def _dropped(metrics_port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30) as response:
         text = response.read().decode()
@@ -132,7 +124,7 @@ async def drain(
 ) -> dict[str, Any]:
     dsn = await relay_bench._fresh_database(admin_dsn, "it-relay")
     await _journal(dsn, n, 10 if mode == "tenth" else 1)
-    metrics_port = _free_port()
+    metrics_port = relay_bench.free_port()
     config = _config(
         workdir / f"tracing-{mode}-{metrics_port}.toml", dsn, sink_port, metrics_port, mode != "off"
     )
